@@ -1,0 +1,41 @@
+"""Driver exceptions mapped once, at the storage boundary, into pbuffer's error tree."""
+
+from __future__ import annotations
+
+from pbuffer.errors import BackendError, CorruptDatabaseError, PBufferError, StorageFullError
+
+__all__ = ["map_driver_error"]
+
+# MariaDB/MySQL error codes: ER_RECORD_FILE_FULL, ER_DISK_FULL, ER_OUT_OF_RESOURCES.
+_MYSQL_FULL = {1114, 1021, 3, 1041}
+_MYSQL_CORRUPT = {1034, 1035, 145, 1194, 1195}
+_SQLITE_FULL = ("database or disk is full",)
+_SQLITE_CORRUPT = ("malformed", "not a database", "file is encrypted")
+
+
+def map_driver_error(exc: BaseException, where: str) -> PBufferError:
+    """The pbuffer error for a driver (or SQLAlchemy) exception; raise it ``from exc``."""
+    orig = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError wraps the driver's exception
+    text = str(orig).strip() or type(orig).__name__
+    module = type(orig).__module__
+    if module.startswith("sqlite3"):
+        lowered = text.lower()
+        if any(marker in lowered for marker in _SQLITE_FULL):
+            return StorageFullError(f"{where}: storage is full ({text}); nothing was written")
+        if any(marker in lowered for marker in _SQLITE_CORRUPT):
+            return CorruptDatabaseError(f"{where}: the database is damaged ({text})")
+        if "locked" in lowered or "busy" in lowered:
+            return BackendError(f"{where}: the database stayed locked past the busy timeout ({text})")
+    elif module.startswith("psycopg"):
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        if sqlstate.startswith("53"):  # insufficient resources: disk full, out of memory, too many connections
+            return StorageFullError(f"{where}: the server is out of resources ({text}); nothing was written")
+        if sqlstate.startswith("XX"):
+            return CorruptDatabaseError(f"{where}: the server reports damaged data ({text})")
+    elif module.startswith("pymysql"):
+        code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
+        if code in _MYSQL_FULL:
+            return StorageFullError(f"{where}: the server is out of space ({text}); nothing was written")
+        if code in _MYSQL_CORRUPT:
+            return CorruptDatabaseError(f"{where}: the server reports damaged data ({text})")
+    return BackendError(f"{where}: {type(orig).__name__}: {text}")

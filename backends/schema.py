@@ -1,0 +1,71 @@
+"""The buffer's tables at the newest schema revision, as SQLAlchemy metadata.
+
+This model is what ``pbuffer db check`` compares the migrations against; the migrations themselves never import
+it (each revision spells out its own DDL, frozen in time). Every name is prefixed ``pbuffer_`` so a buffer can share
+an application's database, and none is ever built from user input.
+
+Pending messages and dead letters live in two tables so the hot paths (save, get, pop) touch a table that holds
+only pending rows, in ``seq`` order, with no state to filter on. Every index costs each save a page write, so
+``pbuffer_messages`` has just two B-trees: its rows by ``seq`` and the unique ``id``. A buffer scoped to a subject
+walks pending rows in ``seq`` order, skipping other subjects' (see the README on scoped buffers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy.dialects import mysql
+
+__all__ = ["DEAD_LETTERS", "MESSAGES", "VERSION_TABLE", "dead_letters", "messages", "metadata"]
+
+VERSION_TABLE = "pbuffer_alembic_version"
+MESSAGES = "pbuffer_messages"
+DEAD_LETTERS = "pbuffer_dead_letters"
+
+metadata = MetaData()
+
+# sqlite makes a column declared exactly INTEGER PRIMARY KEY its rowid. seq only orders rows (the id is the
+# identity), and a new row always gets a seq above every row present, so AUTOINCREMENT's extra page write per
+# insert (sqlite_sequence) would buy nothing.
+SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+# The 16 bytes of the UUIDv7 id: a smaller index than its text, and so a cheaper insert.
+ID_TYPE = LargeBinary(16).with_variant(mysql.BINARY(16), "mysql", "mariadb")
+# NATS subjects are case-sensitive; MariaDB's default collation is not.
+SUBJECT_TYPE = String(512).with_variant(mysql.VARCHAR(512, collation="utf8mb4_bin"), "mysql", "mariadb")
+# MariaDB's BLOB and TEXT stop at 64 KiB.
+PAYLOAD_TYPE = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+TEXT_TYPE = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+_MYSQL: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+
+def _message_columns() -> list[Column[Any]]:
+    return [
+        Column("id", ID_TYPE, nullable=False, unique=True),
+        Column("subject", SUBJECT_TYPE, nullable=False),
+        Column("payload", PAYLOAD_TYPE, nullable=False),
+        Column("headers", TEXT_TYPE, nullable=True),
+        Column("created_us", BigInteger, nullable=False),
+        Column("checksum", BigInteger, nullable=False),
+    ]
+
+
+messages = Table(
+    MESSAGES,
+    metadata,
+    Column("seq", SEQ_TYPE, primary_key=True, autoincrement=True),
+    *_message_columns(),
+    **_MYSQL,
+)
+
+dead_letters = Table(
+    DEAD_LETTERS,
+    metadata,
+    # The seq the message had while pending: dead letters list in queue order.
+    Column("seq", SEQ_TYPE, primary_key=True, autoincrement=False),
+    *_message_columns(),
+    Column("reason", TEXT_TYPE, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("failed_us", BigInteger, nullable=False),
+    **_MYSQL,
+)

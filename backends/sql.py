@@ -1,0 +1,437 @@
+"""The SQLAlchemy backend: sqlite files, PostgreSQL (psycopg 3) and MariaDB/MySQL (PyMySQL).
+
+SQLAlchemy provides the engine, the connection pool, the dialects and (through alembic) the schema; the hot paths
+(save, pop, get) then run a handful of fixed statements on the pooled DBAPI connection, compiled once per dialect,
+because SQLAlchemy's per-statement machinery would cost more than sqlite's own commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+
+from pbuffer.buffer import Buffer
+from pbuffer.errors import (
+    ConfigurationError,
+    CorruptDatabaseError,
+    NotABufferDatabaseError,
+    PBufferError,
+    SchemaTooNewError,
+    SchemaTooOldError,
+)
+from pbuffer.ids import from_bytes, to_bytes
+from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
+
+from . import sqlite_file, versioning
+from .errors import map_driver_error
+from .schema import DEAD_LETTERS, MESSAGES, VERSION_TABLE
+
+__all__ = ["SQLBuffer"]
+
+_log = logging.getLogger("pbuffer.backends.sql")
+
+_COLUMNS = "id, subject, payload, headers, created_us, checksum"
+_SEQ_COLUMNS = ("seq", *_COLUMNS.split(", "))
+_DEAD_COLUMNS = f"{_COLUMNS}, reason, attempts, failed_us"
+# Any constant works: it only has to be the same in every pbuffer process.
+_PG_LOCK_KEY = 0x70627566  # "pbuf"
+_MYSQL_LOCK_NAME = "pbuffer_schema"
+_DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+
+class SQLBuffer(Buffer):
+    """A buffer in a SQL database through SQLAlchemy.
+
+    ``url`` is a SQLAlchemy URL: ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``,
+    ``postgresql+psycopg://user@host/db``, ``mysql+pymysql://user@host/db``.
+
+    Options:
+        subject: scope the buffer to one subject (see :class:`pbuffer.Buffer`).
+        durability: sqlite only. ``"process"`` (default): a saved message survives a crash or kill -9 of the
+            process (WAL, ``synchronous=NORMAL``). ``"power"``: it also survives power loss or an OS crash
+            (``synchronous=FULL``, an fsync per commit). Server databases keep what their commit keeps.
+        busy_timeout: seconds to wait for a lock held by another connection or process before failing.
+        pool_size: idle connections kept open for reuse (about the number of threads using the buffer at once).
+        integrity_check: sqlite only; run ``PRAGMA quick_check`` when an existing file is opened.
+    """
+
+    schemes = ("sqlite", "postgresql", "mysql", "mariadb")
+
+    def __init__(self, url: str | URL, *, subject: str | None = None, durability: str | None = None,
+                 busy_timeout: float = 30.0, pool_size: int = 8, integrity_check: bool = True) -> None:
+        super().__init__(subject=subject)
+        try:
+            self.url = make_url(url)
+        except (sa.exc.ArgumentError, ValueError) as exc:
+            raise ConfigurationError(f"not a database URL: {url!r}") from exc
+        self.dialect_name = self.url.get_backend_name()
+        if self.dialect_name not in self.schemes:
+            raise ConfigurationError(f"unsupported database {self.dialect_name!r}: pbuffer supports "
+                                     f"{', '.join(self.schemes)}")
+        if not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
+            raise ConfigurationError(f"busy_timeout must be a non-negative number of seconds, not {busy_timeout!r}")
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError(f"pool_size must be a positive int, not {pool_size!r}")
+        self._sqlite = self.dialect_name == "sqlite"
+        if self._sqlite:
+            durability = "process" if durability is None else durability
+            if durability not in sqlite_file.DURABILITY_SYNCHRONOUS:
+                raise ConfigurationError(f"durability must be 'process' or 'power', not {durability!r}")
+            self.path = self._sqlite_path()
+        elif durability is not None:
+            raise ConfigurationError(
+                f"durability is set by the {self.dialect_name} server (its commit settings), not by pbuffer")
+        self.durability = durability
+        self.busy_timeout = float(busy_timeout)
+
+        fresh = False
+        if self._sqlite:
+            sqlite_file.create_private_file(self.path)
+            fresh = sqlite_file.inspect_existing_file(self.path, integrity_check)
+        self._engine = self._create_engine(pool_size)
+        try:
+            self._ensure_schema(fresh)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        self._sql = _Statements(self._engine, self.subject)
+        self._connections = _Connections(self._engine, keep=pool_size)
+        self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLBuffer:
+        return cls(url, **options)
+
+    def __repr__(self) -> str:
+        return f"SQLBuffer({self.url.render_as_string(hide_password=True)!r}, subject={self.subject!r})"
+
+    # ---------------------------------------------------------------------------------------------- setup
+
+    def _sqlite_path(self) -> Path:
+        database = self.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            raise ConfigurationError("a sqlite buffer needs a file path (sqlite:///path/to/buffer.db); "
+                                     "for a buffer in memory use memory://")
+        return Path(database).expanduser().absolute()
+
+    def _create_engine(self, pool_size: int) -> Engine:
+        # Connections are kept by _Connections; the engine only makes them (and runs migrations).
+        options: dict[str, Any] = {"poolclass": sa.pool.NullPool}
+        if self._sqlite:
+            url = self.url.set(database=str(self.path))
+            options["connect_args"] = {"timeout": self.busy_timeout, "check_same_thread": False}
+        else:
+            url = self.url
+        try:
+            engine = sa.create_engine(url, **options)
+        except ImportError as exc:
+            extra = _DRIVER_EXTRAS.get(self.dialect_name, "dev")
+            raise ConfigurationError(f"the driver for {url.drivername} is not installed: "
+                                     f"pip install 'pbuffer[{extra}]' ({exc})") from exc
+        except sa.exc.ArgumentError as exc:
+            raise ConfigurationError(f"bad database URL: {exc}") from exc
+        if self._sqlite:
+            synchronous = sqlite_file.DURABILITY_SYNCHRONOUS[self.durability or "process"]
+            busy_ms = int(self.busy_timeout * 1000)
+
+            @event.listens_for(engine, "connect")
+            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+                sqlite_file.configure_connection(dbapi_connection, synchronous, busy_ms)
+
+            # SQLAlchemy-level transactions (alembic's) take the write lock up front, so they never fail with
+            # SQLITE_BUSY half-way (the busy timeout is not honoured for a read lock upgraded to a write lock).
+            @event.listens_for(engine, "begin")
+            def _on_begin(conn: sa.Connection) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return engine
+
+    def _ensure_schema(self, fresh: bool) -> None:
+        """Create revision-head tables in an empty database; refuse a foreign, older or newer one.
+
+        Runs in one transaction holding a lock, so concurrent openers of a new database initialise it once.
+        """
+        where = f"opening {self!r}"
+        try:
+            with self._engine.connect() as conn, conn.begin():
+                if self.dialect_name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                elif not self._sqlite:
+                    got = conn.execute(sa.text("SELECT GET_LOCK(:name, :timeout)"),
+                                       {"name": _MYSQL_LOCK_NAME, "timeout": self.busy_timeout}).scalar()
+                    if got != 1:
+                        raise SchemaTooOldError(f"{where}: timed out waiting for another process's migration")
+                try:
+                    self._check_or_initialise(conn, fresh)
+                finally:
+                    if not self._sqlite and self.dialect_name != "postgresql":
+                        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_LOCK_NAME})
+        except PBufferError:
+            raise
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise map_driver_error(exc, where) from exc
+
+    def _check_or_initialise(self, conn: sa.Connection, fresh: bool) -> None:
+        tables = set(sa.inspect(conn).get_table_names())
+        if VERSION_TABLE not in tables:
+            ours = {t for t in tables if t.startswith("pbuffer_")}
+            if (self._sqlite and tables - {"sqlite_sequence"}) or ours:
+                raise NotABufferDatabaseError(
+                    f"{self.url.render_as_string(hide_password=True)} has tables but no {VERSION_TABLE}: "
+                    "it is not a pbuffer buffer; it was left unchanged")
+            _log.info("initialising buffer schema at revision %s", versioning.head_revision())
+            versioning.upgrade_connection(conn)
+            return
+        revision = versioning.current_revision(conn)
+        head = versioning.head_revision()
+        if revision == head:
+            return
+        if revision not in versioning.known_revisions():
+            raise SchemaTooNewError(
+                f"the database is at schema revision {revision!r}, unknown to this pbuffer: it was written by a "
+                "newer pbuffer. Upgrade pbuffer; the database was left unchanged")
+        raise SchemaTooOldError(
+            f"the database is at schema revision {revision}, this pbuffer needs {head}: run "
+            f"`pbuffer db upgrade {self.url.render_as_string(hide_password=True)}`")
+
+    # ------------------------------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _cursor(self, where: str, write: bool) -> Iterator[Any]:
+        """A DBAPI cursor inside one transaction, committed on success and rolled back on any error.
+
+        sqlite: writes start with BEGIN IMMEDIATE (take the write lock first, so the busy timeout applies);
+        a lone read runs in sqlite's autocommit mode. Server databases open transactions implicitly.
+        """
+        conn = self._connections.take(where)
+        try:
+            cursor = conn.cursor()
+            if write and self._sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
+            conn.commit()
+        except BaseException as exc:
+            # A failed transaction may leave the connection in any state (or dead): roll back, then drop it.
+            # SQLITE_FULL in particular may or may not have rolled back by itself (lang_transaction.html).
+            self._connections.discard(conn)
+            if isinstance(exc, self._dbapi_error):
+                raise map_driver_error(exc, where) from exc
+            raise
+        self._connections.give_back(conn)
+
+    # --------------------------------------------------------------------------------------------- primitives
+
+    def _insert(self, messages: list[Message]) -> None:
+        # The hot path of save(): the same steps as _cursor, spelled out to spare a generator per message.
+        rows = [_row(message) for message in messages]
+        conn = self._connections.take("save")
+        try:
+            cursor = conn.cursor()
+            if self._sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            if len(rows) == 1:
+                cursor.execute(self._sql.insert, rows[0])
+            else:
+                cursor.executemany(self._sql.insert, rows)
+            conn.commit()
+        except BaseException as exc:
+            self._connections.discard(conn)
+            if isinstance(exc, self._dbapi_error):
+                raise map_driver_error(exc, "save") from exc
+            raise
+        self._connections.give_back(conn)
+
+    def _get(self, limit: int | None) -> list[Message]:
+        with self._cursor("get", write=False) as cursor:
+            if limit is None:
+                cursor.execute(self._sql.get_all, self._sql.scope)
+            else:
+                cursor.execute(self._sql.get_limit, {**self._sql.scope, "limit": limit})
+            rows = cursor.fetchall()
+        return [_message(row) for row in rows]
+
+    def _pop(self) -> Message | None:
+        with self._cursor("pop", write=True) as cursor:
+            if self._sql.pop_returning:
+                cursor.execute(self._sql.pop, self._sql.scope)
+                row = cursor.fetchone()
+            else:
+                cursor.execute(self._sql.pop_lock, self._sql.scope)
+                found = cursor.fetchone()
+                row = found[1:] if found else None
+                if found:
+                    cursor.execute(self._sql.delete_seq, {"seq": found[0]})
+            # Verified inside the transaction: a damaged row raises and its delete is rolled back.
+            return None if row is None else _message(row)
+
+    def _delete(self, message_id: str) -> bool:
+        params = {**self._sql.scope, "id": to_bytes(message_id)}
+        with self._cursor("delete", write=True) as cursor:
+            cursor.execute(self._sql.delete_id, params)
+            if cursor.rowcount:
+                return True
+            cursor.execute(self._sql.delete_dead_id, params)
+            return bool(cursor.rowcount)
+
+    def _count(self) -> int:
+        with self._cursor("count", write=False) as cursor:
+            cursor.execute(self._sql.count, self._sql.scope)
+            return int(cursor.fetchone()[0])
+
+    def _mark_dead(self, message_id: str, reason: str, attempts: int, now_us: int) -> bool:
+        with self._cursor("mark_dead", write=True) as cursor:
+            # Locks the row (server databases), so a concurrent pop and this move cannot both take it.
+            cursor.execute(self._sql.lock_pending_id, {**self._sql.scope, "id": to_bytes(message_id)})
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            # Not verified: a damaged message must still be movable out of the way.
+            cursor.execute(self._sql.insert_dead, {**dict(zip(_SEQ_COLUMNS, row, strict=True)), "reason": reason,
+                                                   "attempts": attempts, "failed_us": now_us})
+            cursor.execute(self._sql.delete_seq, {"seq": row[0]})
+            return True
+
+    def _dead_letters(self, limit: int | None) -> list[DeadLetter]:
+        with self._cursor("dead_letters", write=False) as cursor:
+            if limit is None:
+                cursor.execute(self._sql.dead_all, self._sql.scope)
+            else:
+                cursor.execute(self._sql.dead_limit, {**self._sql.scope, "limit": limit})
+            rows = cursor.fetchall()
+        return [DeadLetter(_message(row[:6]), row[6], int(row[7]), from_micros(int(row[8]))) for row in rows]
+
+    def _requeue(self, message_id: str) -> bool:
+        with self._cursor("requeue", write=True) as cursor:
+            cursor.execute(self._sql.lock_dead_id, {**self._sql.scope, "id": to_bytes(message_id)})
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            # Inserted anew, the message gets a new seq: the back of the queue. Its id, and so its
+            # deduplication by JetStream, is unchanged.
+            cursor.execute(self._sql.insert, dict(zip(_SEQ_COLUMNS[1:], row[1:], strict=True)))
+            cursor.execute(self._sql.delete_dead_seq, {"seq": row[0]})
+            return True
+
+    def _close(self) -> None:
+        self._connections.close()
+        self._engine.dispose()
+
+
+def _row(message: Message) -> dict[str, Any]:
+    """The columns of a message, with its checksum."""
+    headers = encode_headers(message.headers)
+    return {"id": to_bytes(message.id), "subject": message.subject, "payload": message.payload,
+            "headers": headers, "created_us": message.created_us,
+            "checksum": checksum(message.id, message.subject, headers, message.created_us, message.payload)}
+
+
+def _message(row: Sequence[Any]) -> Message:
+    """A Message from (id, subject, payload, headers, created_us, checksum), checksum verified."""
+    raw_id, subject, payload, headers, created_us, crc = row
+    message_id = from_bytes(bytes(raw_id)) if len(raw_id) == 16 else repr(bytes(raw_id))
+    payload = bytes(payload)
+    created_us = int(created_us)
+    if checksum(message_id, subject, headers, created_us, payload) != int(crc):
+        raise CorruptDatabaseError(f"message {message_id} failed its checksum: its stored bytes are damaged",
+                                   message_id=message_id)
+    try:
+        decoded = decode_headers(headers)
+    except ValueError as exc:  # pragma: no cover - the checksum catches this first
+        raise CorruptDatabaseError(f"message {message_id} has unreadable headers", message_id=message_id) from exc
+    return Message(message_id, subject, payload, decoded, created_us)
+
+
+class _Connections:
+    """DBAPI connections made through the engine (so its connect event applies the pragmas), reused last-in
+    first-out. The hot paths use these instead of SQLAlchemy's pool, whose per-checkout bookkeeping costs about
+    as much as a sqlite commit. ``list.pop`` and ``list.append`` are atomic, so no lock is needed.
+    """
+
+    def __init__(self, engine: Engine, keep: int) -> None:
+        self._engine = engine
+        self._keep = keep
+        self._idle: list[Any] = []
+        self._closed = False
+
+    def take(self, where: str) -> Any:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        try:
+            fairy = self._engine.raw_connection()
+        except sa.exc.SQLAlchemyError as exc:
+            raise map_driver_error(exc, where) from exc
+        connection = fairy.dbapi_connection
+        fairy.detach()  # ours from now on; the engine's pool forgets it
+        return connection
+
+    def give_back(self, connection: Any) -> None:
+        if self._closed or len(self._idle) >= self._keep:
+            connection.close()
+        else:
+            self._idle.append(connection)
+
+    def discard(self, connection: Any) -> None:
+        # It is being thrown away: the error that brought us here is the one that matters.
+        with suppress(Exception):
+            connection.rollback()
+        with suppress(Exception):
+            connection.close()
+
+    def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+
+class _Statements:
+    """The fixed SQL the hot paths run, compiled once for the engine's dialect and the buffer's scope.
+
+    Written with ``:name`` parameters (sqlite takes them natively); other dialects get SQLAlchemy's rendering for
+    their driver's paramstyle. Table and column names are constants: nothing from a caller is ever spliced in.
+    """
+
+    def __init__(self, engine: Engine, subject: str | None) -> None:
+        dialect = engine.dialect
+        sqlite = dialect.name == "sqlite"
+        self.scope: dict[str, Any] = {} if subject is None else {"subject": subject}
+        where = "" if subject is None else " WHERE subject = :subject"
+        and_scope = "" if subject is None else " AND subject = :subject"
+        # Server databases lock what they read before moving it; sqlite's BEGIN IMMEDIATE already serializes.
+        for_update = "" if sqlite else " FOR UPDATE"
+        # Competing poppers skip each other's locked rows instead of queueing behind them.
+        skip_locked = "" if sqlite else " FOR UPDATE SKIP LOCKED"
+
+        def compile_(sql: str) -> str:
+            return sql if sqlite else str(sa.text(sql).compile(dialect=dialect))
+
+        values = ", ".join(f":{column}" for column in _COLUMNS.split(", "))
+        self.insert = compile_(f"INSERT INTO {MESSAGES} ({_COLUMNS}) VALUES ({values})")
+        self.insert_dead = compile_(f"INSERT INTO {DEAD_LETTERS} (seq, {_COLUMNS}, reason, attempts, failed_us) "
+                                    f"VALUES (:seq, {values}, :reason, :attempts, :failed_us)")
+        self.get_all = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq")
+        self.get_limit = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq LIMIT :limit")
+        self.count = compile_(f"SELECT count(*) FROM {MESSAGES}{where}")
+        self.delete_id = compile_(f"DELETE FROM {MESSAGES} WHERE id = :id{and_scope}")
+        self.delete_seq = compile_(f"DELETE FROM {MESSAGES} WHERE seq = :seq")
+        self.delete_dead_id = compile_(f"DELETE FROM {DEAD_LETTERS} WHERE id = :id{and_scope}")
+        self.delete_dead_seq = compile_(f"DELETE FROM {DEAD_LETTERS} WHERE seq = :seq")
+        self.lock_pending_id = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE id = :id{and_scope}"
+                                        f"{for_update}")
+        self.lock_dead_id = compile_(f"SELECT seq, {_COLUMNS} FROM {DEAD_LETTERS} WHERE id = :id{and_scope}"
+                                     f"{for_update}")
+        self.dead_all = compile_(f"SELECT {_DEAD_COLUMNS} FROM {DEAD_LETTERS}{where} ORDER BY seq")
+        self.dead_limit = compile_(f"SELECT {_DEAD_COLUMNS} FROM {DEAD_LETTERS}{where} ORDER BY seq "
+                                   "LIMIT :limit")
+        # DELETE ... RETURNING pops in one statement (sqlite >= 3.35, PostgreSQL); MariaDB locks, then deletes.
+        self.pop_returning = dialect.name in ("sqlite", "postgresql")
+        oldest = f"SELECT seq FROM {MESSAGES}{where} ORDER BY seq LIMIT 1{skip_locked}"
+        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {_COLUMNS}")
+        self.pop_lock = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq LIMIT 1{skip_locked}")

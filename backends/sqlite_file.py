@@ -1,0 +1,110 @@
+"""What is special about sqlite files: creating them privately, refusing foreign or newer files without
+writing a byte, and the pragmas every connection gets."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from pbuffer.errors import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError, SchemaTooOldError
+
+from . import versioning
+from .schema import VERSION_TABLE
+
+__all__ = ["DURABILITY_SYNCHRONOUS", "create_private_file", "inspect_existing_file", "configure_connection"]
+
+#: ``durability`` option -> ``PRAGMA synchronous`` in WAL mode (sqlite.org/pragma.html#pragma_synchronous).
+DURABILITY_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 (and missing parent directories with 0700) if it does not exist.
+
+    sqlite's -wal and -shm files copy the main file's permissions, so this makes all of them private.
+    """
+    if path.exists():
+        return
+    missing = [parent for parent in reversed(path.parents) if not parent.exists()]
+    for directory in missing:
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:  # another process won the race; it made the file the same way
+        return
+    os.close(fd)
+
+
+def inspect_existing_file(path: Path, integrity_check: bool) -> bool:
+    """Decide, reading only, whether an existing file may be opened as a buffer.
+
+    Returns ``True`` when the file is empty (to be initialised). Raises, leaving the file byte-for-byte unchanged,
+    when it is not sqlite or not pbuffer's, holds schema objects its revision did not create (a planted trigger
+    or view could act on our writes), is at a revision this code does not know, or fails ``quick_check``.
+    """
+    try:
+        if path.stat().st_size == 0:
+            return True
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    except (OSError, sqlite3.Error) as exc:
+        raise NotABufferDatabaseError(f"{path}: cannot be opened as a sqlite database: {exc}") from exc
+    try:
+        objects = {(kind, name) for kind, name in conn.execute("SELECT type, name FROM sqlite_master")}
+        if not objects:
+            return True
+        if ("table", VERSION_TABLE) not in objects:
+            raise NotABufferDatabaseError(
+                f"{path} is a sqlite database but not a pbuffer buffer (it has no {VERSION_TABLE} table); "
+                "it was left unchanged")
+        revision = _revision(conn)
+        if revision not in versioning.known_revisions():
+            raise SchemaTooNewError(
+                f"{path} is at schema revision {revision!r}, which this pbuffer does not know: it was written by a "
+                "newer pbuffer. Upgrade pbuffer to open it; the file was left unchanged")
+        unexpected = objects - versioning.sqlite_objects(revision)
+        if unexpected:
+            listed = ", ".join(f"{kind} {name!r}" for kind, name in sorted(unexpected))
+            raise NotABufferDatabaseError(
+                f"{path} holds schema objects pbuffer did not create ({listed}); refusing to open it")
+        if revision != versioning.head_revision():
+            raise SchemaTooOldError(
+                f"{path} is at schema revision {revision}, this pbuffer needs {versioning.head_revision()}: "
+                f"run `pbuffer db upgrade sqlite:///{path}`")
+        if integrity_check:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise CorruptDatabaseError(f"{path} failed sqlite's quick_check: {'; '.join(problems[:5])}")
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "not a database" in text:
+            raise NotABufferDatabaseError(f"{path} is not a sqlite database; it was left unchanged") from exc
+        raise CorruptDatabaseError(f"{path} is damaged: {text}") from exc
+    finally:
+        conn.close()
+    return False
+
+
+def _revision(conn: sqlite3.Connection) -> str | None:
+    rows = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
+    return rows[0][0] if len(rows) == 1 else None
+
+
+def configure_connection(dbapi_connection: Any, synchronous: str, busy_timeout_ms: int) -> None:
+    """Pragmas for every new connection, and pysqlite's implicit BEGIN switched off (pbuffer issues its own)."""
+    dbapi_connection.isolation_level = None
+    for pragma in (
+        # Must precede the first table: auto_vacuum cannot be switched on later (a no-op on existing files).
+        "auto_vacuum=INCREMENTAL",
+        "journal_mode=WAL",
+        f"synchronous={synchronous}",
+        f"busy_timeout={busy_timeout_ms}",
+        # A file from elsewhere must not run code through views/triggers calling functions.
+        "trusted_schema=OFF",
+        "foreign_keys=OFF",
+    ):
+        dbapi_connection.execute(f"PRAGMA {pragma}")

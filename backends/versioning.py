@@ -1,0 +1,77 @@
+"""Which schema revision a database is at, and moving it to the code's head (alembic, driven from code).
+
+alembic keeps module-global state (``alembic.context``), so every call into it holds one process-wide lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
+from alembic import command
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from .schema import VERSION_TABLE
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+__all__ = ["alembic_config", "current_revision", "head_revision", "known_revisions", "sqlite_objects",
+           "upgrade_connection", "ALEMBIC_LOCK"]
+
+ALEMBIC_LOCK = threading.RLock()
+# The alembic environment ships inside the package as pbuffer.migrations (migrations/ in the repository).
+SCRIPT_LOCATION = str(files("pbuffer.migrations"))
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An alembic Config for pbuffer's migrations, built in code (no ini file, no logging setup)."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The newest revision this pbuffer knows."""
+    head = _script().get_current_head()
+    assert head is not None, "pbuffer ships at least one revision"
+    return head
+
+
+@cache
+def known_revisions() -> tuple[str, ...]:
+    """Every revision this pbuffer knows, oldest first."""
+    return tuple(reversed([rev.revision for rev in _script().walk_revisions()]))
+
+
+def sqlite_objects(revision: str) -> frozenset[tuple[str, str]]:
+    """The (type, name) of every schema object a sqlite buffer holds at ``revision``."""
+    script = _script().get_revision(revision)
+    assert script is not None, revision
+    module = script.module
+    objects: frozenset[tuple[str, str]] = module.SQLITE_OBJECTS
+    return objects
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision recorded in the database, or ``None`` when it has no version table (or an empty one)."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    heads = context.get_current_heads()
+    return heads[0] if heads else None
+
+
+def upgrade_connection(connection: Connection, revision: str = "head") -> None:
+    """Run the migrations up to ``revision`` on ``connection``, inside the caller's transaction."""
+    with ALEMBIC_LOCK:
+        command.upgrade(alembic_config(connection), revision)

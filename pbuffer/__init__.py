@@ -1,0 +1,77 @@
+"""pbuffer: a durable client-side buffer for NATS JetStream publishers.
+
+Save every outgoing message to a local buffer first; a relay drains it into JetStream oldest-first and deletes a
+message only after the server's PubAck, sending a stable ``Nats-Msg-Id`` so a retry is deduplicated.
+
+>>> import pbuffer
+>>> with pbuffer.open("memory://") as buf:
+...     saved = buf.save(b"hello", subject="orders.created")
+...     buf.pop() == saved
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+from .aio import AsyncBuffer
+from .buffer import Buffer
+from .errors import (
+    BackendError,
+    BufferFullError,
+    ConfigurationError,
+    CorruptDatabaseError,
+    NotABufferDatabaseError,
+    PBufferError,
+    PublishError,
+    SchemaTooNewError,
+    SchemaTooOldError,
+    StorageFullError,
+    ValidationError,
+)
+from .message import DeadLetter, Message, Outgoing
+from .registry import default_url, known_schemes, open_buffer
+
+__all__ = [
+    "AsyncBuffer",
+    "BackendError",
+    "Buffer",
+    "BufferFullError",
+    "ConfigurationError",
+    "CorruptDatabaseError",
+    "DeadLetter",
+    "Message",
+    "NotABufferDatabaseError",
+    "Outgoing",
+    "PBufferError",
+    "PublishError",
+    "SchemaTooNewError",
+    "SchemaTooOldError",
+    "StorageFullError",
+    "ValidationError",
+    "__version__",
+    "default_url",
+    "known_schemes",
+    "open",
+    "open_async",
+]
+
+
+def open(url: str | None = None, **options: Any) -> Buffer:
+    """Open a buffer by URL.
+
+    ``memory://`` (in-process), ``sqlite:///path/to/buffer.db``, ``postgresql+psycopg://...``,
+    ``mysql+pymysql://...``, or a scheme a plug-in registered under the ``pbuffer.backends`` entry points.
+    Without a URL: ``$PBUFFER_URL``, else ``buffer.db`` in the user's data directory. Options (``subject``,
+    ``durability``, ``busy_timeout``, ...) may be keyword arguments or URL query parameters.
+    """
+    return open_buffer(url, **options)
+
+
+async def open_async(url: str | None = None, **options: Any) -> AsyncBuffer:
+    """:func:`open`, awaitable: opening (which may migrate or check a file) runs off the event loop."""
+    import asyncio
+
+    buffer = await asyncio.get_running_loop().run_in_executor(None, lambda: open_buffer(url, **options))
+    return AsyncBuffer(buffer)

@@ -1,0 +1,264 @@
+"""The Buffer contract: what every backend promises, written once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+from . import ids
+from .errors import BackendError, ValidationError
+from .message import NO_HEADERS, DeadLetter, Message, Outgoing
+from .validation import check_headers, check_payload, check_subject
+
+__all__ = ["Buffer"]
+
+_log = logging.getLogger("pbuffer.buffer")
+
+
+class Buffer(ABC):
+    """A local, durable queue of messages waiting to be published to NATS JetStream.
+
+    The promises every backend keeps (the conformance suite in :mod:`pbuffer.testing` checks each one):
+
+    **Durability.** When :meth:`save` or :meth:`save_many` returns, the message is committed with the durability
+    the backend documents: ``memory://`` keeps it for the life of the process; sqlite with
+    ``durability="process"`` (the default) survives a crash or ``kill -9`` of the process, with
+    ``durability="power"`` also a power loss or OS crash; PostgreSQL and MariaDB keep what their server's commit
+    keeps. If ``save`` raises, nothing was written. ``save_many`` is all or nothing.
+
+    **States.** A message is *pending* until it is deleted (the relay deletes it after JetStream's PubAck) or
+    dead-lettered with :meth:`mark_dead`. :meth:`get`, :meth:`get_all`, :meth:`pop` and ``len()`` see pending
+    messages only; :meth:`dead_letters` lists the dead, and :meth:`requeue` makes one pending again *at the back
+    of the queue* (it keeps its id, so a copy JetStream already stored is still deduplicated).
+
+    **Order.** Oldest first, by the order in which saves committed, kept by a sequence column in storage (never
+    by the id, which sorts by time only within one process). Messages from one producer keep its call order;
+    the messages of one ``save_many`` call are consecutive.
+
+    **Empty.** :meth:`get` and :meth:`pop` return ``None`` on an empty buffer; :meth:`get_all` returns ``[]``;
+    :meth:`delete`, :meth:`mark_dead` and :meth:`requeue` return ``False`` when there is no such message.
+
+    **Concurrency.** A buffer object may be shared by threads. :meth:`pop` is atomic: two callers (threads, or
+    processes on one database) never get the same message. Several processes may open one sqlite file or
+    server database.
+
+    **Subjects.** Every message has a NATS subject, given at save or by the buffer's scope: a buffer opened with
+    ``subject=...`` saves to that subject by default and sees only that subject's messages.
+
+    **Integrity.** Backends that store bytes keep a checksum per message and verify it on every read; a damaged
+    message raises :class:`~pbuffer.CorruptDatabaseError` naming its id and is never returned.
+
+    **Bad input** (a payload that is not bytes-like: ``TypeError``; a bad subject or header:
+    :class:`~pbuffer.ValidationError`) is refused before anything is written.
+
+    Backends implement the underscore primitives; validation, ids, checksums and notifications live here once.
+    """
+
+    #: URL schemes this backend serves (``"memory"``, ``"sqlite"``...), used by :func:`pbuffer.open`.
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: Whether storage calls block on I/O; the async facade runs blocking calls in a thread.
+    blocking: ClassVar[bool] = True
+
+    def __init__(self, *, subject: str | None = None) -> None:
+        self.subject = None if subject is None else check_subject(subject)
+        self._listeners: list[Callable[[], None]] = []
+        self._listeners_lock = threading.Lock()
+        self._closed = False
+
+    # ----------------------------------------------------------------------------------------------- writing
+
+    def save(self, payload: bytes, *, subject: str | None = None,
+             headers: Mapping[str, str] | None = None) -> Message:
+        """Store one message and return it (with its id). Returning means it is stored (see Durability)."""
+        self._check_open()
+        now_ns = time.time_ns()
+        message = self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
+        self._insert([message])
+        self._notify()
+        return message
+
+    def save_many(self, items: Iterable[bytes | Outgoing], *, subject: str | None = None,
+                  headers: Mapping[str, str] | None = None) -> list[Message]:
+        """Store many messages in one transaction, all or nothing, in the order given.
+
+        Each item is a bytes-like payload (saved with ``subject`` and ``headers``) or an :class:`Outgoing` with
+        its own subject and headers (``None`` fields fall back to the call's).
+        """
+        self._check_open()
+        items = list(items)
+        now_ns = time.time_ns()
+        created_us = now_ns // 1000
+        prepare = self._prepare
+        messages = [
+            prepare(item.payload, item.subject or subject, headers if item.headers is None else item.headers,
+                    message_id, created_us)
+            if isinstance(item, Outgoing) else prepare(item, subject, headers, message_id, created_us)
+            for item, message_id in zip(items, ids.new_ids(len(items), now_ns), strict=True)
+        ]
+        if messages:
+            self._insert(messages)
+            self._notify()
+        return messages
+
+    def delete(self, message_id: str) -> bool:
+        """Delete a message, pending or dead. ``False`` if there was none with that id (in this scope)."""
+        self._check_open()
+        return self._delete(_check_id(message_id))
+
+    def pop(self) -> Message | None:
+        """Remove and return the oldest pending message atomically, or ``None`` if there is none."""
+        self._check_open()
+        return self._pop()
+
+    def mark_dead(self, message_id: str, reason: str, *, attempts: int = 1) -> bool:
+        """Move a pending message to the dead letters with ``reason``; ``False`` if it is not pending."""
+        self._check_open()
+        if not isinstance(reason, str):
+            raise ValidationError("reason must be a str")
+        if not isinstance(attempts, int) or attempts < 0:
+            raise ValidationError("attempts must be a non-negative int")
+        return self._mark_dead(_check_id(message_id), reason, attempts, time.time_ns() // 1000)
+
+    def requeue(self, message_id: str) -> bool:
+        """Make a dead letter pending again, at the back of the queue; ``False`` if it is not dead."""
+        self._check_open()
+        done = self._requeue(_check_id(message_id))
+        if done:
+            self._notify()
+        return done
+
+    # ----------------------------------------------------------------------------------------------- reading
+
+    def get(self) -> Message | None:
+        """The oldest pending message, not removed, or ``None``."""
+        self._check_open()
+        found = self._get(1)
+        return found[0] if found else None
+
+    def get_all(self, limit: int | None = None) -> list[Message]:
+        """Pending messages, oldest first; at most ``limit`` of them when given."""
+        self._check_open()
+        return self._get(_check_limit(limit))
+
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters, in the order they died; at most ``limit`` when given."""
+        self._check_open()
+        return self._dead_letters(_check_limit(limit))
+
+    def __len__(self) -> int:
+        """Number of pending messages (in this scope)."""
+        self._check_open()
+        return self._count()
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Release connections and files. Idempotent; the buffer cannot be used afterwards."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Buffer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from the saving thread) after each save, save_many or requeue commits.
+
+        This is how a relay in the same process wakes at once instead of polling. Keep callbacks tiny and
+        non-blocking; an exception in one is not propagated to the saver.
+        """
+        with self._listeners_lock:
+            self._listeners = [*self._listeners, callback]
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        with self._listeners_lock:
+            self._listeners = [cb for cb in self._listeners if cb is not callback]
+
+    # ------------------------------------------------------------------------------------- for subclasses
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Buffer:
+        """Build the backend from a URL whose pbuffer options were already parsed into ``options``."""
+        raise NotImplementedError(f"{cls.__name__} cannot be opened from a URL")
+
+    @abstractmethod
+    def _insert(self, messages: list[Message]) -> None:
+        """Store all of ``messages`` in one transaction, in order, or nothing."""
+
+    @abstractmethod
+    def _get(self, limit: int | None) -> list[Message]:
+        """Up to ``limit`` (all if ``None``) pending messages in scope, oldest first, checksums verified."""
+
+    @abstractmethod
+    def _pop(self) -> Message | None: ...
+
+    @abstractmethod
+    def _delete(self, message_id: str) -> bool: ...
+
+    @abstractmethod
+    def _count(self) -> int: ...
+
+    @abstractmethod
+    def _mark_dead(self, message_id: str, reason: str, attempts: int, now_us: int) -> bool: ...
+
+    @abstractmethod
+    def _dead_letters(self, limit: int | None) -> list[DeadLetter]: ...
+
+    @abstractmethod
+    def _requeue(self, message_id: str) -> bool: ...
+
+    def _close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release resources (called once)."""
+
+    # ---------------------------------------------------------------------------------------------- shared
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{type(self).__name__} is closed")
+
+    def _prepare(self, payload: object, subject: str | None, headers: Mapping[str, str] | None,
+                 message_id: str, created_us: int) -> Message:
+        """Validate one message and build it; raises before anything is stored."""
+        data = check_payload(payload)
+        if subject is None:
+            if self.subject is None:
+                raise ValidationError("no subject: pass subject=... to save() or open the buffer with one")
+            subject = self.subject
+        elif subject != self.subject:
+            if self.subject is not None:
+                raise ValidationError(f"this buffer is scoped to subject {self.subject!r}, not {subject!r}")
+            check_subject(subject)
+        checked = NO_HEADERS if headers is None else check_headers(headers)
+        return Message(message_id, subject, data, checked, created_us)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:  # a listener's bug must not turn a committed save into a failure
+                _log.exception("buffer listener failed")
+
+
+def _check_id(message_id: object) -> str:
+    if not isinstance(message_id, str) or not message_id:
+        raise ValidationError(f"message id must be a non-empty str, not {message_id!r}")
+    return message_id
+
+
+def _check_limit(limit: object) -> int | None:
+    if limit is None:
+        return None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise ValidationError(f"limit must be a non-negative int or None, not {limit!r}")
+    return limit

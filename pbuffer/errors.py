@@ -1,0 +1,85 @@
+"""pbuffer's error tree.
+
+Every error pbuffer raises on purpose derives from :class:`PBufferError` (never Python's built-in
+``BufferError``), except a payload of the wrong type, which is a plain :class:`TypeError` like anywhere else in
+Python. Driver exceptions are wrapped at the storage boundary with ``raise ... from exc``, so the original is
+always available as ``__cause__``.
+
+::
+
+    PBufferError
+    ├── ConfigurationError        a bad URL, an unknown scheme or option
+    ├── ValidationError           (also ValueError) a bad subject, header or argument; nothing was written
+    ├── BufferFullError           the buffer's own limits are reached; nothing was written
+    ├── StorageFullError          the disk or database is full; nothing was written
+    ├── CorruptDatabaseError      damaged storage, or a message whose checksum does not match
+    ├── NotABufferDatabaseError   a database that is not pbuffer's (left untouched)
+    ├── SchemaTooOldError         the database needs an upgrade first
+    ├── SchemaTooNewError         the database was written by a newer pbuffer (left untouched)
+    ├── PublishError              the transport could not publish
+    └── BackendError              any other failure of the storage backend (unreachable, locked, ...)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BufferFullError",
+    "ConfigurationError",
+    "CorruptDatabaseError",
+    "NotABufferDatabaseError",
+    "PBufferError",
+    "PublishError",
+    "SchemaTooNewError",
+    "SchemaTooOldError",
+    "StorageFullError",
+    "ValidationError",
+]
+
+
+class PBufferError(Exception):
+    """Root of every error pbuffer raises on purpose."""
+
+
+class ConfigurationError(PBufferError):
+    """The buffer was asked for something it cannot be: an unknown URL scheme, option or value."""
+
+
+class ValidationError(PBufferError, ValueError):
+    """An argument is invalid (subject, header, id...). Nothing was written."""
+
+
+class BufferFullError(PBufferError):
+    """The buffer's configured limits are reached. Nothing was written."""
+
+
+class StorageFullError(PBufferError):
+    """The disk or database ran out of space. Nothing was written; everything saved before is intact."""
+
+
+class CorruptDatabaseError(PBufferError):
+    """Storage is damaged. ``message_id`` names the message whose checksum failed, when one did."""
+
+    def __init__(self, msg: str, *, message_id: str | None = None) -> None:
+        super().__init__(msg)
+        self.message_id = message_id
+
+
+class NotABufferDatabaseError(PBufferError):
+    """The database holds something other than a pbuffer buffer. It was not modified."""
+
+
+class SchemaTooOldError(PBufferError):
+    """The database's schema is older than this pbuffer and must be upgraded first (the message says how)."""
+
+
+class SchemaTooNewError(PBufferError):
+    """The database was written by a newer pbuffer. It was not modified; upgrade pbuffer to open it."""
+
+
+class PublishError(PBufferError):
+    """The transport could not publish a message."""
+
+
+class BackendError(PBufferError):
+    """The storage backend failed for a reason not covered above (unreachable server, lock timeout, ...)."""

@@ -1,0 +1,123 @@
+"""Backends chosen by URL scheme, and third-party backends found through entry points."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from .buffer import Buffer
+from .errors import ConfigurationError
+
+__all__ = ["ENTRY_POINT_GROUP", "default_url", "known_schemes", "open_buffer", "parse_options"]
+
+ENTRY_POINT_GROUP = "pbuffer.backends"
+
+# Built-in backends by scheme, imported only when used (opening memory:// never imports SQLAlchemy).
+_BUILTIN = {
+    "memory": "pbuffer.backends.memory:MemoryBuffer",
+    "sqlite": "pbuffer.backends.sql:SQLBuffer",
+    "postgresql": "pbuffer.backends.sql:SQLBuffer",
+    "mysql": "pbuffer.backends.sql:SQLBuffer",
+    "mariadb": "pbuffer.backends.sql:SQLBuffer",
+}
+
+
+def _truthy(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {text!r}")
+
+
+#: Options a URL's query may carry, with how each is parsed. Any other query parameter goes to the driver.
+URL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
+    "subject": str,
+    "durability": str,
+    "busy_timeout": float,
+    "pool_size": int,
+    "integrity_check": _truthy,
+}
+
+
+def default_url() -> str:
+    """``$PBUFFER_URL``, or a sqlite file in the user's data directory."""
+    from_env = os.environ.get("PBUFFER_URL")
+    if from_env:
+        return from_env
+    from platformdirs import user_data_path
+
+    return f"sqlite:///{Path(user_data_path('pbuffer')) / 'buffer.db'}"
+
+
+def _scheme(url: str) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    return scheme.split("+", 1)[0].lower()
+
+
+def _backend_entry_points() -> dict[str, str]:
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **_BUILTIN}  # a plug-in cannot take over a built-in scheme
+
+
+def known_schemes() -> list[str]:
+    return sorted(_backend_entry_points())
+
+
+def _load(target: str) -> type[Buffer]:
+    module_name, _, attribute = target.partition(":")
+    try:
+        backend = getattr(import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot load buffer backend {target!r}: {exc}") from exc
+    if not (isinstance(backend, type) and issubclass(backend, Buffer)):
+        raise ConfigurationError(f"buffer backend {target!r} is not a pbuffer.Buffer subclass")
+    return backend
+
+
+def parse_options(url: str) -> tuple[str, dict[str, Any]]:
+    """Split pbuffer's options out of ``url``'s query; return the remaining URL and the parsed options."""
+    # Only the query is touched: re-assembling a parsed URL would mangle forms like sqlite:////absolute/path.
+    base, _, query = url.partition("?")
+    options: dict[str, Any] = {}
+    rest = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        parse = URL_OPTIONS.get(name)
+        if parse is None:
+            rest.append((name, value))
+            continue
+        try:
+            options[name] = parse(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"URL option {name}={value!r}: {exc}") from exc
+    return (f"{base}?{urlencode(rest)}" if rest else base), options
+
+
+def open_buffer(url: str | None = None, **options: Any) -> Buffer:
+    """Open the buffer at ``url`` (see :func:`pbuffer.open`)."""
+    if url is None:
+        url = default_url()
+    if not isinstance(url, str):
+        raise ConfigurationError(f"buffer URL must be a str, not {type(url).__name__}")
+    scheme = _scheme(url)
+    backends = _backend_entry_points()
+    if scheme not in backends:
+        raise ConfigurationError(f"unknown buffer URL scheme {scheme or url!r}; known schemes: "
+                                 f"{', '.join(sorted(backends))}")
+    backend = _load(backends[scheme])
+    stripped, from_url = parse_options(url)
+    clash = set(from_url) & set(options)
+    if clash:
+        raise ConfigurationError(f"option(s) {', '.join(sorted(clash))} given both in the URL and as arguments")
+    try:
+        return backend.from_url(stripped, **from_url, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise ConfigurationError(f"{backend.__name__} does not take that option: {exc}") from exc
+        raise
