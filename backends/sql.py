@@ -385,10 +385,14 @@ class _Connections:
         with suppress(Exception):
             connection.close()
 
-    def close(self) -> None:
-        self._closed = True
+    def clear(self) -> None:
+        """Close the idle connections; the next user gets a new one."""
         while self._idle:
             self._idle.pop().close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.clear()
 
 
 class _Statements:

@@ -47,10 +47,14 @@ def inspect_existing_file(path: Path, integrity_check: bool) -> bool:
     when it is not sqlite or not pbuffer's, holds schema objects its revision did not create (a planted trigger
     or view could act on our writes), is at a revision this code does not know, or fails ``quick_check``.
     """
+    uri = path.resolve().as_uri()
+    # A reader of a WAL database creates -wal and -shm files. While there is no -wal file, every change is in
+    # the main file and nobody is writing, so read it as immutable: a file we refuse gets no new files beside it.
+    immutable = not Path(f"{path}-wal").exists()
     try:
         if path.stat().st_size == 0:
             return True
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        conn = sqlite3.connect(f"{uri}?mode=ro{'&immutable=1' if immutable else ''}", uri=True, timeout=30)
     except (OSError, sqlite3.Error) as exc:
         raise NotABufferDatabaseError(f"{path}: cannot be opened as a sqlite database: {exc}") from exc
     try:
@@ -76,6 +80,9 @@ def inspect_existing_file(path: Path, integrity_check: bool) -> bool:
                 f"{path} is at schema revision {revision}, this pbuffer needs {versioning.head_revision()}: "
                 f"run `pbuffer db upgrade sqlite:///{path}`")
         if integrity_check:
+            # Not as immutable: another process may start writing now, and quick_check must see its locks.
+            conn.close()
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
             problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise CorruptDatabaseError(f"{path} failed sqlite's quick_check: {'; '.join(problems[:5])}")

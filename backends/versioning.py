@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from functools import cache
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
@@ -20,7 +20,7 @@ from .schema import VERSION_TABLE
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-__all__ = ["alembic_config", "current_revision", "head_revision", "known_revisions", "sqlite_objects",
+__all__ = ["alembic_config", "current_revision", "head_revision", "known_revisions", "model_differences", "sqlite_objects",
            "upgrade_connection", "ALEMBIC_LOCK"]
 
 ALEMBIC_LOCK = threading.RLock()
@@ -75,3 +75,21 @@ def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     """Run the migrations up to ``revision`` on ``connection``, inside the caller's transaction."""
     with ALEMBIC_LOCK:
         command.upgrade(alembic_config(connection), revision)
+
+
+def model_differences(connection: Connection) -> list[Any]:
+    """Differences between the database's pbuffer tables and the model at head (``[]`` when they agree).
+
+    Only ``pbuffer_`` objects are compared: a server database may hold the application's tables too.
+    """
+    from alembic.autogenerate import compare_metadata
+
+    from .schema import metadata
+
+    def ours(_object: Any, name: str | None, type_: str, _reflected: bool, _compare_to: Any) -> bool:
+        return type_ != "table" or bool(name and name.startswith("pbuffer_"))
+
+    context = MigrationContext.configure(connection, opts={
+        "compare_type": True, "version_table": VERSION_TABLE, "include_object": ours})
+    differences: list[Any] = compare_metadata(context, metadata)
+    return differences

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -250,9 +251,12 @@ class Buffer(ABC):
                 _log.exception("buffer listener failed")
 
 
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _check_id(message_id: object) -> str:
-    if not isinstance(message_id, str) or not message_id:
-        raise ValidationError(f"message id must be a non-empty str, not {message_id!r}")
+    if not isinstance(message_id, str) or not _ID.fullmatch(message_id):
+        raise ValidationError(f"not a message id (a lowercase UUID string): {message_id!r}")
     return message_id
 
 

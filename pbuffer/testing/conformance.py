@@ -1,0 +1,431 @@
+"""Behaviour every Buffer backend must show: the written contract of :class:`pbuffer.Buffer`, as tests."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+import pbuffer
+from pbuffer import Buffer, Message, Outgoing, ValidationError
+
+__all__ = ["AsyncBufferConformance", "BufferConformance", "MakeBuffer"]
+
+MakeBuffer = Callable[..., Buffer]
+
+UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+SUBJECT = "orders.created"
+
+BAD_SUBJECTS = ["", " ", "a b", "a\tb", "a\r\nb", "a\x00b", "a.*", "a.>", "*", ">", "a..b", ".a", "a.", "a\x7fb",
+                "a\x85b", "bad\ud800surrogate", "x" * 513]
+BAD_HEADERS: list[Any] = [
+    {"X-A": "v\r\nPUB evil 0"}, {"X-A": "line\nbreak"}, {"X-A": "nul\x00"}, {"bad name": "v"}, {"a:b": "v"},
+    {"": "v"}, {"X-A": 1}, {1: "v"}, {"Nats-Msg-Id": "chosen"}, {"nats-msg-id": "chosen"}, ["X-A", "v"],
+]
+
+
+def _same(a: Message, b: Message) -> bool:
+    return (a.id, a.subject, a.payload, dict(a.headers), a.created_us) == (
+        b.id, b.subject, b.payload, dict(b.headers), b.created_us)
+
+
+class _Base:
+    @pytest.fixture
+    def make_buffer(self) -> MakeBuffer:
+        pytest.fail("the conformance suite needs a make_buffer fixture returning a callable(**options) -> Buffer")
+
+    @pytest.fixture
+    def buffer(self, make_buffer: MakeBuffer) -> Iterator[Buffer]:
+        buf = make_buffer()
+        yield buf
+        buf.close()
+
+
+class BufferConformance(_Base):
+    """The synchronous contract."""
+
+    # ----------------------------------------------------------------------------------------- save & read
+
+    def test_save_returns_the_stored_message(self, buffer: Buffer) -> None:
+        before = datetime.now(timezone.utc)
+        message = buffer.save(b"hello", subject=SUBJECT, headers={"Trace-Id": "t-1"})
+        assert UUID7.match(message.id)
+        assert (message.subject, message.payload, dict(message.headers)) == (SUBJECT, b"hello", {"Trace-Id": "t-1"})
+        assert message.created_at.tzinfo is not None and message.created_at.utcoffset().total_seconds() == 0
+        assert before.timestamp() - 1 <= message.created_at.timestamp() <= time.time() + 1
+        stored = buffer.get()
+        assert stored is not None and _same(stored, message)
+
+    def test_empty_buffer(self, buffer: Buffer) -> None:
+        assert buffer.get() is None
+        assert buffer.pop() is None
+        assert buffer.get_all() == []
+        assert buffer.dead_letters() == []
+        assert len(buffer) == 0
+        assert buffer.delete("01a00000-0000-7000-8000-000000000000") is False
+        assert buffer.mark_dead("01a00000-0000-7000-8000-000000000000", "x") is False
+        assert buffer.requeue("01a00000-0000-7000-8000-000000000000") is False
+
+    def test_oldest_first(self, buffer: Buffer) -> None:
+        saved = [buffer.save(str(i).encode(), subject=f"s.{i % 3}") for i in range(30)]
+        assert [m.id for m in buffer.get_all()] == [m.id for m in saved]
+        assert buffer.get().id == saved[0].id  # type: ignore[union-attr]
+        assert len(buffer) == 30
+        popped = [buffer.pop() for _ in range(30)]
+        assert [m.id for m in popped if m] == [m.id for m in saved]
+        assert buffer.pop() is None
+
+    def test_get_does_not_remove(self, buffer: Buffer) -> None:
+        saved = buffer.save(b"x", subject=SUBJECT)
+        assert buffer.get().id == saved.id  # type: ignore[union-attr]
+        assert buffer.get().id == saved.id  # type: ignore[union-attr]
+        assert len(buffer) == 1
+
+    def test_get_all_limit(self, buffer: Buffer) -> None:
+        saved = buffer.save_many([b"a", b"b", b"c"], subject=SUBJECT)
+        assert [m.id for m in buffer.get_all(2)] == [m.id for m in saved[:2]]
+        assert buffer.get_all(0) == []
+        assert len(buffer.get_all(10)) == 3
+        for bad in (-1, 1.5, "2", True):
+            with pytest.raises(ValidationError):
+                buffer.get_all(bad)  # type: ignore[arg-type]
+
+    def test_save_many_in_order_and_interleaved_with_save(self, buffer: Buffer) -> None:
+        first = buffer.save(b"first", subject=SUBJECT)
+        many = buffer.save_many([b"1", Outgoing(b"2", subject="other.subject", headers={"K": "v"}), bytearray(b"3")],
+                                subject=SUBJECT)
+        last = buffer.save(b"last", subject=SUBJECT)
+        assert [m.payload for m in many] == [b"1", b"2", b"3"]
+        assert many[1].subject == "other.subject" and dict(many[1].headers) == {"K": "v"}
+        assert [m.id for m in buffer.get_all()] == [first.id, *[m.id for m in many], last.id]
+        assert len({m.id for m in many}) == 3
+
+    def test_save_many_is_all_or_nothing_on_bad_input(self, buffer: Buffer) -> None:
+        with pytest.raises(ValidationError):
+            buffer.save_many([b"ok", Outgoing(b"bad", subject="a b"), b"never"], subject=SUBJECT)
+        with pytest.raises(TypeError):
+            buffer.save_many([b"ok", "not bytes"], subject=SUBJECT)  # type: ignore[list-item]
+        assert len(buffer) == 0
+        assert buffer.save_many([], subject=SUBJECT) == []
+        assert len(buffer) == 0
+
+    def test_payloads_and_headers_round_trip(self, buffer: Buffer) -> None:
+        payloads = [b"", bytes(range(256)), b"\x00" * 10, "héllo ✓".encode(), b"x" * (1 << 20)]
+        headers = {"Content-Type": "application/x-protobuf", "X-Unicode": "naïve ✓", "X-Tab": "a\tb", "X-Empty": ""}
+        saved = [buffer.save(p, subject=SUBJECT, headers=headers) for p in payloads]
+        saved.append(buffer.save(memoryview(b"view"), subject=SUBJECT))
+        for stored, original in zip(buffer.get_all(), saved, strict=True):
+            assert _same(stored, original)
+            assert type(stored.payload) is bytes
+        assert saved[-1].payload == b"view" and dict(saved[-1].headers) == {}
+
+    def test_messages_are_immutable(self, buffer: Buffer) -> None:
+        message = buffer.save(b"x", subject=SUBJECT, headers={"A": "b"})
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            message.payload = b"y"  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            message.headers["A"] = "c"  # type: ignore[index]
+        assert "payload=<1 bytes>" in repr(message)  # never the payload itself
+
+    def test_caller_mutations_do_not_reach_the_buffer(self, buffer: Buffer) -> None:
+        payload, headers = bytearray(b"abc"), {"A": "1"}
+        buffer.save(payload, subject=SUBJECT, headers=headers)
+        payload[0:1], headers["A"] = b"z", "2"
+        stored = buffer.get()
+        assert stored is not None and stored.payload == b"abc" and dict(stored.headers) == {"A": "1"}
+
+    def test_ids_unique_and_time_ordered(self, buffer: Buffer) -> None:
+        saved = [buffer.save(b"x", subject=SUBJECT) for _ in range(300)]
+        saved += buffer.save_many([b"y"] * 300, subject=SUBJECT)
+        ids = [m.id for m in saved]
+        assert len(set(ids)) == 600
+        assert ids == sorted(ids)
+
+    def test_ids_never_reused_after_draining(self, buffer: Buffer) -> None:
+        first = buffer.save(b"x", subject=SUBJECT)
+        assert buffer.pop() is not None
+        second = buffer.save(b"x", subject=SUBJECT)
+        assert second.id != first.id
+        assert buffer.get().id == second.id  # type: ignore[union-attr]
+
+    # --------------------------------------------------------------------------------------- delete & pop
+
+    def test_delete(self, buffer: Buffer) -> None:
+        a, b, c = buffer.save_many([b"a", b"b", b"c"], subject=SUBJECT)
+        assert buffer.delete(b.id) is True
+        assert buffer.delete(b.id) is False
+        assert [m.id for m in buffer.get_all()] == [a.id, c.id]
+        assert len(buffer) == 2
+
+    def test_delete_removes_dead_letters_too(self, buffer: Buffer) -> None:
+        message = buffer.save(b"a", subject=SUBJECT)
+        buffer.mark_dead(message.id, "rejected")
+        assert buffer.delete(message.id) is True
+        assert buffer.dead_letters() == []
+
+    def test_pop_returns_and_removes(self, buffer: Buffer) -> None:
+        saved = buffer.save(b"a", subject=SUBJECT, headers={"H": "v"})
+        popped = buffer.pop()
+        assert popped is not None and _same(popped, saved)
+        assert buffer.get() is None and len(buffer) == 0
+
+    def test_bad_ids(self, buffer: Buffer) -> None:
+        for bad in (None, 1, b"id", "", "not-a-message-id", "01A00000-0000-7000-8000-000000000000"):
+            with pytest.raises(ValidationError):
+                buffer.delete(bad)  # type: ignore[arg-type]
+            with pytest.raises(ValidationError):
+                buffer.mark_dead(bad, "reason")  # type: ignore[arg-type]
+            with pytest.raises(ValidationError):
+                buffer.requeue(bad)  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------------------------------- dead letters
+
+    def test_mark_dead_hides_from_readers(self, buffer: Buffer) -> None:
+        a, b, c = buffer.save_many([b"a", b"b", b"c"], subject=SUBJECT)
+        assert buffer.mark_dead(b.id, "payload too large", attempts=3) is True
+        assert buffer.mark_dead(b.id, "again") is False
+        assert [m.id for m in buffer.get_all()] == [a.id, c.id]
+        assert len(buffer) == 2
+        (dead,) = buffer.dead_letters()
+        assert _same(dead.message, b)
+        assert (dead.reason, dead.attempts) == ("payload too large", 3)
+        assert abs(dead.failed_at.timestamp() - time.time()) < 60
+        assert [m.id for m in (buffer.pop(), buffer.pop()) if m] == [a.id, c.id]
+        assert buffer.pop() is None
+
+    def test_dead_letters_in_queue_order(self, buffer: Buffer) -> None:
+        saved = buffer.save_many([b"0", b"1", b"2", b"3"], subject=SUBJECT)
+        for message in (saved[3], saved[0], saved[2]):
+            buffer.mark_dead(message.id, f"r{message.payload.decode()}")
+        assert [d.message.id for d in buffer.dead_letters()] == [saved[0].id, saved[2].id, saved[3].id]
+        assert [d.reason for d in buffer.dead_letters(2)] == ["r0", "r2"]
+
+    def test_requeue_goes_to_the_back_keeping_its_id(self, buffer: Buffer) -> None:
+        a, b, c = buffer.save_many([b"a", b"b", b"c"], subject=SUBJECT, headers={"H": "1"})
+        buffer.mark_dead(a.id, "transient")
+        assert buffer.requeue(a.id) is True
+        assert buffer.requeue(a.id) is False
+        assert buffer.requeue(b.id) is False  # pending, not dead
+        assert [m.id for m in buffer.get_all()] == [b.id, c.id, a.id]
+        assert _same(buffer.get_all()[-1], a)
+        assert buffer.dead_letters() == []
+
+    # ------------------------------------------------------------------------------------------- subjects
+
+    def test_subject_is_required(self, buffer: Buffer) -> None:
+        with pytest.raises(ValidationError, match="subject"):
+            buffer.save(b"x")
+        assert len(buffer) == 0
+
+    @pytest.mark.parametrize("subject", BAD_SUBJECTS)
+    def test_bad_subjects_are_refused(self, buffer: Buffer, subject: str) -> None:
+        with pytest.raises(ValidationError):
+            buffer.save(b"x", subject=subject)
+        assert len(buffer) == 0
+
+    def test_subjects_that_are_valid(self, buffer: Buffer) -> None:
+        for subject in ("a", "A.b", "orders.created.v1", "ünïcode.ok", "x" * 512, "a-b_c.d$e"):
+            buffer.save(b"x", subject=subject)
+        assert [m.subject for m in buffer.get_all()][1] == "A.b"
+
+    def test_subject_injection_is_stored_verbatim_or_refused(self, buffer: Buffer) -> None:
+        with pytest.raises(ValidationError):
+            buffer.save(b"x", subject="x'; DROP TABLE pbuffer_messages;--")
+        buffer.save(b"x", subject="x';DROP.TABLE.pbuffer_messages;--")
+        assert buffer.get().subject == "x';DROP.TABLE.pbuffer_messages;--"  # type: ignore[union-attr]
+
+    @pytest.mark.parametrize("headers", BAD_HEADERS)
+    def test_bad_headers_are_refused(self, buffer: Buffer, headers: Any) -> None:
+        with pytest.raises(ValidationError):
+            buffer.save(b"x", subject=SUBJECT, headers=headers)
+        assert len(buffer) == 0
+
+    @pytest.mark.parametrize("payload", ["text", 1, None, [1, 2], {"a": 1}, 1.5])
+    def test_payload_must_be_bytes_like(self, buffer: Buffer, payload: Any) -> None:
+        with pytest.raises(TypeError, match="bytes-like"):
+            buffer.save(payload, subject=SUBJECT)
+        assert len(buffer) == 0
+
+    def test_scoped_buffer(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer() as everything, make_buffer(subject="a.b") as scoped:
+            other = everything.save(b"other", subject="c.d")
+            mine = scoped.save(b"mine")
+            assert mine.subject == "a.b"
+            also_mine = everything.save(b"also", subject="a.b")
+            with pytest.raises(ValidationError, match="scoped"):
+                scoped.save(b"x", subject="c.d")
+            assert [m.id for m in scoped.get_all()] == [mine.id, also_mine.id]
+            assert len(scoped) == 2 and len(everything) == 3
+            assert scoped.delete(other.id) is False
+            assert scoped.mark_dead(other.id, "x") is False
+            assert scoped.pop().id == mine.id  # type: ignore[union-attr]
+            assert scoped.mark_dead(also_mine.id, "bad") is True
+            assert [d.message.id for d in scoped.dead_letters()] == [also_mine.id]
+            assert everything.mark_dead(other.id, "bad") is True
+            assert [d.message.id for d in scoped.dead_letters()] == [also_mine.id]
+            assert scoped.requeue(other.id) is False
+            assert scoped.pop() is None
+            assert [m.id for m in everything.get_all()] == []
+
+    def test_scope_must_be_valid(self, make_buffer: MakeBuffer) -> None:
+        with pytest.raises(ValidationError):
+            make_buffer(subject="a b")
+
+    # --------------------------------------------------------------------------------------- lifecycle
+
+    def test_messages_outlive_the_buffer_object(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer() as first:
+            saved = first.save_many([b"1", b"2"], subject=SUBJECT, headers={"A": "b"})
+            first.mark_dead(saved[0].id, "why")
+        with make_buffer() as second:
+            assert [m.id for m in second.get_all()] == [saved[1].id]
+            assert _same(second.get_all()[0], saved[1])
+            assert [(d.message.id, d.reason) for d in second.dead_letters()] == [(saved[0].id, "why")]
+
+    def test_closed_buffer_refuses_work(self, make_buffer: MakeBuffer) -> None:
+        buf = make_buffer()
+        with buf:
+            assert not buf.closed
+        assert buf.closed
+        buf.close()  # idempotent
+        with pytest.raises(pbuffer.PBufferError, match="closed"):
+            buf.save(b"x", subject=SUBJECT)
+        with pytest.raises(pbuffer.PBufferError, match="closed"):
+            buf.get()
+
+    def test_listeners_hear_saves(self, buffer: Buffer) -> None:
+        heard: list[int] = []
+        listener = lambda: heard.append(len(heard))  # noqa: E731
+        buffer.add_listener(listener)
+        buffer.add_listener(lambda: 1 / 0)  # a broken listener does not fail the save
+        buffer.save(b"x", subject=SUBJECT)
+        buffer.save_many([b"y", b"z"], subject=SUBJECT)
+        buffer.remove_listener(listener)
+        buffer.save(b"w", subject=SUBJECT)
+        assert heard == [0, 1]
+        assert len(buffer) == 4
+
+    # -------------------------------------------------------------------------------------- concurrency
+
+    def test_threads_pop_every_message_exactly_once(self, buffer: Buffer) -> None:
+        threads, per_thread = 8, 150
+        popped: list[list[Message]] = [[] for _ in range(threads)]
+        saved: list[list[Message]] = [[] for _ in range(threads)]
+        errors: list[BaseException] = []
+        saving_done = threading.Event()
+        finished = threading.Barrier(threads)
+
+        def work(n: int) -> None:
+            try:
+                for i in range(per_thread):
+                    saved[n].append(buffer.save(f"{n}:{i}".encode(), subject=f"t.{n}"))
+                    if i % 2:
+                        found = buffer.pop()
+                        if found is not None:
+                            popped[n].append(found)
+                if finished.wait() == 0:
+                    saving_done.set()
+                while True:
+                    found = buffer.pop()
+                    if found is None:
+                        break
+                    popped[n].append(found)
+            except BaseException as exc:
+                errors.append(exc)
+                finished.abort()
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=300)
+        assert not errors, errors
+        assert saving_done.is_set()
+        all_saved = [m.id for chunk in saved for m in chunk]
+        all_popped = [m.id for chunk in popped for m in chunk]
+        assert len(all_popped) == len(set(all_popped)), "a message was popped twice"
+        assert sorted(all_popped) == sorted(all_saved), "a message was lost"
+        assert len(buffer) == 0
+        # Each consumer sees each producer's messages in the producer's order.
+        position = {m.id: i for chunk in saved for i, m in enumerate(chunk)}
+        for chunk in popped:
+            for producer in range(threads):
+                seen = [position[m.id] for m in chunk if m.subject == f"t.{producer}"]
+                assert seen == sorted(seen)
+
+
+class AsyncBufferConformance(_Base):
+    """The same contract through :class:`pbuffer.AsyncBuffer`."""
+
+    def test_async_round_trip(self, make_buffer: MakeBuffer) -> None:
+        async def scenario() -> None:
+            async with pbuffer.AsyncBuffer(make_buffer()) as buf:
+                a = await buf.save(b"a", subject=SUBJECT, headers={"H": "v"})
+                b, c = await buf.save_many([b"b", b"c"], subject=SUBJECT)
+                assert [m.id for m in await buf.get_all()] == [a.id, b.id, c.id]
+                assert (await buf.get()).id == a.id  # type: ignore[union-attr]
+                assert await buf.count() == 3
+                assert await buf.mark_dead(b.id, "no", attempts=2)
+                assert [(d.message.id, d.attempts) for d in await buf.dead_letters()] == [(b.id, 2)]
+                assert await buf.requeue(b.id)
+                assert await buf.delete(c.id)
+                popped = [await buf.pop(), await buf.pop(), await buf.pop()]
+                assert [m.id if m else None for m in popped] == [a.id, b.id, None]
+            assert buf.closed
+
+        asyncio.run(scenario())
+
+    def test_async_errors_are_the_same(self, make_buffer: MakeBuffer) -> None:
+        async def scenario() -> None:
+            async with pbuffer.AsyncBuffer(make_buffer()) as buf:
+                with pytest.raises(ValidationError):
+                    await buf.save(b"x", subject="bad subject")
+                with pytest.raises(TypeError):
+                    await buf.save("text", subject=SUBJECT)  # type: ignore[arg-type]
+                assert await buf.count() == 0
+
+        asyncio.run(scenario())
+
+    def test_concurrent_tasks_keep_their_order(self, make_buffer: MakeBuffer) -> None:
+        async def producer(buf: pbuffer.AsyncBuffer, n: int) -> list[str]:
+            return [(await buf.save(f"{n}:{i}".encode(), subject=f"p.{n}")).id for i in range(25)]
+
+        async def scenario() -> None:
+            async with pbuffer.AsyncBuffer(make_buffer()) as buf:
+                per_task = await asyncio.gather(*(producer(buf, n) for n in range(8)))
+                stored = [m.id for m in await buf.get_all()]
+                assert sorted(stored) == sorted(i for ids in per_task for i in ids)
+                for ids in per_task:
+                    assert [i for i in stored if i in set(ids)] == ids
+
+        asyncio.run(scenario())
+
+    def test_wait_for_messages(self, make_buffer: MakeBuffer) -> None:
+        async def scenario() -> None:
+            async with pbuffer.AsyncBuffer(make_buffer()) as buf:
+                assert await buf.wait_for_messages(timeout=0.05) is False
+                waiter = asyncio.ensure_future(buf.wait_for_messages(timeout=30))
+                await asyncio.sleep(0.05)
+                assert not waiter.done()
+                # A save from another thread of the process wakes the waiter too.
+                await asyncio.get_running_loop().run_in_executor(None, lambda: buf.buffer.save(b"x", subject=SUBJECT))
+                assert await asyncio.wait_for(waiter, 10) is True
+                assert await buf.wait_for_messages(timeout=0) is True  # something is pending already
+
+        asyncio.run(scenario())
+
+    def test_open_async(self, make_buffer: MakeBuffer) -> None:
+        async def scenario() -> None:
+            buf = await pbuffer.open_async("memory://")
+            async with buf:
+                await buf.save(b"x", subject=SUBJECT)
+                assert await buf.count() == 1
+
+        asyncio.run(scenario())

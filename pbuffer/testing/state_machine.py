@@ -1,0 +1,180 @@
+"""A hypothesis state machine: random sequences of buffer operations must agree with a simple model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from pbuffer import Buffer, Message, Outgoing
+
+__all__ = ["BufferStateMachineTest", "make_state_machine"]
+
+SUBJECTS = st.sampled_from(["a", "a.b", "c"])
+PAYLOADS = st.binary(max_size=64)
+HEADERS = st.one_of(st.none(), st.dictionaries(st.sampled_from(["K", "Trace-Id"]), st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), max_size=8), max_size=2))
+
+
+@dataclass
+class _Model:
+    """Pending messages in order, and dead letters by the queue position they died at."""
+
+    next_seq: int = 0
+    pending: list[tuple[int, Message]] = field(default_factory=list)
+    dead: dict[str, tuple[int, Message, str, int]] = field(default_factory=dict)
+
+    def add(self, message: Message) -> None:
+        self.pending.append((self.next_seq, message))
+        self.next_seq += 1
+
+    def find(self, message_id: str) -> int | None:
+        return next((i for i, (_, m) in enumerate(self.pending) if m.id == message_id), None)
+
+
+def _key(message: Message) -> tuple[object, ...]:
+    return message.id, message.subject, message.payload, dict(message.headers), message.created_us
+
+
+def make_state_machine(make_empty_buffer: Callable[[], Buffer],
+                       make_view: Callable[[Buffer, str], Buffer]) -> type[RuleBasedStateMachine]:
+    """A state machine class over buffers from ``make_empty_buffer`` (a fresh, empty store for each example).
+
+    ``make_view(buffer, subject)`` opens a second buffer on the same store, scoped to ``subject``.
+    """
+
+    class BufferMachine(RuleBasedStateMachine):
+        ids = Bundle("ids")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.buffer = make_empty_buffer()
+            self.view = make_view(self.buffer, "a.b")
+            self.model = _Model()
+
+        def teardown(self) -> None:
+            self.view.close()
+            self.buffer.close()
+
+        @rule(target=ids, payload=PAYLOADS, subject=SUBJECTS, headers=HEADERS)
+        def save(self, payload: bytes, subject: str, headers: dict[str, str] | None) -> str:
+            message = self.buffer.save(payload, subject=subject, headers=headers)
+            self.model.add(message)
+            return message.id
+
+        @rule(target=ids, items=st.lists(st.tuples(PAYLOADS, st.none() | SUBJECTS), max_size=5))
+        def save_many(self, items: list[tuple[bytes, str | None]]) -> object:
+            messages = self.buffer.save_many([Outgoing(p, s) for p, s in items], subject="c")
+            for message in messages:
+                self.model.add(message)
+            return multiple(*(m.id for m in messages))
+
+        @rule(target=ids, payload=PAYLOADS)
+        def save_through_view(self, payload: bytes) -> str:
+            message = self.view.save(payload)
+            self.model.add(message)
+            return message.id
+
+        @rule()
+        def get(self) -> None:
+            found = self.buffer.get()
+            expected = self.model.pending[0][1] if self.model.pending else None
+            assert (found and _key(found)) == (expected and _key(expected))
+
+        @rule(limit=st.none() | st.integers(0, 6))
+        def get_all(self, limit: int | None) -> None:
+            expected = [_key(m) for _, m in self.model.pending][:limit]
+            assert [_key(m) for m in self.buffer.get_all(limit)] == expected
+
+        @rule()
+        def view_get_all(self) -> None:
+            expected = [_key(m) for _, m in self.model.pending if m.subject == "a.b"]
+            assert [_key(m) for m in self.view.get_all()] == expected
+
+        @rule()
+        def pop(self) -> None:
+            found = self.buffer.pop()
+            if not self.model.pending:
+                assert found is None
+                return
+            _, expected = self.model.pending.pop(0)
+            assert found is not None and _key(found) == _key(expected)
+
+        @rule()
+        def view_pop(self) -> None:
+            found = self.view.pop()
+            index = next((i for i, (_, m) in enumerate(self.model.pending) if m.subject == "a.b"), None)
+            if index is None:
+                assert found is None
+                return
+            _, expected = self.model.pending.pop(index)
+            assert found is not None and _key(found) == _key(expected)
+
+        @rule(message_id=consumes(ids))
+        def delete(self, message_id: str) -> None:
+            index = self.model.find(message_id)
+            expected = index is not None or message_id in self.model.dead
+            if index is not None:
+                self.model.pending.pop(index)
+            self.model.dead.pop(message_id, None)
+            assert self.buffer.delete(message_id) is expected
+
+        @rule(message_id=ids, reason=st.text(max_size=10), attempts=st.integers(0, 5))
+        def mark_dead(self, message_id: str, reason: str, attempts: int) -> None:
+            index = self.model.find(message_id)
+            assert self.buffer.mark_dead(message_id, reason, attempts=attempts) is (index is not None)
+            if index is not None:
+                seq, message = self.model.pending.pop(index)
+                self.model.dead[message_id] = (seq, message, reason, attempts)
+
+        @rule(message_id=ids)
+        def requeue(self, message_id: str) -> None:
+            dead = self.model.dead.pop(message_id, None)
+            assert self.buffer.requeue(message_id) is (dead is not None)
+            if dead is not None:
+                self.model.add(dead[1])
+
+        @precondition(lambda self: bool(self.model.dead))
+        @rule()
+        def dead_letters(self) -> None:
+            expected = [(_key(m), r, a) for _, m, r, a in sorted(self.model.dead.values(), key=lambda d: d[0])]
+            assert [(_key(d.message), d.reason, d.attempts) for d in self.buffer.dead_letters()] == expected
+
+        @invariant()
+        def length(self) -> None:
+            assert len(self.buffer) == len(self.model.pending)
+            assert len(self.view) == sum(m.subject == "a.b" for _, m in self.model.pending)
+
+    return BufferMachine
+
+
+class BufferStateMachineTest:
+    """Runs the state machine over the ``make_buffer`` fixture (see :mod:`pbuffer.testing`)."""
+
+    state_machine_settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
+                                      suppress_health_check=list(HealthCheck))
+
+    def test_state_machine(self, make_buffer: Callable[..., Buffer]) -> None:
+        def make_empty() -> Buffer:
+            buffer = make_buffer()
+            # Each example starts from an empty store: clear what the previous one left.
+            for dead in buffer.dead_letters():
+                buffer.delete(dead.message.id)
+            while buffer.pop() is not None:
+                pass
+            return buffer
+
+        machine = make_state_machine(make_empty, lambda _buffer, subject: make_buffer(subject=subject))
+        run_state_machine_as_test(machine, settings=self.state_machine_settings)

@@ -1,0 +1,118 @@
+"""What every SQL backend (sqlite, PostgreSQL, MariaDB) must do beyond the shared contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import pbuffer
+from pbuffer import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError, StorageFullError
+from pbuffer.backends import versioning
+
+
+def raw_engine(url: str) -> sa.Engine:
+    return sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+
+def test_flipped_payload_byte_is_corruption_never_data(sql_store_url: str) -> None:
+    with pbuffer.open(sql_store_url) as buf:
+        damaged = buf.save(b"\x00important\xff", subject="a.b", headers={"H": "v"})
+        intact = buf.save(b"fine", subject="a.b")
+        engine = raw_engine(sql_store_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE pbuffer_messages SET payload = :p WHERE subject = 'a.b' AND payload = :old"),
+                         {"p": b"\x00importan\x74\xfe", "old": b"\x00important\xff"})
+        engine.dispose()
+        for read in (buf.get, buf.get_all, buf.pop):
+            with pytest.raises(CorruptDatabaseError) as caught:
+                read()
+            assert caught.value.message_id == damaged.id
+        assert len(buf) == 2
+        assert buf.mark_dead(damaged.id, "corrupt") is True
+        assert buf.pop().id == intact.id  # type: ignore[union-attr]
+
+
+def test_changed_subject_or_headers_is_corruption(sql_store_url: str) -> None:
+    with pbuffer.open(sql_store_url) as buf:
+        buf.save(b"x", subject="a.b", headers={"Amount": "10"})
+        engine = raw_engine(sql_store_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE pbuffer_messages SET headers = :h"), {"h": '{"Amount":"1000"}'})
+        engine.dispose()
+        with pytest.raises(CorruptDatabaseError):
+            buf.get()
+
+
+def test_migrations_match_the_model(sql_store_url: str) -> None:
+    pbuffer.open(sql_store_url).close()
+    engine = raw_engine(sql_store_url)
+    with engine.connect() as conn:
+        assert versioning.model_differences(conn) == []
+        # The comparison can fail: a column the model does not know is reported.
+        conn.exec_driver_sql("ALTER TABLE pbuffer_messages ADD COLUMN surprise INTEGER")
+        assert versioning.model_differences(conn) != []
+        conn.rollback()
+    engine.dispose()
+
+
+def test_foreign_tables_with_our_names_are_refused(server_store_url: str) -> None:
+    engine = raw_engine(server_store_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE pbuffer_messages (x INTEGER)")
+    engine.dispose()
+    with pytest.raises(NotABufferDatabaseError):
+        pbuffer.open(server_store_url)
+
+
+def test_server_database_shared_with_application_tables(server_store_url: str) -> None:
+    engine = raw_engine(server_store_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE app_orders (id INTEGER PRIMARY KEY)")
+    try:
+        with pbuffer.open(server_store_url) as buf:
+            buf.save(b"x", subject="a")
+            assert len(buf) == 1
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE app_orders")
+        engine.dispose()
+
+
+def test_schema_too_new_on_every_sql_backend(sql_store_url: str) -> None:
+    pbuffer.open(sql_store_url).close()
+    engine = raw_engine(sql_store_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE pbuffer_alembic_version SET version_num = '9999'")
+    engine.dispose()
+    with pytest.raises(SchemaTooNewError):
+        pbuffer.open(sql_store_url)
+
+
+def test_full_disk_raises_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with pbuffer.open(f"sqlite:///{path}") as buf:
+        kept = buf.save_many([b"k" * 100] * 10, subject="a")
+    pages = path.stat().st_size // 4096
+    with pbuffer.open(f"sqlite:///{path}") as buf:
+        # Every connection the buffer makes sees a "disk" a few pages larger than the file is now.
+        sa.event.listen(buf._engine, "connect",  # type: ignore[attr-defined]
+                        lambda conn, _record: conn.execute(f"PRAGMA max_page_count = {pages + 3}"))
+        buf._connections.clear()  # type: ignore[attr-defined]
+        failures = 0
+        for _ in range(20):
+            try:
+                buf.save(b"big" * 4000, subject="a")
+            except StorageFullError:
+                failures += 1
+        assert failures > 0
+        with pytest.raises(StorageFullError):
+            buf.save_many([b"big" * 4000] * 5, subject="a")
+        stored = buf.get_all()
+        assert [m.id for m in stored[:10]] == [m.id for m in kept]
+        assert len(stored) == 20 - failures + 10
+    # Room again (a new connection has no page limit): saving works.
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
+        buf.save(b"big" * 4000, subject="a")
+        assert len(buf) == 20 - failures + 11

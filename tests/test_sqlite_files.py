@@ -1,0 +1,186 @@
+"""What only sqlite files do: private files, refusing foreign or newer files untouched, pragmas, corruption."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pbuffer
+from pbuffer import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError
+
+
+def url(path: Path, **query: str) -> str:
+    suffix = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"sqlite:///{path}" + (f"?{suffix}" if suffix else "")
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file of a sqlite database (main, -wal, -shm) by name, read only after all connections closed."""
+    return {p.name: p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name)}
+
+
+def test_files_and_directories_are_private(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "new" / "deeper" / "buffer.db"
+    with pbuffer.open(url(path)) as buf:
+        buf.save(b"x", subject="a")
+        files = [p for p in path.parent.iterdir() if p.name.startswith("buffer.db")]
+        assert {p.name for p in files} >= {"buffer.db", "buffer.db-wal", "buffer.db-shm"}
+        for p in files:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    for directory in (tmp_path / "new", tmp_path / "new" / "deeper"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_existing_directories_keep_their_mode(tmp_path: Path, umask_022: None) -> None:
+    os.chmod(tmp_path, 0o755)
+    pbuffer.open(url(tmp_path / "b.db")).close()
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+
+def test_new_file_settings(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    pbuffer.open(url(path)).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        objects = {tuple(row) for row in conn.execute("SELECT type, name FROM sqlite_master")}
+        assert ("table", "pbuffer_messages") in objects and ("table", "pbuffer_alembic_version") in objects
+        assert conn.execute("SELECT version_num FROM pbuffer_alembic_version").fetchall() == [("0001",)]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("process", 1), ("power", 2)])
+def test_durability_sets_synchronous(tmp_path: Path, durability: str, synchronous: int) -> None:
+    with pbuffer.open(url(tmp_path / "b.db", durability=durability)) as buf:
+        assert buf.durability == durability  # type: ignore[attr-defined]
+        conn = buf._connections.take("test")  # type: ignore[attr-defined]
+        try:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+            assert conn.execute("PRAGMA trusted_schema").fetchone()[0] == 0
+        finally:
+            buf._connections.give_back(conn)  # type: ignore[attr-defined]
+
+
+def test_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(pbuffer.ConfigurationError, match="durability"):
+        pbuffer.open(url(tmp_path / "b.db"), durability="disk")
+    with pytest.raises(pbuffer.ConfigurationError, match="busy_timeout"):
+        pbuffer.open(url(tmp_path / "b.db"), busy_timeout=-1)
+    with pytest.raises(pbuffer.ConfigurationError, match="memory://"):
+        pbuffer.open("sqlite://")
+    with pytest.raises(pbuffer.ConfigurationError, match="memory://"):
+        pbuffer.open("sqlite:///:memory:")
+
+
+def test_foreign_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    before = snapshot(path)
+    with pytest.raises(NotABufferDatabaseError, match="not a pbuffer buffer"):
+        pbuffer.open(url(path))
+    assert snapshot(path) == before
+
+
+@pytest.mark.parametrize("content", [b"hello, I am a text file\n" * 100, os.urandom(8192), b"SQLite format 3\x00" + b"\xff" * 200])
+def test_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+    with pytest.raises(NotABufferDatabaseError):
+        pbuffer.open(url(path))
+    assert snapshot(path) == {"notes.db": content}
+
+
+@pytest.mark.parametrize("ddl", [
+    "CREATE TRIGGER steal AFTER INSERT ON pbuffer_messages BEGIN DELETE FROM pbuffer_messages; END",
+    "CREATE VIEW peek AS SELECT payload FROM pbuffer_messages",
+    "CREATE TABLE extra (x)",
+    "CREATE INDEX ix_extra ON pbuffer_messages (subject)",
+])
+def test_planted_schema_objects_are_refused(tmp_path: Path, ddl: str) -> None:
+    path = tmp_path / "b.db"
+    with pbuffer.open(url(path)) as buf:
+        buf.save(b"keep me", subject="a")
+    conn = sqlite3.connect(path)
+    conn.execute(ddl)
+    conn.commit()
+    conn.close()
+    before = snapshot(path)
+    with pytest.raises(NotABufferDatabaseError, match="did not create"):
+        pbuffer.open(url(path))
+    assert snapshot(path) == before
+
+
+def test_schema_too_new_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with pbuffer.open(url(path)) as buf:
+        buf.save(b"from the future", subject="a")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE pbuffer_alembic_version SET version_num = '9999'")
+    conn.commit()
+    conn.close()
+    before = snapshot(path)
+    with pytest.raises(SchemaTooNewError, match="newer pbuffer"):
+        pbuffer.open(url(path))
+    assert snapshot(path) == before
+
+
+def test_flipped_byte_on_disk_is_reported_never_returned(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    marker = b"PAYLOAD-" + b"0123456789" * 10
+    with pbuffer.open(url(path)) as buf:
+        first = buf.save(marker, subject="a")
+        second = buf.save(b"intact", subject="a")
+    # All connections are closed, so the WAL was checkpointed into the main file: damage one byte there.
+    data = bytearray(path.read_bytes())
+    at = data.index(marker) + 20
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pbuffer.open(url(path)) as buf:
+        with pytest.raises(CorruptDatabaseError) as caught:
+            buf.get()
+        assert caught.value.message_id == first.id
+        assert first.id in str(caught.value)
+        with pytest.raises(CorruptDatabaseError):
+            buf.pop()
+        assert len(buf) == 2  # the failed pop removed nothing
+        assert buf.mark_dead(first.id, "corrupt") is True  # a damaged message can be moved aside
+        assert buf.pop().id == second.id  # type: ignore[union-attr]
+
+
+def test_damaged_page_is_caught_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with pbuffer.open(url(path)) as buf:
+        buf.save_many([os.urandom(200) for _ in range(2000)], subject="a")
+    data = bytearray(path.read_bytes())
+    page = 4096
+    # Scribble over an interior page of the table: structure, not just payload.
+    data[page * 3 : page * 3 + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptDatabaseError):
+        pbuffer.open(url(path))
+
+
+def test_reopen_concurrently_initialised_file(tmp_path: Path) -> None:
+    """Two buffers on one new file: the second opener finds the schema the first one made."""
+    path = tmp_path / "b.db"
+    with pbuffer.open(url(path)) as a, pbuffer.open(url(path)) as b:
+        saved = a.save(b"x", subject="s")
+        assert b.pop().id == saved.id  # type: ignore[union-attr]
