@@ -20,8 +20,10 @@ from .schema import VERSION_TABLE
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-__all__ = ["alembic_config", "current_revision", "head_revision", "known_revisions", "model_differences", "sqlite_objects",
-           "upgrade_connection", "ALEMBIC_LOCK"]
+__all__ = [
+    "ALEMBIC_LOCK", "alembic_config", "current_revision", "head_revision", "known_revisions", "model_differences",
+    "sqlite_objects", "upgrade_connection",
+]
 
 ALEMBIC_LOCK = threading.RLock()
 # The alembic environment ships inside the package as pbuffer.migrations (migrations/ in the repository).

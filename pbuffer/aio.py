@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .buffer import Buffer
-from .message import DeadLetter, Message, Outgoing
+from .message import DeadLetter, Message, Outgoing, Payload
 
 __all__ = ["AsyncBuffer"]
 
@@ -29,7 +29,7 @@ class AsyncBuffer:
                           if buffer.blocking else None)
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._listener: Callable[[], None] | None = None
+        self._listener: Callable[[], object] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._executor is None:
@@ -37,11 +37,11 @@ class AsyncBuffer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
-    async def save(self, payload: bytes, *, subject: str | None = None,
+    async def save(self, payload: Payload, *, subject: str | None = None,
                    headers: Mapping[str, str] | None = None) -> Message:
         return await self._run(self.buffer.save, payload, subject=subject, headers=headers)
 
-    async def save_many(self, items: Iterable[bytes | Outgoing], *, subject: str | None = None,
+    async def save_many(self, items: Iterable[Payload | Outgoing], *, subject: str | None = None,
                         headers: Mapping[str, str] | None = None) -> list[Message]:
         return await self._run(self.buffer.save_many, list(items), subject=subject, headers=headers)
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from . import ids
 from .errors import BackendError, ValidationError
-from .message import NO_HEADERS, DeadLetter, Message, Outgoing
+from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
 from .validation import check_headers, check_payload, check_subject
 
 __all__ = ["Buffer"]
@@ -66,13 +66,13 @@ class Buffer(ABC):
 
     def __init__(self, *, subject: str | None = None) -> None:
         self.subject = None if subject is None else check_subject(subject)
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[], object]] = []
         self._listeners_lock = threading.Lock()
         self._closed = False
 
     # ----------------------------------------------------------------------------------------------- writing
 
-    def save(self, payload: bytes, *, subject: str | None = None,
+    def save(self, payload: Payload, *, subject: str | None = None,
              headers: Mapping[str, str] | None = None) -> Message:
         """Store one message and return it (with its id). Returning means it is stored (see Durability)."""
         self._check_open()
@@ -82,7 +82,7 @@ class Buffer(ABC):
         self._notify()
         return message
 
-    def save_many(self, items: Iterable[bytes | Outgoing], *, subject: str | None = None,
+    def save_many(self, items: Iterable[Payload | Outgoing], *, subject: str | None = None,
                   headers: Mapping[str, str] | None = None) -> list[Message]:
         """Store many messages in one transaction, all or nothing, in the order given.
 
@@ -173,7 +173,7 @@ class Buffer(ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def add_listener(self, callback: Callable[[], None]) -> None:
+    def add_listener(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` (from the saving thread) after each save, save_many or requeue commits.
 
         This is how a relay in the same process wakes at once instead of polling. Keep callbacks tiny and
@@ -182,7 +182,7 @@ class Buffer(ABC):
         with self._listeners_lock:
             self._listeners = [*self._listeners, callback]
 
-    def remove_listener(self, callback: Callable[[], None]) -> None:
+    def remove_listener(self, callback: Callable[[], object]) -> None:
         with self._listeners_lock:
             self._listeners = [cb for cb in self._listeners if cb is not callback]
 

@@ -11,8 +11,12 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 __all__ = [
-    "NO_HEADERS", "DeadLetter", "Message", "Outgoing", "checksum", "decode_headers", "encode_headers", "from_micros",
+    "NO_HEADERS", "DeadLetter", "Message", "Outgoing", "Payload", "checksum", "decode_headers", "encode_headers",
+    "from_micros",
 ]
+
+#: What a payload may be given as; it is stored and returned as ``bytes``.
+Payload = bytes | bytearray | memoryview
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -61,7 +65,7 @@ class DeadLetter:
 class Outgoing(NamedTuple):
     """One item for :meth:`pbuffer.Buffer.save_many` when messages differ in subject or headers."""
 
-    payload: bytes
+    payload: Payload
     subject: str | None = None
     headers: Mapping[str, str] | None = None
 

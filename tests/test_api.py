@@ -9,11 +9,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pbuffer.backends.memory import MemoryBuffer
+from pbuffer.backends.sql import SQLBuffer
 
 import pbuffer
 from pbuffer import errors, ids
-from pbuffer.backends.memory import MemoryBuffer
-from pbuffer.backends.sql import SQLBuffer
 from pbuffer.registry import parse_options
 
 
@@ -133,7 +133,7 @@ def test_entry_point_that_is_not_a_buffer(tmp_path: Path, monkeypatch: pytest.Mo
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: not-a-backend\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[pbuffer.backends]\nthing = not_a_backend:Thing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(pbuffer.ConfigurationError, match="not a pbuffer.Buffer"):
+    with pytest.raises(pbuffer.ConfigurationError, match=r"not a pbuffer\.Buffer"):
         pbuffer.open("thing://")
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pbuffer.backends import versioning
 
 import pbuffer
 from pbuffer import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError, StorageFullError
-from pbuffer.backends import versioning
 
 
 def raw_engine(url: str) -> sa.Engine:

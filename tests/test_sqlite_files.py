@@ -99,7 +99,9 @@ def test_foreign_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
     assert snapshot(path) == before
 
 
-@pytest.mark.parametrize("content", [b"hello, I am a text file\n" * 100, os.urandom(8192), b"SQLite format 3\x00" + b"\xff" * 200])
+@pytest.mark.parametrize("content", [
+    b"hello, I am a text file\n" * 100, os.urandom(8192), b"SQLite format 3\x00" + b"\xff" * 200,
+])
 def test_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "notes.db"
     path.write_bytes(content)

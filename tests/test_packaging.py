@@ -1,0 +1,71 @@
+"""The distribution: one wheel holding the core, backends, migrations and the benchmark harness, and nothing
+else; installed without the checkout (non-editable), it imports every backend, finds its migrations and runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(out), str(ROOT)], check=True, cwd=out)
+    (built,) = out.glob("pbuffer-*.whl")
+    return built
+
+
+def test_wheel_contents(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in [
+        "pbuffer/__init__.py", "pbuffer/py.typed", "pbuffer/buffer.py", "pbuffer/testing/conformance.py",
+        "pbuffer/backends/__init__.py", "pbuffer/backends/memory.py", "pbuffer/backends/sql.py",
+        "pbuffer/migrations/env.py", "pbuffer/migrations/script.py.mako", "pbuffer/migrations/versions/0001_initial.py",
+        "pbuffer/benchmarks/__init__.py", "pbuffer/benchmarks/__main__.py",
+    ]:
+        assert expected in names, expected
+    assert not [n for n in names if n.startswith(("tests/", "backends/", "migrations/", "benchmarks/"))]
+    assert not [n for n in names if "/results/" in n], "committed benchmark results must stay out of the wheel"
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    for extra in ("postgresql", "mysql", "demo", "bench", "dev"):
+        assert f"Provides-Extra: {extra}" in text
+    entry_points = zipfile.ZipFile(wheel).read(metadata.replace("METADATA", "entry_points.txt")).decode()
+    assert "[pbuffer.backends]" in entry_points
+
+
+def test_installed_wheel_works_without_the_checkout(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                    str(wheel)], check=True)
+    program = f"""
+import json, pathlib, pbuffer
+from pbuffer.backends import memory, sql, versioning
+assert pathlib.Path(pbuffer.__file__).is_relative_to({str(target)!r}), pbuffer.__file__
+assert pathlib.Path(sql.__file__).is_relative_to({str(target)!r}), sql.__file__
+assert pathlib.Path(versioning.SCRIPT_LOCATION).is_relative_to({str(target)!r}), versioning.SCRIPT_LOCATION
+assert versioning.head_revision() == "0001"
+with pbuffer.open("sqlite:///{tmp_path}/b.db") as buf:
+    saved = buf.save(b"x", subject="a")
+    assert buf.pop().id == saved.id
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
+    out = tmp_path / "bench.json"
+    bench = subprocess.run([sys.executable, "-m", "pbuffer.benchmarks", "--quick", "--scale", "0.0005",
+                            "--json", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads(out.read_text())["cases"]
