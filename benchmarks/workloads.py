@@ -120,7 +120,7 @@ def buffer_pop_backlog(context: Context, directory: Path, n: int, *, backlog: in
     try:
         pop = buffer.pop
         seconds = 0.0
-        done = 0
+        done = size = 0
         while done < n:
             size = min(backlog, n - done)
 
@@ -133,8 +133,7 @@ def buffer_pop_backlog(context: Context, directory: Path, n: int, *, backlog: in
             if done < n:
                 _expect(len(buffer) == backlog - size, f"{size} messages popped")
                 _fill(buffer, size)
-        _expect(len(buffer) == backlog - (n - (done - size)) if n > backlog else len(buffer) == backlog - n,
-                f"{n} messages popped")
+        _expect(len(buffer) == backlog - size, f"{n} messages popped")
         return seconds
     finally:
         buffer.close()

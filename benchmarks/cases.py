@@ -1,0 +1,143 @@
+"""The table of cases. A new backend or peer is a new row here; the harness and the report need no change.
+
+Message counts are full-mode / quick-mode sizes before ``--scale``; they keep a full run under about three
+minutes on a 2-core machine. Targets are the issue's, unchanged: a missed one is reported as missed.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from . import peers, workloads
+from .harness import Case, Settings, Target
+
+__all__ = ["BACKENDS", "OPS", "build_cases"]
+
+OPS = ("save", "save_many", "pop", "pop_backlog")
+BACKENDS = ("memory", "sqlite")
+
+_PQ_DEFAULTS = (
+    "persist-queue 1.1 sets only PRAGMA journal_mode=WAL on its connections (sqlbase.SQLiteBase._new_db_connection) "
+    "and leaves synchronous at sqlite's default, FULL: stronger than pbuffer's durability='process' (NORMAL). "
+)
+_PQ_SETUP = "SQLiteAckQueue(auto_commit=True, multithreading=True); items are pickled."
+_LQ_DEFAULTS = (
+    "litequeue sets journal_mode=WAL, synchronous=NORMAL (the same durability as 'process'), temp_store=MEMORY "
+    "and a 256 MB cache_size; it stores text, so the payload is put as a 100-character str. "
+)
+
+
+def build_cases(settings: Settings) -> list[Case]:
+    count = settings.count
+    big_backlog = count(1_000_000, 200_000)
+    small_backlog = count(1_000)
+    backlog_note = (
+        f"pop() timed from the front of a buffer holding {big_backlog:,} messages (subject) and {small_backlog:,} "
+        f"(baseline; its pops run in rounds of {small_backlog:,}, refilled untimed in between). Each repetition "
+        "opens a fresh copy of a backlog file written once per run with save_many."
+    )
+    if settings.quick:
+        backlog_note += " Quick mode: the big backlog is 200,000, not the issue's 1,000,000."
+    if settings.scale != 1:
+        backlog_note += f" Scaled by {settings.scale:g}."
+
+    return [
+        Case(
+            name="sqlite.save vs sqlite3", op="save", backend="sqlite",
+            subject_label="pbuffer sqlite save() [process]", subject=workloads.buffer_save,
+            baseline_label="sqlite3 loop", baseline=workloads.sqlite3_loop,
+            count=count(20_000, 8_000),
+            target=Target("sqlite save() >= 0.6x plain sqlite3 loop", "min_ratio", 0.6),
+            note="Baseline: python sqlite3, WAL, synchronous=NORMAL, one BEGIN IMMEDIATE; INSERT; COMMIT per "
+                 "message into (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL).",
+        ),
+        Case(
+            name="sqlite.save vs persist-queue", op="save", backend="sqlite",
+            subject_label="pbuffer sqlite save() [process]", subject=workloads.buffer_save,
+            baseline_label="persist-queue put() [NORMAL]",
+            baseline=partial(peers.persistqueue_put, synchronous="NORMAL"),
+            count=count(10_000, 4_000),
+            target=Target("sqlite save() >= 3x persist-queue put()", "min_ratio", 3.0),
+            note=_PQ_DEFAULTS + "For equal durability this case sets synchronous=NORMAL on its connections after "
+                 "opening; 'sqlite.save[power] vs persist-queue[default]' compares at its default. " + _PQ_SETUP,
+            requires=("persistqueue",), probe=peers.persistqueue_pragmas,
+        ),
+        Case(
+            name="sqlite.save[power] vs persist-queue[default]", op="save", backend="sqlite",
+            subject_label="pbuffer sqlite save() [power]", subject=partial(workloads.buffer_save, durability="power"),
+            baseline_label="persist-queue put() [default FULL]", baseline=peers.persistqueue_put,
+            count=count(3_000, 1_000),
+            note=_PQ_DEFAULTS + "Here both sides run with synchronous=FULL (pbuffer durability='power'): an fsync "
+                 "per commit, so this measures the disk. No target; for context. " + _PQ_SETUP,
+            requires=("persistqueue",), probe=peers.persistqueue_pragmas,
+        ),
+        Case(
+            name="sqlite.save vs litequeue", op="save", backend="sqlite",
+            subject_label="pbuffer sqlite save() [process]", subject=workloads.buffer_save,
+            baseline_label="litequeue put()", baseline=peers.litequeue_put,
+            count=count(10_000, 4_000),
+            note=_LQ_DEFAULTS + "put() is one INSERT in autocommit mode. No target; for context.",
+            requires=("litequeue",), probe=peers.litequeue_pragmas,
+        ),
+        Case(
+            name="sqlite.save_many", op="save_many", backend="sqlite",
+            subject_label="pbuffer sqlite save_many() [process]", subject=workloads.buffer_save_many,
+            baseline_label="sqlite3 executemany", baseline=workloads.sqlite3_executemany,
+            count=count(50_000, 20_000),
+            target=Target("sqlite save_many() >= 250,000 msg/s", "min_rate", 250_000),
+            note="Batches of 1,000 messages per save_many() call. Baseline (for context; the target is absolute): "
+                 "python sqlite3 executemany, one BEGIN IMMEDIATE transaction per 1,000 rows, same pragmas and "
+                 "table as the sqlite3 loop.",
+        ),
+        Case(
+            name="sqlite.pop vs persist-queue", op="pop", backend="sqlite",
+            subject_label="pbuffer sqlite pop() [process]", subject=workloads.buffer_pop,
+            baseline_label="persist-queue get()+ack() [NORMAL]",
+            baseline=partial(peers.persistqueue_pop, synchronous="NORMAL"),
+            count=count(5_000, 2_000),
+            target=Target("sqlite pop() >= 5x persist-queue get()+ack()", "min_ratio", 5.0),
+            note=_PQ_DEFAULTS + "For equal durability this case sets synchronous=NORMAL on its connections. Both "
+                 "start with exactly the messages to be popped (pbuffer filled with save_many, persist-queue with "
+                 "put()). persist-queue keeps acked rows (status=5) until clear_acked_data() and its get() scans "
+                 "past them in id order, so its rate falls as a repetition proceeds: the ratio depends on the "
+                 "count popped. " + _PQ_SETUP,
+            requires=("persistqueue",), probe=peers.persistqueue_pragmas,
+        ),
+        Case(
+            name="sqlite.pop vs litequeue", op="pop", backend="sqlite",
+            subject_label="pbuffer sqlite pop() [process]", subject=workloads.buffer_pop,
+            baseline_label="litequeue pop()+done()", baseline=peers.litequeue_pop,
+            count=count(5_000, 2_000),
+            note=_LQ_DEFAULTS + "done() marks the row DONE and keeps it (prune() deletes). No target; for context.",
+            requires=("litequeue",), probe=peers.litequeue_pragmas,
+        ),
+        Case(
+            name="sqlite.pop backlog", op="pop_backlog", backend="sqlite",
+            subject_label=f"pop() with {big_backlog:,} waiting",
+            subject=partial(workloads.buffer_pop_backlog, backlog=big_backlog),
+            baseline_label=f"pop() with {small_backlog:,} waiting",
+            baseline=partial(workloads.buffer_pop_backlog, backlog=small_backlog),
+            count=count(10_000, 5_000),
+            target=Target(f"sqlite pop() with {big_backlog:,} waiting within 2x of {small_backlog:,} waiting",
+                          "max_slowdown", 2.0),
+            note=backlog_note + " The target's measure is the slowdown, rate(small)/rate(big).",
+        ),
+        Case(
+            name="memory.save", op="save", backend="memory",
+            subject_label="pbuffer memory save()", subject=partial(workloads.buffer_save, backend="memory"),
+            count=count(100_000, 40_000),
+            target=Target("memory save() >= 250,000 msg/s", "min_rate", 250_000),
+        ),
+        Case(
+            name="memory.save_many", op="save_many", backend="memory",
+            subject_label="pbuffer memory save_many()", subject=partial(workloads.buffer_save_many, backend="memory"),
+            count=count(100_000, 40_000),
+            note="Batches of 1,000 messages per call. No target; for context.",
+        ),
+        Case(
+            name="memory.pop", op="pop", backend="memory",
+            subject_label="pbuffer memory pop()", subject=partial(workloads.buffer_pop, backend="memory"),
+            count=count(50_000, 20_000),
+            note="No target; for context.",
+        ),
+    ]

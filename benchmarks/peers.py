@@ -1,0 +1,149 @@
+"""Workloads for other Python durable queues, measured the way their documentation uses them.
+
+Each peer is imported inside its workload: peers are optional (``pbuffer[bench]``), and a case whose peer is
+missing is skipped by the harness before any workload runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from .harness import Context, timed
+from .workloads import PAYLOAD
+
+__all__ = [
+    "litequeue_pop",
+    "litequeue_pragmas",
+    "litequeue_put",
+    "persistqueue_pop",
+    "persistqueue_pragmas",
+    "persistqueue_put",
+]
+
+# litequeue stores text: the same 100 bytes, as a str.
+_TEXT = PAYLOAD.decode()
+_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+def _pragmas(connection: sqlite3.Connection) -> str:
+    journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    synchronous = int(connection.execute("PRAGMA synchronous").fetchone()[0])
+    return f"journal_mode={journal}, synchronous={_SYNCHRONOUS.get(synchronous, synchronous)}"
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise RuntimeError(f"benchmark sanity check failed: {what}")
+
+
+# ------------------------------------------------------------------------------------------------ persist-queue
+
+
+def _persistqueue(directory: Path, synchronous: str | None) -> Any:
+    import persistqueue
+
+    # multithreading=True: a pbuffer Buffer may be shared by threads, so the peer gets the same promise.
+    queue = persistqueue.SQLiteAckQueue(str(directory / "pq"), auto_commit=True, multithreading=True)
+    if synchronous is not None:
+        # persist-queue has no option for this; its connections are private attributes (sqlbase.SQLiteBase).
+        for connection in {id(c): c for c in (queue._putter, queue._getter)}.values():
+            connection.execute(f"PRAGMA synchronous={synchronous}")
+    return queue
+
+
+def persistqueue_pragmas(directory: Path) -> str:
+    queue = _persistqueue(directory, None)
+    try:
+        return f"Observed on a persist-queue connection as it opens: {_pragmas(queue._putter)}."
+    finally:
+        queue.close()
+
+
+def persistqueue_put(context: Context, directory: Path, n: int, *, synchronous: str | None = None) -> float:
+    queue = _persistqueue(directory, synchronous)
+    try:
+        put = queue.put
+
+        def run() -> None:
+            for _ in range(n):
+                put(PAYLOAD)
+
+        seconds = timed(run)
+        _expect(queue.qsize() == n, f"{n} items put")
+        return seconds
+    finally:
+        queue.close()
+
+
+def persistqueue_pop(context: Context, directory: Path, n: int, *, synchronous: str | None = None) -> float:
+    """get() then ack(): SQLiteAckQueue's way to take an item for good (two transactions)."""
+    queue = _persistqueue(directory, synchronous)
+    try:
+        for _ in range(n):
+            queue.put(PAYLOAD)
+        get, ack = queue.get, queue.ack
+
+        def run() -> None:
+            for _ in range(n):
+                ack(get(block=False))
+
+        seconds = timed(run)
+        _expect(queue.acked_count() == n, f"{n} items acked")
+        return seconds
+    finally:
+        queue.close()
+
+
+# ---------------------------------------------------------------------------------------------------- litequeue
+
+
+def _litequeue(directory: Path) -> Any:
+    from litequeue import LiteQueue
+
+    return LiteQueue(str(directory / "lq.db"))
+
+
+def litequeue_pragmas(directory: Path) -> str:
+    queue = _litequeue(directory)
+    try:
+        return f"Observed on a litequeue connection as it opens: {_pragmas(queue.conn)}."
+    finally:
+        queue.close()
+
+
+def litequeue_put(context: Context, directory: Path, n: int) -> float:
+    queue = _litequeue(directory)
+    try:
+        put = queue.put
+
+        def run() -> None:
+            for _ in range(n):
+                put(_TEXT)
+
+        seconds = timed(run)
+        _expect(queue.qsize() == n, f"{n} items put")
+        return seconds
+    finally:
+        queue.close()
+
+
+def litequeue_pop(context: Context, directory: Path, n: int) -> float:
+    """pop() then done(): litequeue's way to take a message for good (two transactions)."""
+    queue = _litequeue(directory)
+    try:
+        with queue.transaction():
+            for _ in range(n):
+                queue.put(_TEXT)
+        pop, done = queue.pop, queue.done
+
+        def run() -> None:
+            for _ in range(n):
+                done(pop().message_id)
+
+        seconds = timed(run)
+        _expect(queue.qsize() == 0, f"{n} messages popped")
+        return seconds
+    finally:
+        queue.close()
