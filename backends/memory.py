@@ -22,7 +22,6 @@ __all__ = ["MemoryBuffer"]
 
 @dataclass
 class _Dead:
-    seq: int
     message: Message
     reason: str
     attempts: int
@@ -39,6 +38,7 @@ class _Store:
     pending: OrderedDict[int, Message] = field(default_factory=OrderedDict)
     pending_by_subject: dict[str, OrderedDict[int, Message]] = field(default_factory=dict)
     seq_by_id: dict[str, int] = field(default_factory=dict)
+    # Dead letters in the order they died (dicts keep insertion order).
     dead: dict[str, _Dead] = field(default_factory=dict)
 
     def add(self, message: Message, seq: int | None = None) -> None:
@@ -141,13 +141,12 @@ class MemoryBuffer(Buffer):
             seq = store.seq_by_id.get(message_id)
             if seq is None or not self._in_scope(store.pending[seq]):
                 return False
-            store.dead[message_id] = _Dead(seq, store.remove(seq), reason, attempts, now_us)
+            store.dead[message_id] = _Dead(store.remove(seq), reason, attempts, now_us)
             return True
 
     def _dead_letters(self, limit: int | None) -> list[DeadLetter]:
         with self._store.lock:
-            dead = sorted((d for d in self._store.dead.values() if self._in_scope(d.message)),
-                          key=lambda d: d.seq)
+            dead = [d for d in self._store.dead.values() if self._in_scope(d.message)]
         return [DeadLetter(d.message, d.reason, d.attempts, from_micros(d.failed_us)) for d in dead[:limit]]
 
     def _requeue(self, message_id: str) -> bool:

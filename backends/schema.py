@@ -61,8 +61,8 @@ messages = Table(
 dead_letters = Table(
     DEAD_LETTERS,
     metadata,
-    # The seq the message had while pending: dead letters list in queue order.
-    Column("seq", SEQ_TYPE, primary_key=True, autoincrement=False),
+    # Dead letters list in the order they died.
+    Column("seq", SEQ_TYPE, primary_key=True, autoincrement=True),
     *_message_columns(),
     Column("reason", TEXT_TYPE, nullable=False),
     Column("attempts", Integer, nullable=False),

@@ -10,28 +10,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine
 
 from pbuffer.buffer import Buffer
-from pbuffer.errors import (
-    ConfigurationError,
-    CorruptDatabaseError,
-    NotABufferDatabaseError,
-    PBufferError,
-    SchemaTooNewError,
-    SchemaTooOldError,
-)
+from pbuffer.errors import ConfigurationError, CorruptDatabaseError
 from pbuffer.ids import from_bytes, to_bytes
 from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
 
-from . import sqlite_file, versioning
+from . import sqlite_file
+from .database import Database
 from .errors import map_driver_error
-from .schema import DEAD_LETTERS, MESSAGES, VERSION_TABLE
+from .schema import DEAD_LETTERS, MESSAGES
 
 __all__ = ["SQLBuffer"]
 
@@ -40,10 +32,6 @@ _log = logging.getLogger("pbuffer.backends.sql")
 _COLUMNS = "id, subject, payload, headers, created_us, checksum"
 _SEQ_COLUMNS = ("seq", *_COLUMNS.split(", "))
 _DEAD_COLUMNS = f"{_COLUMNS}, reason, attempts, failed_us"
-# Any constant works: it only has to be the same in every pbuffer process.
-_PG_LOCK_KEY = 0x70627566  # "pbuf"
-_MYSQL_LOCK_NAME = "pbuffer_schema"
-_DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 
 
 class SQLBuffer(Buffer):
@@ -60,47 +48,34 @@ class SQLBuffer(Buffer):
         busy_timeout: seconds to wait for a lock held by another connection or process before failing.
         pool_size: idle connections kept open for reuse (about the number of threads using the buffer at once).
         integrity_check: sqlite only; run ``PRAGMA quick_check`` when an existing file is opened.
+        auto_upgrade: upgrade an older schema at open. Default: yes for sqlite (after a backup), no for server
+            databases, which raise :class:`~pbuffer.SchemaTooOldError` naming the command to run.
     """
 
     schemes = ("sqlite", "postgresql", "mysql", "mariadb")
 
     def __init__(self, url: str | URL, *, subject: str | None = None, durability: str | None = None,
-                 busy_timeout: float = 30.0, pool_size: int = 8, integrity_check: bool = True) -> None:
+                 busy_timeout: float = 30.0, pool_size: int = 8, integrity_check: bool = True,
+                 auto_upgrade: bool | None = None) -> None:
         super().__init__(subject=subject)
-        try:
-            self.url = make_url(url)
-        except (sa.exc.ArgumentError, ValueError) as exc:
-            raise ConfigurationError(f"not a database URL: {url!r}") from exc
-        self.dialect_name = self.url.get_backend_name()
-        if self.dialect_name not in self.schemes:
-            raise ConfigurationError(f"unsupported database {self.dialect_name!r}: pbuffer supports "
-                                     f"{', '.join(self.schemes)}")
-        if not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
-            raise ConfigurationError(f"busy_timeout must be a non-negative number of seconds, not {busy_timeout!r}")
-        if not isinstance(pool_size, int) or pool_size < 1:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be a positive int, not {pool_size!r}")
-        self._sqlite = self.dialect_name == "sqlite"
-        if self._sqlite:
-            durability = "process" if durability is None else durability
-            if durability not in sqlite_file.DURABILITY_SYNCHRONOUS:
-                raise ConfigurationError(f"durability must be 'process' or 'power', not {durability!r}")
-            self.path = self._sqlite_path()
-        elif durability is not None:
-            raise ConfigurationError(
-                f"durability is set by the {self.dialect_name} server (its commit settings), not by pbuffer")
-        self.durability = durability
-        self.busy_timeout = float(busy_timeout)
-
-        fresh = False
-        if self._sqlite:
+        database = Database(url, durability=durability, busy_timeout=busy_timeout)
+        self.url, self.durability, self.busy_timeout = database.url, database.durability, database.busy_timeout
+        self._sqlite = database.sqlite
+        if database.sqlite:
+            self.path = database.path
             sqlite_file.create_private_file(self.path)
-            fresh = sqlite_file.inspect_existing_file(self.path, integrity_check)
-        self._engine = self._create_engine(pool_size)
+            sqlite_file.inspect_existing_file(self.path, integrity_check)
         try:
-            self._ensure_schema(fresh)
+            # A sqlite file belongs to this program and is upgraded (after a backup); a server database may be
+            # shared with older clients, so upgrading it is an explicit decision.
+            database.prepare(auto_upgrade=database.sqlite if auto_upgrade is None else auto_upgrade)
         except BaseException:
-            self._engine.dispose()
+            database.dispose()
             raise
+        self._database = database
+        self._engine = database.engine
         self._sql = _Statements(self._engine, self.subject)
         self._connections = _Connections(self._engine, keep=pool_size)
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
@@ -110,95 +85,7 @@ class SQLBuffer(Buffer):
         return cls(url, **options)
 
     def __repr__(self) -> str:
-        return f"SQLBuffer({self.url.render_as_string(hide_password=True)!r}, subject={self.subject!r})"
-
-    # ---------------------------------------------------------------------------------------------- setup
-
-    def _sqlite_path(self) -> Path:
-        database = self.url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            raise ConfigurationError("a sqlite buffer needs a file path (sqlite:///path/to/buffer.db); "
-                                     "for a buffer in memory use memory://")
-        return Path(database).expanduser().absolute()
-
-    def _create_engine(self, pool_size: int) -> Engine:
-        # Connections are kept by _Connections; the engine only makes them (and runs migrations).
-        options: dict[str, Any] = {"poolclass": sa.pool.NullPool}
-        if self._sqlite:
-            url = self.url.set(database=str(self.path))
-            options["connect_args"] = {"timeout": self.busy_timeout, "check_same_thread": False}
-        else:
-            url = self.url
-        try:
-            engine = sa.create_engine(url, **options)
-        except ImportError as exc:
-            extra = _DRIVER_EXTRAS.get(self.dialect_name, "dev")
-            raise ConfigurationError(f"the driver for {url.drivername} is not installed: "
-                                     f"pip install 'pbuffer[{extra}]' ({exc})") from exc
-        except sa.exc.ArgumentError as exc:
-            raise ConfigurationError(f"bad database URL: {exc}") from exc
-        if self._sqlite:
-            synchronous = sqlite_file.DURABILITY_SYNCHRONOUS[self.durability or "process"]
-            busy_ms = int(self.busy_timeout * 1000)
-
-            @event.listens_for(engine, "connect")
-            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-                sqlite_file.configure_connection(dbapi_connection, synchronous, busy_ms)
-
-            # SQLAlchemy-level transactions (alembic's) take the write lock up front, so they never fail with
-            # SQLITE_BUSY half-way (the busy timeout is not honoured for a read lock upgraded to a write lock).
-            @event.listens_for(engine, "begin")
-            def _on_begin(conn: sa.Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-        return engine
-
-    def _ensure_schema(self, fresh: bool) -> None:
-        """Create revision-head tables in an empty database; refuse a foreign, older or newer one.
-
-        Runs in one transaction holding a lock, so concurrent openers of a new database initialise it once.
-        """
-        where = f"opening {self!r}"
-        try:
-            with self._engine.connect() as conn, conn.begin():
-                if self.dialect_name == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-                elif not self._sqlite:
-                    got = conn.execute(sa.text("SELECT GET_LOCK(:name, :timeout)"),
-                                       {"name": _MYSQL_LOCK_NAME, "timeout": self.busy_timeout}).scalar()
-                    if got != 1:
-                        raise SchemaTooOldError(f"{where}: timed out waiting for another process's migration")
-                try:
-                    self._check_or_initialise(conn, fresh)
-                finally:
-                    if not self._sqlite and self.dialect_name != "postgresql":
-                        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_LOCK_NAME})
-        except PBufferError:
-            raise
-        except (sa.exc.SQLAlchemyError, OSError) as exc:
-            raise map_driver_error(exc, where) from exc
-
-    def _check_or_initialise(self, conn: sa.Connection, fresh: bool) -> None:
-        tables = set(sa.inspect(conn).get_table_names())
-        if VERSION_TABLE not in tables:
-            ours = {t for t in tables if t.startswith("pbuffer_")}
-            if (self._sqlite and tables - {"sqlite_sequence"}) or ours:
-                raise NotABufferDatabaseError(
-                    f"{self.url.render_as_string(hide_password=True)} has tables but no {VERSION_TABLE}: "
-                    "it is not a pbuffer buffer; it was left unchanged")
-            _log.info("initialising buffer schema at revision %s", versioning.head_revision())
-            versioning.upgrade_connection(conn)
-            return
-        revision = versioning.current_revision(conn)
-        head = versioning.head_revision()
-        if revision == head:
-            return
-        if revision not in versioning.known_revisions():
-            raise SchemaTooNewError(
-                f"the database is at schema revision {revision!r}, unknown to this pbuffer: it was written by a "
-                "newer pbuffer. Upgrade pbuffer; the database was left unchanged")
-        raise SchemaTooOldError(
-            f"the database is at schema revision {revision}, this pbuffer needs {head}: run "
-            f"`pbuffer db upgrade {self.url.render_as_string(hide_password=True)}`")
+        return f"SQLBuffer({self._database.display_url!r}, subject={self.subject!r})"
 
     # ------------------------------------------------------------------------------------------ transactions
 
@@ -292,8 +179,8 @@ class SQLBuffer(Buffer):
             if row is None:
                 return False
             # Not verified: a damaged message must still be movable out of the way.
-            cursor.execute(self._sql.insert_dead, {**dict(zip(_SEQ_COLUMNS, row, strict=True)), "reason": reason,
-                                                   "attempts": attempts, "failed_us": now_us})
+            cursor.execute(self._sql.insert_dead, {**dict(zip(_SEQ_COLUMNS[1:], row[1:], strict=True)),
+                                                   "reason": reason, "attempts": attempts, "failed_us": now_us})
             cursor.execute(self._sql.delete_seq, {"seq": row[0]})
             return True
 
@@ -320,7 +207,7 @@ class SQLBuffer(Buffer):
 
     def _close(self) -> None:
         self._connections.close()
-        self._engine.dispose()
+        self._database.dispose()
 
 
 def _row(message: Message) -> dict[str, Any]:
@@ -418,8 +305,8 @@ class _Statements:
 
         values = ", ".join(f":{column}" for column in _COLUMNS.split(", "))
         self.insert = compile_(f"INSERT INTO {MESSAGES} ({_COLUMNS}) VALUES ({values})")
-        self.insert_dead = compile_(f"INSERT INTO {DEAD_LETTERS} (seq, {_COLUMNS}, reason, attempts, failed_us) "
-                                    f"VALUES (:seq, {values}, :reason, :attempts, :failed_us)")
+        self.insert_dead = compile_(f"INSERT INTO {DEAD_LETTERS} ({_COLUMNS}, reason, attempts, failed_us) "
+                                    f"VALUES ({values}, :reason, :attempts, :failed_us)")
         self.get_all = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq")
         self.get_limit = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq LIMIT :limit")
         self.count = compile_(f"SELECT count(*) FROM {MESSAGES}{where}")

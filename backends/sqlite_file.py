@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from pbuffer.errors import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError, SchemaTooOldError
+from pbuffer.errors import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError
 
 from . import versioning
 from .schema import VERSION_TABLE
@@ -46,6 +46,7 @@ def inspect_existing_file(path: Path, integrity_check: bool) -> bool:
     Returns ``True`` when the file is empty (to be initialised). Raises, leaving the file byte-for-byte unchanged,
     when it is not sqlite or not pbuffer's, holds schema objects its revision did not create (a planted trigger
     or view could act on our writes), is at a revision this code does not know, or fails ``quick_check``.
+    An older known revision passes: the caller upgrades it.
     """
     uri = path.resolve().as_uri()
     # A reader of a WAL database creates -wal and -shm files. While there is no -wal file, every change is in
@@ -66,19 +67,19 @@ def inspect_existing_file(path: Path, integrity_check: bool) -> bool:
                 f"{path} is a sqlite database but not a pbuffer buffer (it has no {VERSION_TABLE} table); "
                 "it was left unchanged")
         revision = _revision(conn)
-        if revision not in versioning.known_revisions():
+        if revision is None:  # downgraded to base: only the (empty) version table is left
+            expected = frozenset({("table", VERSION_TABLE), ("index", f"sqlite_autoindex_{VERSION_TABLE}_1")})
+        elif revision not in versioning.known_revisions():
             raise SchemaTooNewError(
                 f"{path} is at schema revision {revision!r}, which this pbuffer does not know: it was written by a "
                 "newer pbuffer. Upgrade pbuffer to open it; the file was left unchanged")
-        unexpected = objects - versioning.sqlite_objects(revision)
+        else:
+            expected = versioning.sqlite_objects(revision)
+        unexpected = objects - expected
         if unexpected:
             listed = ", ".join(f"{kind} {name!r}" for kind, name in sorted(unexpected))
             raise NotABufferDatabaseError(
                 f"{path} holds schema objects pbuffer did not create ({listed}); refusing to open it")
-        if revision != versioning.head_revision():
-            raise SchemaTooOldError(
-                f"{path} is at schema revision {revision}, this pbuffer needs {versioning.head_revision()}: "
-                f"run `pbuffer db upgrade sqlite:///{path}`")
         if integrity_check:
             # Not as immutable: another process may start writing now, and quick_check must see its locks.
             conn.close()

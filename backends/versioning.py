@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALEMBIC_LOCK", "alembic_config", "current_revision", "head_revision", "known_revisions", "model_differences",
-    "sqlite_objects", "upgrade_connection",
+    "resolve", "sqlite_objects", "upgrade_connection", "downgrade_connection",
 ]
 
 ALEMBIC_LOCK = threading.RLock()
@@ -73,10 +73,32 @@ def current_revision(connection: Connection) -> str | None:
     return heads[0] if heads else None
 
 
+def resolve(target: str) -> str | None:
+    """The revision ``target`` names (``"head"``, ``"base"`` -> ``None``, or a revision id).
+
+    Raises :class:`~pbuffer.ConfigurationError` for a revision this pbuffer does not know.
+    """
+    if target == "head":
+        return head_revision()
+    if target == "base":
+        return None
+    if target not in known_revisions():
+        from pbuffer.errors import ConfigurationError
+
+        raise ConfigurationError(f"unknown schema revision {target!r}; known: {', '.join(known_revisions())}")
+    return target
+
+
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     """Run the migrations up to ``revision`` on ``connection``, inside the caller's transaction."""
     with ALEMBIC_LOCK:
         command.upgrade(alembic_config(connection), revision)
+
+
+def downgrade_connection(connection: Connection, revision: str) -> None:
+    """Run the migrations down to ``revision`` (or ``"base"``) on ``connection``, inside the caller's transaction."""
+    with ALEMBIC_LOCK:
+        command.downgrade(alembic_config(connection), revision)
 
 
 def model_differences(connection: Connection) -> list[Any]:

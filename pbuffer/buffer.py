@@ -146,7 +146,7 @@ class Buffer(ABC):
         return self._get(_check_limit(limit))
 
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
-        """Dead letters, in the order they died; at most ``limit`` when given."""
+        """Dead letters, in the order they were dead-lettered; at most ``limit`` when given."""
         self._check_open()
         return self._dead_letters(_check_limit(limit))
 

@@ -43,6 +43,7 @@ URL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "busy_timeout": float,
     "pool_size": int,
     "integrity_check": _truthy,
+    "auto_upgrade": _truthy,
 }
 
 

@@ -54,7 +54,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "pbuffer_dead_letters",
-        sa.Column("seq", _SEQ, primary_key=True, autoincrement=False),
+        sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
         *_message_columns(),
         sa.Column("reason", _TEXT, nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
