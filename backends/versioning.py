@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 __all__ = [
-    "ALEMBIC_LOCK", "alembic_config", "current_revision", "head_revision", "known_revisions", "model_differences",
-    "resolve", "sqlite_objects", "upgrade_connection", "downgrade_connection",
+    "ALEMBIC_LOCK", "alembic_config", "current_revision", "describe", "downgrade_connection", "head_revision",
+    "known_revisions", "model_differences", "resolve", "sqlite_objects", "upgrade_connection",
 ]
 
 ALEMBIC_LOCK = threading.RLock()
@@ -64,6 +64,12 @@ def sqlite_objects(revision: str) -> frozenset[tuple[str, str]]:
     module = script.module
     objects: frozenset[tuple[str, str]] = module.SQLITE_OBJECTS
     return objects
+
+
+def describe(revision: str) -> str:
+    """The first line of a revision's docstring."""
+    script = _script().get_revision(revision)
+    return (script.doc or "").strip().splitlines()[0] if script is not None and script.doc else ""
 
 
 def current_revision(connection: Connection) -> str | None:

@@ -45,7 +45,7 @@ def _persistqueue(directory: Path, synchronous: str | None) -> Any:
     import persistqueue
 
     # multithreading=True: a pbuffer Buffer may be shared by threads, so the peer gets the same promise.
-    queue = persistqueue.SQLiteAckQueue(str(directory / "pq"), auto_commit=True, multithreading=True)
+    queue: Any = persistqueue.SQLiteAckQueue(str(directory / "pq"), auto_commit=True, multithreading=True)
     if synchronous is not None:
         # persist-queue has no option for this; its connections are private attributes (sqlbase.SQLiteBase).
         for connection in {id(c): c for c in (queue._putter, queue._getter)}.values():
@@ -53,12 +53,20 @@ def _persistqueue(directory: Path, synchronous: str | None) -> Any:
     return queue
 
 
-def persistqueue_pragmas(directory: Path) -> str:
-    queue = _persistqueue(directory, None)
+def persistqueue_pragmas(directory: Path, *, synchronous: str | None = None) -> str:
+    """The pragmas persist-queue's connections really have, read back rather than assumed."""
+    queue = _persistqueue(directory / "default", None)
     try:
-        return f"Observed on a persist-queue connection as it opens: {_pragmas(queue._putter)}."
+        found = f"Observed on a persist-queue connection as it opens: {_pragmas(queue._putter)}"
     finally:
         queue.close()
+    if synchronous is not None:
+        queue = _persistqueue(directory / "adjusted", synchronous)
+        try:
+            found += f"; as this case sets it up: {_pragmas(queue._putter)} (put), {_pragmas(queue._getter)} (get)"
+        finally:
+            queue.close()
+    return found + "."
 
 
 def persistqueue_put(context: Context, directory: Path, n: int, *, synchronous: str | None = None) -> float:

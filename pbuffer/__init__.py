@@ -32,6 +32,7 @@ from .errors import (
 )
 from .message import DeadLetter, Message, Outgoing
 from .registry import default_url, known_schemes, open_buffer
+from .schema import Revision, check, current, downgrade, history, upgrade
 
 __all__ = [
     "AsyncBuffer",
@@ -46,15 +47,21 @@ __all__ = [
     "Outgoing",
     "PBufferError",
     "PublishError",
+    "Revision",
     "SchemaTooNewError",
     "SchemaTooOldError",
     "StorageFullError",
     "ValidationError",
     "__version__",
+    "check",
+    "current",
     "default_url",
+    "downgrade",
+    "history",
     "known_schemes",
     "open",
     "open_async",
+    "upgrade",
 ]
 
 

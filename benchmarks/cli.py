@@ -1,0 +1,89 @@
+"""``python -m benchmarks`` (from a checkout) or ``python -m pbuffer.benchmarks`` (installed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .cases import BACKENDS, OPS, build_cases
+from .harness import Context, Settings, run_case
+from .machine import machine_info
+from .report import markdown, write_json
+from .workloads import PAYLOAD
+
+__all__ = ["main", "run"]
+
+SCHEMA_VERSION = 1
+
+
+def _names(known: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        chosen = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = sorted(set(chosen) - set(known))
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(known)} (got {text!r})")
+        return chosen
+
+    return parse
+
+
+def _scale(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("--scale must be positive")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure pbuffer against plain sqlite3 and other Python queues; print a markdown table.")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer messages and repetitions (5); the big pop backlog is 200,000, not 1,000,000")
+    parser.add_argument("--json", metavar="FILE", help="also write the full document, raw timings included")
+    parser.add_argument("--ops", type=_names(OPS), default=list(OPS), help=f"comma-separated: {','.join(OPS)}")
+    parser.add_argument("--backend", type=_names(BACKENDS), default=list(BACKENDS),
+                        help=f"comma-separated: {','.join(BACKENDS)}")
+    parser.add_argument("--scale", type=_scale, default=1.0,
+                        help="multiply every message count (at least 1 per case); e.g. 0.001 for a smoke test")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default 7, quick 5)")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks ``argv`` selects, print the table, and return the JSON document."""
+    args = _parser().parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        raise SystemExit("--reps must be at least 1")
+    settings = Settings(quick=args.quick, scale=args.scale, reps=args.reps)
+    cases = [case for case in build_cases(settings) if case.op in args.ops and case.backend in args.backend]
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    document: dict[str, Any] = {
+        "schema": SCHEMA_VERSION, "mode": settings.mode, "scale": settings.scale, "reps": settings.repetitions,
+        "payload_bytes": len(PAYLOAD), "argv": list(sys.argv[1:] if argv is None else argv),
+        "machine": machine_info(),
+    }
+    with tempfile.TemporaryDirectory(prefix="pbuffer-bench-") as root:
+        context = Context(Path(root))
+        records = [run_case(case, settings, context, log) for case in cases]
+    document["duration_s"] = time.perf_counter() - started
+    document["cases"] = records
+    document["targets"] = [{"case": record["name"], **record["target"]} for record in records if record["target"]]
+    print(markdown(document), end="", flush=True)
+    if args.json:
+        write_json(document, args.json)
+    return document
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Exit status 1 only when a case failed to run; a missed target is a result, not an error."""
+    document = run(argv)
+    sys.exit(1 if any(record["status"].startswith("error") for record in document["cases"]) else 0)

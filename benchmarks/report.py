@@ -1,0 +1,84 @@
+"""The run's document as a markdown table (for people and results/) and as JSON (for tools)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown", "write_json"]
+
+
+def write_json(document: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def markdown(document: dict[str, Any]) -> str:
+    machine = document["machine"]
+    peers = ", ".join(f"{name} {version or 'not installed'}" for name, version in machine["peers"].items())
+    lines = [
+        f"## pbuffer benchmarks: {document['mode']} mode, scale {document['scale']:g}",
+        "",
+        f"- {machine['date_utc']}, commit {machine['git_commit'] or 'unknown'}, "
+        f"pbuffer {machine['pbuffer_version']}, {machine['python']}, sqlite {machine['sqlite_version']}, {peers}",
+        f"- {machine['cpu_model']}, {machine['cpu_count']} cores ({machine['cpu_usable']} usable), "
+        f"{machine['platform']}; temp dir {machine['tmpdir']} ({machine['tmpdir_filesystem'] or 'unknown fs'})",
+        f"- {document['payload_bytes']}-byte payloads; {document['reps']} timed repetitions per case after a warm-up, "
+        "each in a fresh temp directory; baseline and subject alternate within each repetition; ratio = median "
+        f"of the per-repetition subject/baseline ratios; total {document['duration_s']:.0f} s",
+        "",
+        "| case | msg/s (median) | spread (min-max) | baseline | baseline msg/s | ratio | target | result |",
+        "|---|---:|---:|---|---:|---:|---|---|",
+    ]
+    notes: list[str] = []
+    for case in document["cases"]:
+        lines.append(_row(case))
+        if case["note"]:
+            notes.append(f"{len(notes) + 1}. **{case['name']}**: {case['note']}")
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _row(case: dict[str, Any]) -> str:
+    subject, baseline, target = case["subject"], case["baseline"], case["target"]
+    measured = case["status"] == "ok"
+    cells = [
+        case["name"],
+        _rate(subject["median"]) if measured else "-",
+        f"{_rate(subject['min'])}-{_rate(subject['max'])}" if measured else "-",
+        baseline["label"] if baseline else "-",
+        _rate(baseline["median"]) if baseline and measured else "-",
+        f"{case['ratio']:.2f}x" if case["ratio"] is not None else "-",
+        _target_text(target),
+        _result(case),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _target_text(target: dict[str, Any] | None) -> str:
+    if target is None:
+        return "-"
+    threshold = target["threshold"]
+    if target["kind"] == "min_rate":
+        return f">= {threshold:,.0f} msg/s"
+    if target["kind"] == "min_ratio":
+        return f"ratio >= {threshold:g}x"
+    return f"slowdown <= {threshold:g}x"
+
+
+def _result(case: dict[str, Any]) -> str:
+    if case["status"] != "ok":
+        return str(case["status"])
+    target = case["target"]
+    if target is None:
+        return "(no target)"
+    measured = target["measured"]
+    shown = f"{measured:,.0f} msg/s" if target["kind"] == "min_rate" else f"{measured:.2f}x"
+    if target["kind"] == "max_slowdown":
+        shown = f"slowdown {shown}"
+    return f"met ({shown})" if target["met"] else f"**MISSED** ({shown})"
