@@ -124,23 +124,28 @@ class Database:
         """A transaction holding the database's schema lock: one process at a time checks or migrates.
 
         sqlite: the write lock (BEGIN IMMEDIATE). PostgreSQL: a transaction-scoped advisory lock. MariaDB: a
-        named lock (GET_LOCK), released at the end.
+        named session lock (GET_LOCK), taken before the transaction and released only after it committed,
+        since MariaDB's DDL commits as it goes and the version row is written last.
         """
         try:
-            with self.engine.connect() as conn, conn.begin():
-                if self.dialect_name == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-                elif not self.sqlite:
+            with self.engine.connect() as conn:
+                named_lock = not self.sqlite and self.dialect_name != "postgresql"
+                if named_lock:
                     got = conn.execute(sa.text("SELECT GET_LOCK(:name, :timeout)"),
                                        {"name": _MYSQL_LOCK_NAME, "timeout": self.busy_timeout}).scalar()
+                    conn.commit()
                     if got != 1:
                         raise BackendError(f"{where}: timed out after {self.busy_timeout} s waiting for "
                                            "another process's schema migration")
                 try:
-                    yield conn
+                    with conn.begin():
+                        if self.dialect_name == "postgresql":
+                            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                        yield conn
                 finally:
-                    if not self.sqlite and self.dialect_name != "postgresql":
+                    if named_lock:
                         conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_LOCK_NAME})
+                        conn.commit()
         except PBufferError:
             raise
         except (sa.exc.SQLAlchemyError, OSError, sqlite3.Error) as exc:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from . import ids
 from .errors import BackendError, ValidationError
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
-from .validation import check_headers, check_payload, check_subject
+from .validation import check_headers, check_payload, check_reason, check_subject
 
 __all__ = ["Buffer"]
 
@@ -75,11 +75,13 @@ class Buffer(ABC):
     def save(self, payload: Payload, *, subject: str | None = None,
              headers: Mapping[str, str] | None = None) -> Message:
         """Store one message and return it (with its id). Returning means it is stored (see Durability)."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         now_ns = time.time_ns()
         message = self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
         self._insert([message])
-        self._notify()
+        if self._listeners:
+            self._notify()
         return message
 
     def save_many(self, items: Iterable[Payload | Outgoing], *, subject: str | None = None,
@@ -118,9 +120,8 @@ class Buffer(ABC):
     def mark_dead(self, message_id: str, reason: str, *, attempts: int = 1) -> bool:
         """Move a pending message to the dead letters with ``reason``; ``False`` if it is not pending."""
         self._check_open()
-        if not isinstance(reason, str):
-            raise ValidationError("reason must be a str")
-        if not isinstance(attempts, int) or attempts < 0:
+        check_reason(reason)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
             raise ValidationError("attempts must be a non-negative int")
         return self._mark_dead(_check_id(message_id), reason, attempts, time.time_ns() // 1000)
 

@@ -16,7 +16,9 @@ import time
 __all__ = ["from_bytes", "id_timestamp_ms", "new_id", "new_ids", "to_bytes"]
 
 _COUNTER_MAX = 0xFFF
-_FORMAT = "%08x-%04x-%04x-%04x-%012x"
+# unix_ts_ms (48 bits) | version 7 and rand_a (our counter) | variant and rand_b (62 random bits)
+_PREFIX = "%08x-%04x-"
+_SUFFIX = "%04x-%04x-%012x"
 
 
 class _Generator:
@@ -27,30 +29,36 @@ class _Generator:
         self.lock = threading.Lock()
         self.last_ms = 0
         self.counter = 0
+        self.prefix = ""  # the id's first 14 characters, which only change with the millisecond
         # A fast generator seeded with 128 bits from the OS (an os.urandom call per id would cost a system call);
         # reseeded in a forked child, so parent and child never share a stream.
         self.random = random.Random(os.urandom(16))
 
+    def _next(self, now_ms: int) -> str:
+        """The next id; the caller holds the lock."""
+        if now_ms > self.last_ms:
+            self.last_ms = now_ms
+            # Start each millisecond at a random point in the lower half, leaving room to count up.
+            self.counter = self.random.getrandbits(11)
+            self.prefix = _PREFIX % (now_ms >> 16 & 0xFFFF_FFFF, now_ms & 0xFFFF)
+        else:
+            self.counter += 1
+            if self.counter > _COUNTER_MAX:  # over ~2,000 ids in one millisecond: borrow the next one
+                self.last_ms += 1
+                self.counter = 0
+                self.prefix = _PREFIX % (self.last_ms >> 16 & 0xFFFF_FFFF, self.last_ms & 0xFFFF)
+        rand_b = self.random.getrandbits(62)
+        return self.prefix + _SUFFIX % (0x7000 | self.counter, 0x8000 | rand_b >> 48, rand_b & 0xFFFF_FFFF_FFFF)
+
+    def new_id(self, now_ns: int | None) -> str:
+        now_ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
+        with self.lock:
+            return self._next(now_ms)
+
     def new_ids(self, count: int, now_ns: int | None) -> list[str]:
         now_ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
-        getrandbits = self.random.getrandbits
-        made = []
         with self.lock:
-            for _ in range(count):
-                if now_ms > self.last_ms:
-                    self.last_ms = now_ms
-                    # Start each millisecond at a random point in the lower half, leaving room to count up.
-                    self.counter = getrandbits(11)
-                else:
-                    self.counter += 1
-                    if self.counter > _COUNTER_MAX:  # over ~2,000 ids in one millisecond: borrow the next one
-                        self.last_ms += 1
-                        self.counter = 0
-                ms = self.last_ms & 0xFFFF_FFFF_FFFF
-                rand_b = getrandbits(62)
-                made.append(_FORMAT % (ms >> 16, ms & 0xFFFF, 0x7000 | self.counter,
-                                       0x8000 | rand_b >> 48, rand_b & 0xFFFF_FFFF_FFFF))
-        return made
+            return [self._next(now_ms) for _ in range(count)]
 
 
 _generator = _Generator()
@@ -59,7 +67,7 @@ os.register_at_fork(after_in_child=_generator._reset)
 
 def new_id(now_ns: int | None = None) -> str:
     """Return a new UUIDv7 as a 36-character lowercase string (``now_ns``: the time to encode, default now)."""
-    return _generator.new_ids(1, now_ns)[0]
+    return _generator.new_id(now_ns)
 
 
 def new_ids(count: int, now_ns: int | None = None) -> list[str]:

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from .errors import ValidationError
 from .message import NO_HEADERS
 
-__all__ = ["MAX_SUBJECT_LENGTH", "RESERVED_HEADERS", "check_headers", "check_payload", "check_subject"]
+__all__ = ["MAX_SUBJECT_LENGTH", "RESERVED_HEADERS", "check_headers", "check_payload", "check_reason", "check_subject"]
 
 #: Longest subject accepted, in characters (the database column is sized for it).
 MAX_SUBJECT_LENGTH = 512
@@ -91,3 +91,16 @@ def check_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
             raise ValidationError(f"value of header {name!r} is not valid UTF-8") from exc
         checked[name] = value
     return MappingProxyType(checked) if checked else NO_HEADERS
+
+
+def check_reason(reason: object) -> str:
+    """A dead-letter reason: any text every database can store (no NUL, valid UTF-8)."""
+    if not isinstance(reason, str):
+        raise ValidationError(f"reason must be a str, not {type(reason).__name__}")
+    if "\x00" in reason:
+        raise ValidationError("reason must not contain NUL characters")
+    try:
+        reason.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError("reason is not valid UTF-8") from exc
+    return reason

@@ -200,6 +200,14 @@ class BufferConformance(_Base):
         assert [m.id for m in (buffer.pop(), buffer.pop()) if m] == [a.id, c.id]
         assert buffer.pop() is None
 
+    def test_bad_reasons_and_attempts(self, buffer: Buffer) -> None:
+        message = buffer.save(b"x", subject=SUBJECT)
+        for reason, attempts in (("nul\x00byte", 1), ("bad\ud800", 1), (None, 1), ("ok", -1), ("ok", True)):
+            with pytest.raises(ValidationError):
+                buffer.mark_dead(message.id, reason, attempts=attempts)  # type: ignore[arg-type]
+        assert buffer.mark_dead(message.id, "ünïcode ✓ reason\nwith a newline", attempts=0) is True
+        assert buffer.dead_letters()[0].reason == "ünïcode ✓ reason\nwith a newline"
+
     def test_dead_letters_in_the_order_they_died(self, buffer: Buffer) -> None:
         saved = buffer.save_many([b"0", b"1", b"2", b"3"], subject=SUBJECT)
         for message in (saved[3], saved[0], saved[2]):

@@ -24,6 +24,7 @@ __all__ = ["BufferStateMachineTest", "make_state_machine"]
 
 SUBJECTS = st.sampled_from(["a", "a.b", "c"])
 PAYLOADS = st.binary(max_size=64)
+REASONS = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10)
 HEADERS = st.one_of(st.none(), st.dictionaries(st.sampled_from(["K", "Trace-Id"]), st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), max_size=8), max_size=2))
 
@@ -131,7 +132,7 @@ def make_state_machine(make_empty_buffer: Callable[[], Buffer],
             self.model.dead.pop(message_id, None)
             assert self.buffer.delete(message_id) is expected
 
-        @rule(message_id=ids, reason=st.text(max_size=10), attempts=st.integers(0, 5))
+        @rule(message_id=ids, reason=REASONS, attempts=st.integers(0, 5))
         def mark_dead(self, message_id: str, reason: str, attempts: int) -> None:
             index = self.model.find(message_id)
             assert self.buffer.mark_dead(message_id, reason, attempts=attempts) is (index is not None)
