@@ -119,17 +119,24 @@ class MemoryBuffer(Buffer):
         return self.subject is None or message.subject == self.subject
 
     def _delete(self, message_id: str) -> bool:
+        with self._store.lock:
+            return self._delete_locked(message_id)
+
+    def _delete_locked(self, message_id: str) -> bool:
         store = self._store
-        with store.lock:
-            seq = store.seq_by_id.get(message_id)
-            if seq is not None and self._in_scope(store.pending[seq]):
-                store.remove(seq)
-                return True
-            dead = store.dead.get(message_id)
-            if dead is not None and self._in_scope(dead.message):
-                del store.dead[message_id]
-                return True
-            return False
+        seq = store.seq_by_id.get(message_id)
+        if seq is not None and self._in_scope(store.pending[seq]):
+            store.remove(seq)
+            return True
+        dead = store.dead.get(message_id)
+        if dead is not None and self._in_scope(dead.message):
+            del store.dead[message_id]
+            return True
+        return False
+
+    def _delete_many(self, message_ids: list[str]) -> int:
+        with self._store.lock:
+            return sum(self._delete_locked(message_id) for message_id in message_ids)
 
     def _count(self) -> int:
         with self._store.lock:

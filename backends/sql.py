@@ -31,6 +31,8 @@ _log = logging.getLogger("pbuffer.backends.sql")
 
 _COLUMNS = "id, subject, payload, headers, created_us, checksum"
 _SEQ_COLUMNS = ("seq", *_COLUMNS.split(", "))
+# Ids per DELETE ... IN (...): well under every backend's limit on bound parameters.
+_CHUNK = 500
 _DEAD_COLUMNS = f"{_COLUMNS}, reason, attempts, failed_us"
 
 
@@ -165,6 +167,18 @@ class SQLBuffer(Buffer):
                 return True
             cursor.execute(self._sql.delete_dead_id, params)
             return bool(cursor.rowcount)
+
+    def _delete_many(self, message_ids: list[str]) -> int:
+        # The relay's delete after a window of PubAcks: one transaction, one statement per chunk of ids.
+        deleted = 0
+        with self._cursor("delete", write=True) as cursor:
+            for start in range(0, len(message_ids), _CHUNK):
+                chunk = [to_bytes(message_id) for message_id in message_ids[start:start + _CHUNK]]
+                params = {**self._sql.scope, **{f"id{i}": raw for i, raw in enumerate(chunk)}}
+                for statement in (self._sql.delete_ids(len(chunk)), self._sql.delete_dead_ids(len(chunk))):
+                    cursor.execute(statement, params)
+                    deleted += max(cursor.rowcount, 0)
+        return deleted
 
     def _count(self) -> int:
         with self._cursor("count", write=False) as cursor:
@@ -303,6 +317,10 @@ class _Statements:
         def compile_(sql: str) -> str:
             return sql if sqlite else str(sa.text(sql).compile(dialect=dialect))
 
+        self._compile = compile_
+        self._and_scope = and_scope
+        self._by_count: dict[tuple[str, int], str] = {}
+
         values = ", ".join(f":{column}" for column in _COLUMNS.split(", "))
         self.insert = compile_(f"INSERT INTO {MESSAGES} ({_COLUMNS}) VALUES ({values})")
         self.insert_dead = compile_(f"INSERT INTO {DEAD_LETTERS} ({_COLUMNS}, reason, attempts, failed_us) "
@@ -326,3 +344,18 @@ class _Statements:
         oldest = f"SELECT seq FROM {MESSAGES}{where} ORDER BY seq LIMIT 1{skip_locked}"
         self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {_COLUMNS}")
         self.pop_lock = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq LIMIT 1{skip_locked}")
+
+    def _in_list(self, table: str, count: int) -> str:
+        key = (table, count)
+        sql = self._by_count.get(key)
+        if sql is None:
+            placeholders = ", ".join(f":id{i}" for i in range(count))
+            sql = self._by_count[key] = self._compile(
+                f"DELETE FROM {table} WHERE id IN ({placeholders}){self._and_scope}")
+        return sql
+
+    def delete_ids(self, count: int) -> str:
+        return self._in_list(MESSAGES, count)
+
+    def delete_dead_ids(self, count: int) -> str:
+        return self._in_list(DEAD_LETTERS, count)

@@ -54,6 +54,9 @@ class AsyncBuffer:
     async def delete(self, message_id: str) -> bool:
         return await self._run(self.buffer.delete, message_id)
 
+    async def delete_many(self, message_ids: Iterable[str]) -> int:
+        return await self._run(self.buffer.delete_many, list(message_ids))
+
     async def pop(self) -> Message | None:
         return await self._run(self.buffer.pop)
 

@@ -112,6 +112,12 @@ class Buffer(ABC):
         self._check_open()
         return self._delete(_check_id(message_id))
 
+    def delete_many(self, message_ids: Iterable[str]) -> int:
+        """Delete many messages (pending or dead) in one transaction; returns how many existed."""
+        self._check_open()
+        checked = list(dict.fromkeys(_check_id(message_id) for message_id in message_ids))
+        return self._delete_many(checked) if checked else 0
+
     def pop(self) -> Message | None:
         """Remove and return the oldest pending message atomically, or ``None`` if there is none."""
         self._check_open()
@@ -207,6 +213,10 @@ class Buffer(ABC):
 
     @abstractmethod
     def _delete(self, message_id: str) -> bool: ...
+
+    def _delete_many(self, message_ids: list[str]) -> int:
+        """Default: one delete each; backends override it with one transaction."""
+        return sum(self._delete(message_id) for message_id in message_ids)
 
     @abstractmethod
     def _count(self) -> int: ...

@@ -164,6 +164,18 @@ class BufferConformance(_Base):
         assert [m.id for m in buffer.get_all()] == [a.id, c.id]
         assert len(buffer) == 2
 
+    def test_delete_many(self, buffer: Buffer) -> None:
+        saved = buffer.save_many([str(i).encode() for i in range(1200)], subject=SUBJECT)
+        buffer.mark_dead(saved[5].id, "dead")
+        doomed = [m.id for m in saved[:1100]]
+        assert buffer.delete_many([*doomed, doomed[0], "01a00000-0000-7000-8000-000000000000"]) == 1100
+        assert [m.id for m in buffer.get_all()] == [m.id for m in saved[1100:]]
+        assert buffer.dead_letters() == []
+        assert buffer.delete_many([]) == 0
+        with pytest.raises(ValidationError):
+            buffer.delete_many([saved[-1].id, "nope"])
+        assert len(buffer) == 100  # refused before anything was deleted
+
     def test_delete_removes_dead_letters_too(self, buffer: Buffer) -> None:
         message = buffer.save(b"a", subject=SUBJECT)
         buffer.mark_dead(message.id, "rejected")
@@ -286,6 +298,7 @@ class BufferConformance(_Base):
             assert [m.id for m in scoped.get_all()] == [mine.id, also_mine.id]
             assert len(scoped) == 2 and len(everything) == 3
             assert scoped.delete(other.id) is False
+            assert scoped.delete_many([other.id]) == 0
             assert scoped.mark_dead(other.id, "x") is False
             assert scoped.pop().id == mine.id  # type: ignore[union-attr]
             assert scoped.mark_dead(also_mine.id, "bad") is True

@@ -1,0 +1,194 @@
+"""The JetStream transport over nats-py: pipelined publishes, every ack awaited with a timeout, and nats-py's
+exceptions mapped once, here, into transient or permanent failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+
+from .errors import PublishError
+from .message import Message
+from .transport import PublishResult, Transport
+
+__all__ = ["JetStreamTransport", "classify"]
+
+_log = logging.getLogger("pbuffer.jetstream")
+
+_TRANSIENT = (
+    asyncio.TimeoutError,  # nats.errors.TimeoutError derives from it
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.FlushTimeoutError,
+    nats.js.errors.TooManyStalledMsgsError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+)
+_PERMANENT = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.BadHeaderError)
+
+
+def classify(exc: BaseException, message: Message) -> PublishResult:
+    """The result for a publish that raised ``exc``: the one place nats-py's errors are interpreted."""
+    if isinstance(exc, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
+        return PublishResult.failed(f"no stream covers subject {message.subject!r}", transient=True,
+                                    no_stream=True)
+    if isinstance(exc, _PERMANENT):
+        return PublishResult.failed(f"{type(exc).__name__}: {exc} ({len(message.payload)} bytes)", transient=False)
+    if isinstance(exc, asyncio.TimeoutError):
+        return PublishResult.failed("no ack before the timeout: outcome unknown, retried with the same id",
+                                    transient=True)
+    if isinstance(exc, _TRANSIENT):
+        return PublishResult.failed(f"{type(exc).__name__}: {exc}", transient=True)
+    if isinstance(exc, nats.js.errors.APIError):
+        # A 400 is the stream refusing this message (a rule it breaks); anything else may pass on retry.
+        transient = exc.code != 400
+        return PublishResult.failed(f"JetStream error {exc.code} ({exc.err_code}): {exc.description}",
+                                    transient=transient)
+    # Unknown failures are retried: dropping a message on a guess would break the one promise that matters.
+    return PublishResult.failed(f"{type(exc).__name__}: {exc}", transient=True)
+
+
+class JetStreamTransport(Transport):
+    """Publishes to JetStream through a nats-py connection.
+
+    Build it with :meth:`connect` (pbuffer owns the connection) or from an existing ``nats.aio.client.Client``
+    (the caller owns it). Each ``publish`` sends the whole batch with ``publish_async`` (many in flight) and waits
+    for every ack at most ``timeout`` seconds; a missing ack is a transient failure whose outcome is unknown.
+    """
+
+    def __init__(self, nc: Client, *, timeout: float = 5.0, owns_connection: bool = False) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout, publish_async_max_pending=1_000_000)
+        self.timeout = timeout
+        self._owns_connection = owns_connection
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        creds: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        nkeys_seed: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        ping_interval: float = 20,
+        max_outstanding_pings: int = 2,
+        reconnect_time_wait: float = 2,
+        max_reconnect_attempts: int = -1,
+        connect_timeout: float = 2,
+        timeout: float = 5.0,
+        name: str = "pbuffer",
+    ) -> JetStreamTransport:
+        """Connect to NATS. By default it never stops reconnecting: a relay outlives outages.
+
+        Credentials are passed to nats-py as given and never logged.
+        """
+        options: dict[str, Any] = {
+            "servers": [servers] if isinstance(servers, str) else list(servers),
+            "name": name,
+            "ping_interval": ping_interval,
+            "max_outstanding_pings": max_outstanding_pings,
+            "reconnect_time_wait": reconnect_time_wait,
+            "max_reconnect_attempts": max_reconnect_attempts,
+            "connect_timeout": connect_timeout,
+            "error_cb": _on_error,
+            "disconnected_cb": _on_disconnected,
+            "reconnected_cb": _on_reconnected,
+            "allow_reconnect": True,
+        }
+        for key, value in (("user_credentials", creds), ("user", user), ("password", password),
+                           ("token", token), ("nkeys_seed", nkeys_seed), ("tls", tls),
+                           ("tls_hostname", tls_hostname)):
+            if value is not None:
+                options[key] = value
+        try:
+            nc = await nats.connect(**options)
+        except Exception as exc:  # nats-py raises several types (NoServersError, OSError, auth errors...)
+            raise PublishError(f"cannot connect to NATS at {_safe_servers(options['servers'])}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        return cls(nc, timeout=timeout, owns_connection=True)
+
+    async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
+        pending: list[asyncio.Future[Any] | PublishResult] = []
+        for message in messages:
+            headers = dict(message.headers)
+            headers["Nats-Msg-Id"] = message.id
+            try:
+                future = await self.js.publish_async(message.subject, message.payload, wait_stall=self.timeout,
+                                                     headers=headers)
+            except Exception as exc:
+                pending.append(classify(exc, message))
+            else:
+                pending.append(future)
+        futures = [f for f in pending if isinstance(f, asyncio.Future)]
+        if futures:
+            # nats-py's futures have no timeout of their own, and a server error can leave one unresolved
+            # (nats.py issue #985): wait a bounded time, then give the rest up as "unknown".
+            _done, late = await asyncio.wait(futures, timeout=self.timeout)
+            for future in late:
+                future.cancel()  # frees nats-py's slot; the message is retried with the same id
+        results = []
+        for message, item in zip(messages, pending, strict=True):
+            if isinstance(item, PublishResult):
+                results.append(item)
+            elif item.cancelled():
+                results.append(classify(asyncio.TimeoutError(), message))
+            elif item.exception() is not None:
+                results.append(classify(item.exception(), message))  # type: ignore[arg-type]
+            else:
+                ack = item.result()
+                results.append(PublishResult.duplicate(ack.stream, ack.seq) if ack.duplicate
+                               else PublishResult.stored(ack.stream, ack.seq))
+        return results
+
+    async def duplicate_window(self, subject: str) -> float | None:
+        try:
+            stream = await self.js.find_stream_name_by_subject(subject)
+            info = await self.js.stream_info(stream)
+        except Exception:  # unknown is an answer: the relay only warns with it
+            return None
+        window = info.config.duplicate_window
+        return float(window) if window is not None else None
+
+    async def close(self) -> None:
+        if self._owns_connection and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), self.timeout)
+            except Exception:
+                await self.nc.close()
+
+
+def _safe_servers(servers: Sequence[str]) -> str:
+    """Server URLs without any user:password part."""
+    shown = []
+    for server in servers:
+        scheme, sep, rest = server.partition("://")
+        shown.append(f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else server.rpartition("@")[2])
+    return ", ".join(shown)
+
+
+async def _on_error(exc: Exception) -> None:
+    _log.warning("NATS connection error: %s: %s", type(exc).__name__, exc)
+
+
+async def _on_disconnected() -> None:
+    # Also called when we close the connection ourselves; hence INFO, and the reconnect logs come from nats-py.
+    _log.info("disconnected from NATS at %s; publishes wait for the reconnect", time.strftime("%H:%M:%S"))
+
+
+async def _on_reconnected() -> None:
+    _log.info("reconnected to NATS")

@@ -1,0 +1,271 @@
+"""The relay: drains a buffer into a transport oldest-first, deleting a message only once the server has it.
+
+Delivery rule. Each message is published with ``Nats-Msg-Id`` = its id and deleted from the buffer only after the
+server acknowledged it (stored, or reported as a duplicate of a copy it already has). A failed message stays in
+the buffer: a transient failure (timeout, no responders, 503, disconnected) is retried with exponential backoff
+and jitter, oldest first, with the same id, so a copy the server did store is dropped by its deduplication; a
+permanent failure (payload above max_payload, a 400 from the stream, a corrupt row) dead-letters the message and
+the messages behind it go on.
+
+Order. Messages are published in windows of ``batch_size``, oldest first. When a message in a window fails
+transiently, the next window starts again from the oldest unacknowledged message. The one case that can still
+reorder the stream: a later message of the same window was accepted while an earlier one failed; the earlier one
+then lands after it. ``strict_order=True`` rules that out: one publish in flight per subject, and a subject's next
+message is sent only after the previous one was acknowledged (subjects still go in parallel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .aio import AsyncBuffer
+from .buffer import Buffer
+from .errors import CorruptDatabaseError
+from .message import Message
+from .transport import Failure, Outcome, PublishResult, Transport
+
+__all__ = ["Relay", "RelayStats"]
+
+_log = logging.getLogger("pbuffer.relay")
+
+
+@dataclass
+class RelayStats:
+    """What a drain did. ``duplicates``: messages the server already had (not stored again)."""
+
+    published: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+
+    def add(self, other: RelayStats) -> None:
+        self.published += other.published
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        self.retried += other.retried
+
+
+RetryCallback = Callable[[Message, Failure, int], object]
+DeadLetterCallback = Callable[[Message, str, int], object]
+
+
+class Relay:
+    """Drains ``buffer`` into ``transport``. Use ``async with Relay(...) as relay: await relay.drain()``.
+
+    Args:
+        buffer: a :class:`~pbuffer.Buffer` or :class:`~pbuffer.AsyncBuffer`.
+        transport: where to publish (closed with the relay when ``close_transport`` is true).
+        batch_size: messages read and published per window (many publishes in flight at once).
+        strict_order: one publish in flight per subject, so the stream can never be reordered.
+        backoff_initial, backoff_max: seconds between retries of transient failures; doubles, with jitter.
+        poll_interval: how often :meth:`run` looks at the buffer when no save in this process woke it.
+        on_retry: ``callback(message, failure, attempts)`` before a transient failure is retried.
+        on_dead_letter: ``callback(message, reason, attempts)`` after a message was dead-lettered.
+    """
+
+    def __init__(self, buffer: Buffer | AsyncBuffer, transport: Transport, *, batch_size: int = 500,
+                 strict_order: bool = False, backoff_initial: float = 0.05, backoff_max: float = 10.0,
+                 poll_interval: float = 1.0, on_retry: RetryCallback | None = None,
+                 on_dead_letter: DeadLetterCallback | None = None, close_transport: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.buffer = buffer if isinstance(buffer, AsyncBuffer) else AsyncBuffer(buffer)
+        self._owns_buffer_facade = not isinstance(buffer, AsyncBuffer)
+        self.transport = transport
+        self.batch_size = batch_size
+        self.strict_order = strict_order
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.poll_interval = poll_interval
+        self.on_retry = on_retry
+        self.on_dead_letter = on_dead_letter
+        self.close_transport = close_transport
+        self.stats = RelayStats()
+        self._attempts: dict[str, int] = {}
+        self._first_attempt: dict[str, float] = {}
+        self._windows: dict[str, float | None] = {}
+        self._warned_no_stream: dict[str, float] = {}
+        self._stopping = asyncio.Event()
+        self._backoff = 0.0
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Relay:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.close_transport:
+            await self.transport.close()
+        if self._owns_buffer_facade:
+            # The caller's Buffer stays open; only the facade's threads go.
+            self.buffer._remove_listener()
+            if self.buffer._executor is not None:
+                self.buffer._executor.shutdown(wait=True)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` (or a drain) to stop after the window in flight; nothing is left half-done."""
+        self._stopping.set()
+
+    async def lag(self) -> float | None:
+        """Seconds since the oldest pending message was saved (``None`` when the buffer is empty)."""
+        oldest = await self.buffer.get()
+        return None if oldest is None else max(0.0, time.time() - oldest.created_us / 1e6)
+
+    # ---------------------------------------------------------------------------------------------- drain
+
+    async def drain(self) -> RelayStats:
+        """Publish until the buffer is empty (or :meth:`stop`); returns what this call did."""
+        stats = RelayStats()
+        while not self._stopping.is_set():
+            batch = await self._read_window(stats)
+            if batch is None:
+                continue  # a corrupt row was moved aside: read again
+            if not batch:
+                break
+            await self._check_duplicate_windows(batch)
+            if self.strict_order:
+                results = await self._publish_strictly(batch)
+            else:
+                results = await self.transport.publish(batch)
+            retry = await self._settle(batch, results, stats)
+            if retry:
+                await self._back_off()
+            else:
+                self._backoff = 0.0
+        self.stats.add(stats)
+        return stats
+
+    async def run(self) -> RelayStats:
+        """Drain as messages arrive until :meth:`stop` or cancellation; returns what it did."""
+        total = RelayStats()
+        while not self._stopping.is_set():
+            total.add(await self.drain())
+            if self._stopping.is_set():
+                break
+            waiter = asyncio.ensure_future(self.buffer.wait_for_messages(self.poll_interval))
+            stopper = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (waiter, stopper):
+                    task.cancel()
+        return total
+
+    # ------------------------------------------------------------------------------------------- internals
+
+    async def _read_window(self, stats: RelayStats) -> list[Message] | None:
+        try:
+            return await self.buffer.get_all(self.batch_size)
+        except CorruptDatabaseError as exc:
+            if exc.message_id is None:
+                raise
+            reason = f"corrupt: {exc}"
+            if await self.buffer.mark_dead(exc.message_id, reason, attempts=0):
+                stats.dead_lettered += 1
+                _log.error("dead-lettered message %s: its stored bytes fail their checksum", exc.message_id)
+            return None
+
+    async def _publish_strictly(self, batch: Sequence[Message]) -> list[PublishResult]:
+        """Per subject, one message at a time, stopping a subject at its first transient failure."""
+        results: dict[str, PublishResult] = {}
+        by_subject: dict[str, list[Message]] = defaultdict(list)
+        for message in batch:
+            by_subject[message.subject].append(message)
+
+        async def one_subject(messages: list[Message]) -> None:
+            for message in messages:
+                (result,) = await self.transport.publish([message])
+                results[message.id] = result
+                if result.failure is not None and result.failure.transient:
+                    return  # the rest of this subject waits for the next window, in order
+
+        await asyncio.gather(*(one_subject(messages) for messages in by_subject.values()))
+        not_sent = PublishResult.failed("not sent: an earlier message of its subject failed", transient=True)
+        return [results.get(message.id, not_sent) for message in batch]
+
+    async def _settle(self, batch: Sequence[Message], results: Sequence[PublishResult], stats: RelayStats) -> bool:
+        """Delete what the server has, dead-letter what it will never take; True if anything must be retried."""
+        if len(results) != len(batch):
+            raise RuntimeError(f"transport returned {len(results)} results for {len(batch)} messages")
+        acknowledged: list[str] = []
+        retry = False
+        for message, result in zip(batch, results, strict=True):
+            if result.acknowledged:
+                acknowledged.append(message.id)
+                if result.outcome is Outcome.DUPLICATE:
+                    stats.duplicates += 1
+                else:
+                    stats.published += 1
+                self._attempts.pop(message.id, None)
+                self._first_attempt.pop(message.id, None)
+                continue
+            failure = result.failure
+            assert failure is not None
+            attempts = self._attempts.get(message.id, 0) + 1
+            self._first_attempt.setdefault(message.id, time.monotonic())
+            if not failure.transient:
+                await self._dead_letter(message, failure.reason, attempts, stats)
+                continue
+            if failure.reason.startswith("not sent:"):
+                continue  # never published: not an attempt
+            retry = True
+            self._attempts[message.id] = attempts
+            stats.retried += 1
+            self._warn_retry(message, failure, attempts)
+            if self.on_retry is not None:
+                self.on_retry(message, failure, attempts)
+        if acknowledged:
+            await self.buffer.delete_many(acknowledged)
+        return retry
+
+    async def _dead_letter(self, message: Message, reason: str, attempts: int, stats: RelayStats) -> None:
+        self._attempts.pop(message.id, None)
+        self._first_attempt.pop(message.id, None)
+        if await self.buffer.mark_dead(message.id, reason, attempts=attempts):
+            stats.dead_lettered += 1
+            _log.error("dead-lettered message %s on %r after %d attempt(s): %s", message.id, message.subject,
+                       attempts, reason)
+            if self.on_dead_letter is not None:
+                self.on_dead_letter(message, reason, attempts)
+
+    def _warn_retry(self, message: Message, failure: Failure, attempts: int) -> None:
+        if failure.no_stream:
+            # Rate-limited: one warning per subject per minute, never silence.
+            now = time.monotonic()
+            if now - self._warned_no_stream.get(message.subject, -1e9) >= 60:
+                self._warned_no_stream[message.subject] = now
+                _log.warning("no JetStream stream covers subject %r: its messages stay buffered and are retried",
+                             message.subject)
+        else:
+            _log.info("publish of message %s on %r failed (attempt %d), will retry: %s", message.id,
+                      message.subject, attempts, failure.reason)
+        window = self._windows.get(message.subject)
+        first = self._first_attempt.get(message.id)
+        if window and first is not None and time.monotonic() - first > window:
+            _log.warning("message %s is retried %.0f s after its first attempt, beyond the stream's duplicate "
+                         "window of %.0f s: if that attempt was stored, JetStream may store it twice",
+                         message.id, time.monotonic() - first, window)
+
+    async def _check_duplicate_windows(self, batch: Sequence[Message]) -> None:
+        for subject in {m.subject for m in batch} - set(self._windows):
+            window = self._windows[subject] = await self.transport.duplicate_window(subject)
+            if window is not None and self.backoff_max >= window:
+                _log.warning("the stream for %r deduplicates for %.0f s, but a retry may wait up to %.0f s: a "
+                             "message retried after the window can be stored twice", subject, window,
+                             self.backoff_max)
+
+    async def _back_off(self) -> None:
+        self._backoff = min(self.backoff_max, max(self.backoff_initial, self._backoff * 2))
+        delay = self._backoff * random.uniform(0.5, 1.0)
+        with contextlib.suppress(asyncio.TimeoutError):  # stop() cuts the wait short
+            await asyncio.wait_for(self._stopping.wait(), delay)

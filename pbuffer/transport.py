@@ -1,0 +1,118 @@
+"""The transport layer: what the relay publishes through.
+
+A transport publishes a batch of messages and answers one :class:`PublishResult` per message, in order: stored
+(with the stream's sequence), duplicate (JetStream already had that ``Nats-Msg-Id``), or failed with a
+:class:`Failure` that says whether retrying can help. The relay knows only this interface and the Buffer
+contract; :class:`pbuffer.jetstream.JetStreamTransport` is the real one, :class:`MockTransport` the one for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from .message import Message
+
+__all__ = ["Failure", "MockTransport", "Outcome", "PublishResult", "Transport"]
+
+
+class Outcome(Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a publish failed. ``transient``: retry later with the same id (a timeout means *unknown*, never *not
+    stored*). Otherwise permanent: retrying cannot help and the message is dead-lettered."""
+
+    reason: str
+    transient: bool
+    # A subject no stream covers: retried, with a rate-limited warning naming the subject.
+    no_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    outcome: Outcome
+    stream: str | None = None
+    sequence: int | None = None
+    failure: Failure | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        """The server has the message (stored now or before): it may be deleted from the buffer."""
+        return self.outcome is not Outcome.FAILED
+
+    @classmethod
+    def stored(cls, stream: str, sequence: int) -> PublishResult:
+        return cls(Outcome.STORED, stream, sequence)
+
+    @classmethod
+    def duplicate(cls, stream: str, sequence: int) -> PublishResult:
+        return cls(Outcome.DUPLICATE, stream, sequence)
+
+    @classmethod
+    def failed(cls, reason: str, *, transient: bool, no_stream: bool = False) -> PublishResult:
+        return cls(Outcome.FAILED, failure=Failure(reason, transient, no_stream))
+
+
+class Transport(ABC):
+    """Publishes messages with ``Nats-Msg-Id`` set to each message's id."""
+
+    @abstractmethod
+    async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
+        """Publish ``messages`` (possibly many at once) and return one result per message, in the same order.
+
+        Must not raise for a per-message failure: report it in that message's result.
+        """
+
+    async def duplicate_window(self, subject: str) -> float | None:
+        """Seconds within which the stream behind ``subject`` drops a repeated id, if known."""
+        return None
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+Handler = Callable[[Message], "PublishResult | Awaitable[PublishResult]"]
+
+
+class MockTransport(Transport):
+    """A transport for tests: ``handler(message)`` (plain or async) decides each message's result.
+
+    Messages of one batch are handled concurrently, as a pipelined real transport would; ``published`` records
+    every message handed to the transport, in order.
+    """
+
+    def __init__(self, handler: Handler, *, window: float | None = None) -> None:
+        self.handler = handler
+        self.window = window
+        self.published: list[Message] = []
+        self.closed = False
+
+    async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
+        self.published.extend(messages)
+
+        async def one(message: Message) -> PublishResult:
+            result = self.handler(message)
+            return await result if inspect.isawaitable(result) else result
+
+        return list(await asyncio.gather(*(one(m) for m in messages)))
+
+    async def duplicate_window(self, subject: str) -> float | None:
+        return self.window
+
+    async def close(self) -> None:
+        self.closed = True
