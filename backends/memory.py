@@ -95,16 +95,18 @@ class MemoryBuffer(Buffer):
             return self._store.pending
         return self._store.pending_by_subject.get(self.subject) or OrderedDict()
 
-    def _get(self, limit: int | None) -> list[Message]:
+    def _get(self, limit: int | None, after: str | None) -> list[Message]:
         with self._store.lock:
             pending = self._pending()
-            if limit is None:
+            start = self._store.seq_by_id.get(after, 0) if after is not None else 0
+            if limit is None and not start:
                 return list(pending.values())
             found: list[Message] = []
-            for message in pending.values():
-                if len(found) >= limit:
+            for seq, message in pending.items():
+                if limit is not None and len(found) >= limit:
                     break
-                found.append(message)
+                if seq > start:
+                    found.append(message)
             return found
 
     def _pop(self) -> Message | None:

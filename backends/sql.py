@@ -33,6 +33,9 @@ _COLUMNS = "id, subject, payload, headers, created_us, checksum"
 _SEQ_COLUMNS = ("seq", *_COLUMNS.split(", "))
 # Ids per DELETE ... IN (...): well under every backend's limit on bound parameters.
 _CHUNK = 500
+# LIMIT for "all" that every backend accepts (sqlite's -1 and PostgreSQL's NULL are not portable).
+_NO_LIMIT = 2**62
+_ID_PARAMS = [f"id{i}" for i in range(_CHUNK)]
 _DEAD_COLUMNS = f"{_COLUMNS}, reason, attempts, failed_us"
 
 
@@ -136,9 +139,12 @@ class SQLBuffer(Buffer):
             raise
         self._connections.give_back(conn)
 
-    def _get(self, limit: int | None) -> list[Message]:
+    def _get(self, limit: int | None, after: str | None) -> list[Message]:
         with self._cursor("get", write=False) as cursor:
-            if limit is None:
+            if after is not None:
+                cursor.execute(self._sql.get_after, {**self._sql.scope, "after": to_bytes(after),
+                                                     "limit": _NO_LIMIT if limit is None else limit})
+            elif limit is None:
                 cursor.execute(self._sql.get_all, self._sql.scope)
             else:
                 cursor.execute(self._sql.get_limit, {**self._sql.scope, "limit": limit})
@@ -169,15 +175,20 @@ class SQLBuffer(Buffer):
             return bool(cursor.rowcount)
 
     def _delete_many(self, message_ids: list[str]) -> int:
-        # The relay's delete after a window of PubAcks: one transaction, one statement per chunk of ids.
+        # The relay's delete after a window of PubAcks: one transaction, one statement per chunk of ids; the
+        # dead letters are only searched for ids that were not pending.
         deleted = 0
         with self._cursor("delete", write=True) as cursor:
             for start in range(0, len(message_ids), _CHUNK):
                 chunk = [to_bytes(message_id) for message_id in message_ids[start:start + _CHUNK]]
-                params = {**self._sql.scope, **{f"id{i}": raw for i, raw in enumerate(chunk)}}
-                for statement in (self._sql.delete_ids(len(chunk)), self._sql.delete_dead_ids(len(chunk))):
-                    cursor.execute(statement, params)
-                    deleted += max(cursor.rowcount, 0)
+                params = dict(zip(_ID_PARAMS[:len(chunk)], chunk, strict=True))
+                params.update(self._sql.scope)
+                cursor.execute(self._sql.delete_ids(len(chunk)), params)
+                found = max(cursor.rowcount, 0)
+                if found < len(chunk):
+                    cursor.execute(self._sql.delete_dead_ids(len(chunk)), params)
+                    found += max(cursor.rowcount, 0)
+                deleted += found
         return deleted
 
     def _count(self) -> int:
@@ -327,6 +338,10 @@ class _Statements:
                                     f"VALUES ({values}, :reason, :attempts, :failed_us)")
         self.get_all = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq")
         self.get_limit = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq LIMIT :limit")
+        # seq values start at 1, so 0 means "from the oldest" when `after` is not pending.
+        after_seq = f"COALESCE((SELECT seq FROM {MESSAGES} WHERE id = :after), 0)"
+        self.get_after = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES} WHERE seq > {after_seq}{and_scope} "
+                                  "ORDER BY seq LIMIT :limit")
         self.count = compile_(f"SELECT count(*) FROM {MESSAGES}{where}")
         self.delete_id = compile_(f"DELETE FROM {MESSAGES} WHERE id = :id{and_scope}")
         self.delete_seq = compile_(f"DELETE FROM {MESSAGES} WHERE seq = :seq")

@@ -32,7 +32,9 @@ from .errors import (
 )
 from .message import DeadLetter, Message, Outgoing
 from .registry import default_url, known_schemes, open_buffer
+from .relay import Relay, RelayStats, send
 from .schema import Revision, check, current, downgrade, history, upgrade
+from .transport import MockTransport, PublishResult, Transport
 
 __all__ = [
     "AsyncBuffer",
@@ -46,11 +48,16 @@ __all__ = [
     "NotABufferDatabaseError",
     "Outgoing",
     "PBufferError",
+    "MockTransport",
     "PublishError",
+    "PublishResult",
+    "Relay",
+    "RelayStats",
     "Revision",
     "SchemaTooNewError",
     "SchemaTooOldError",
     "StorageFullError",
+    "Transport",
     "ValidationError",
     "__version__",
     "check",
@@ -61,6 +68,7 @@ __all__ = [
     "known_schemes",
     "open",
     "open_async",
+    "send",
     "upgrade",
 ]
 

@@ -48,8 +48,8 @@ class AsyncBuffer:
     async def get(self) -> Message | None:
         return await self._run(self.buffer.get)
 
-    async def get_all(self, limit: int | None = None) -> list[Message]:
-        return await self._run(self.buffer.get_all, limit)
+    async def get_all(self, limit: int | None = None, *, after: str | None = None) -> list[Message]:
+        return await self._run(self.buffer.get_all, limit, after=after)
 
     async def delete(self, message_id: str) -> bool:
         return await self._run(self.buffer.delete, message_id)

@@ -144,13 +144,17 @@ class Buffer(ABC):
     def get(self) -> Message | None:
         """The oldest pending message, not removed, or ``None``."""
         self._check_open()
-        found = self._get(1)
+        found = self._get(1, None)
         return found[0] if found else None
 
-    def get_all(self, limit: int | None = None) -> list[Message]:
-        """Pending messages, oldest first; at most ``limit`` of them when given."""
+    def get_all(self, limit: int | None = None, *, after: str | None = None) -> list[Message]:
+        """Pending messages, oldest first; at most ``limit`` of them when given.
+
+        ``after``: only the messages queued behind that pending message (how a relay reads its next window
+        while the current one is in flight). If it is no longer pending, the list starts at the oldest.
+        """
         self._check_open()
-        return self._get(_check_limit(limit))
+        return self._get(_check_limit(limit), None if after is None else _check_id(after))
 
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters, in the order they were dead-lettered; at most ``limit`` when given."""
@@ -205,8 +209,9 @@ class Buffer(ABC):
         """Store all of ``messages`` in one transaction, in order, or nothing."""
 
     @abstractmethod
-    def _get(self, limit: int | None) -> list[Message]:
-        """Up to ``limit`` (all if ``None``) pending messages in scope, oldest first, checksums verified."""
+    def _get(self, limit: int | None, after: str | None) -> list[Message]:
+        """Up to ``limit`` (all if ``None``) pending messages in scope, oldest first, checksums verified;
+        with ``after``, only those queued behind that pending message (all, if it is not pending)."""
 
     @abstractmethod
     def _pop(self) -> Message | None: ...

@@ -4,6 +4,7 @@ exceptions mapped once, here, into transient or permanent failures."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -72,6 +73,8 @@ class JetStreamTransport(Transport):
         self.js = nc.jetstream(timeout=timeout, publish_async_max_pending=1_000_000)
         self.timeout = timeout
         self._owns_connection = owns_connection
+        #: Publishes sent and not yet answered (acked, failed or given up).
+        self.in_flight = 0
 
     @classmethod
     async def connect(
@@ -90,23 +93,56 @@ class JetStreamTransport(Transport):
         reconnect_time_wait: float = 2,
         max_reconnect_attempts: int = -1,
         connect_timeout: float = 2,
+        connect_attempts: int = 3,
         timeout: float = 5.0,
         name: str = "pbuffer",
     ) -> JetStreamTransport:
-        """Connect to NATS. By default it never stops reconnecting: a relay outlives outages.
+        """Connect to NATS: ``connect_attempts`` tries per server (at least 2), then
+        :class:`~pbuffer.PublishError`; refused credentials or an untrusted certificate fail at once. Once
+        connected it never stops reconnecting by default (``max_reconnect_attempts=-1``): a relay outlives
+        outages, and its messages wait in the buffer meanwhile.
 
         Credentials are passed to nats-py as given and never logged.
         """
+        holder: list[Client] = []
+
+        async def on_disconnected() -> None:
+            # nats-py replays publishes it still held when the connection dropped once it reconnects. Such a
+            # stale copy of a later message could be stored before the earlier ones the relay republishes from
+            # the buffer, reordering the stream: drop them; the relay republishes them itself, in order.
+            if holder:
+                _drop_unsent_publishes(holder[0])
+            await _on_disconnected()
+
+        first_errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            # nats-py retries every failure of the first connect: a refusal no retry can fix (wrong credentials,
+            # an untrusted certificate) is raised out of its loop instead, and after a failed TLS upgrade nats-py
+            # would hang in its own close (nats.py issue #718).
+            if not holder:
+                reason = _refusal(exc)
+                if reason is not None:
+                    raise _Refused(reason) from exc
+                first_errors[:] = [exc]
+            await _on_error(exc)
+
         options: dict[str, Any] = {
             "servers": [servers] if isinstance(servers, str) else list(servers),
             "name": name,
+            # No buffering of publishes while disconnected: they fail at once (a transient failure) and stay
+            # in the pbuffer buffer, which is where a message waits for a server.
+            "pending_size": 0,
             "ping_interval": ping_interval,
             "max_outstanding_pings": max_outstanding_pings,
             "reconnect_time_wait": reconnect_time_wait,
-            "max_reconnect_attempts": max_reconnect_attempts,
+            # nats-py uses one setting for the first connect and for reconnects, and -1 would make the first
+            # connect to a dead server hang forever: bounded here, switched to the caller's value below.
+            # (0 would mean "no limit" to nats-py, so at least two attempts are made.)
+            "max_reconnect_attempts": max(connect_attempts - 1, 1),
             "connect_timeout": connect_timeout,
-            "error_cb": _on_error,
-            "disconnected_cb": _on_disconnected,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
             "reconnected_cb": _on_reconnected,
             "allow_reconnect": True,
         }
@@ -115,24 +151,40 @@ class JetStreamTransport(Transport):
                            ("tls_hostname", tls_hostname)):
             if value is not None:
                 options[key] = value
+        nc = Client()
+        where = _safe_servers(options["servers"])
         try:
-            nc = await nats.connect(**options)
+            await nc.connect(**options)
+        except _Refused as exc:
+            await _abandon(nc)
+            raise PublishError(f"cannot connect to NATS at {where}: {exc}") from exc.__cause__
         except Exception as exc:  # nats-py raises several types (NoServersError, OSError, auth errors...)
-            raise PublishError(f"cannot connect to NATS at {_safe_servers(options['servers'])}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+            last = first_errors[-1] if first_errors else None
+            detail = f" (last error: {type(last).__name__}: {last})" if last is not None and last is not exc else ""
+            await _abandon(nc)
+            raise PublishError(f"cannot connect to NATS at {where}: {type(exc).__name__}: {exc}{detail}") from exc
+        nc.options["max_reconnect_attempts"] = max_reconnect_attempts
+        holder.append(nc)
         return cls(nc, timeout=timeout, owns_connection=True)
 
     async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
         pending: list[asyncio.Future[Any] | PublishResult] = []
         for message in messages:
+            if not self.nc.is_connected:
+                pending.append(PublishResult.failed("not connected to NATS", transient=True))
+                continue
             headers = dict(message.headers)
             headers["Nats-Msg-Id"] = message.id
             try:
-                future = await self.js.publish_async(message.subject, message.payload, wait_stall=self.timeout,
-                                                     headers=headers)
+                # No wait_stall: with one, nats-py wraps every publish in asyncio.wait_for, which yields to the
+                # loop each time and turns a pipelined window into a trickle. The window size bounds the
+                # pending publishes instead (publish_async_max_pending is set far above it).
+                future = await self.js.publish_async(message.subject, message.payload, headers=headers)
             except Exception as exc:
                 pending.append(classify(exc, message))
             else:
+                self.in_flight += 1
+                future.add_done_callback(self._answered)
                 pending.append(future)
         futures = [f for f in pending if isinstance(f, asyncio.Future)]
         if futures:
@@ -155,6 +207,9 @@ class JetStreamTransport(Transport):
                                else PublishResult.stored(ack.stream, ack.seq))
         return results
 
+    def _answered(self, _future: asyncio.Future[Any]) -> None:
+        self.in_flight -= 1
+
     async def duplicate_window(self, subject: str) -> float | None:
         try:
             stream = await self.js.find_stream_name_by_subject(subject)
@@ -170,6 +225,40 @@ class JetStreamTransport(Transport):
                 await asyncio.wait_for(self.nc.drain(), self.timeout)
             except Exception:
                 await self.nc.close()
+
+
+def _drop_unsent_publishes(nc: Client) -> None:
+    """Forget PUB/HPUB commands nats-py buffered but never wrote (private state: nats-py has no API for it)."""
+    pending = getattr(nc, "_pending", None)
+    if pending:
+        kept = [cmd for cmd in pending if not bytes(cmd[:5]).startswith((b"PUB ", b"HPUB "))]
+        nc._pending = kept
+        nc._pending_data_size = sum(len(cmd) for cmd in kept)
+
+
+class _Refused(Exception):
+    """A first connect that the server or TLS refused: retrying cannot help. Its text is the reason."""
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """Why a connect attempt was refused for good, or None for a failure worth retrying (server down...)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    text = str(exc).lower()
+    if isinstance(exc, nats.errors.AuthorizationError) or (
+            isinstance(exc, nats.errors.Error)
+            and any(word in text for word in ("authorization violation", "authentication expired",
+                                              "authentication revoked"))):
+        return f"the server refused the credentials ({exc})"
+    return None
+
+
+async def _abandon(nc: Client) -> None:
+    """Close a client whose first connect failed: bounded, as nats-py's close can hang after a failed TLS upgrade."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.close(), 1.0)
 
 
 def _safe_servers(servers: Sequence[str]) -> str:

@@ -22,16 +22,16 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .aio import AsyncBuffer
 from .buffer import Buffer
-from .errors import CorruptDatabaseError
-from .message import Message
+from .errors import CorruptDatabaseError, PublishError
+from .message import Message, Payload
 from .transport import Failure, Outcome, PublishResult, Transport
 
-__all__ = ["Relay", "RelayStats"]
+__all__ = ["Relay", "RelayStats", "send"]
 
 _log = logging.getLogger("pbuffer.relay")
 
@@ -124,24 +124,48 @@ class Relay:
     # ---------------------------------------------------------------------------------------------- drain
 
     async def drain(self) -> RelayStats:
-        """Publish until the buffer is empty (or :meth:`stop`); returns what this call did."""
+        """Publish until the buffer is empty (or :meth:`stop`); returns what this call did.
+
+        Pipelined: while a window's acks are awaited, the next window is already being read, and a settled
+        window's deletes run while the next one is published. A window is published only after the previous
+        one settled, so a failure never has a later window in flight behind it.
+        """
         stats = RelayStats()
-        while not self._stopping.is_set():
-            batch = await self._read_window(stats)
-            if batch is None:
-                continue  # a corrupt row was moved aside: read again
-            if not batch:
-                break
-            await self._check_duplicate_windows(batch)
-            if self.strict_order:
-                results = await self._publish_strictly(batch)
-            else:
-                results = await self.transport.publish(batch)
-            retry = await self._settle(batch, results, stats)
-            if retry:
-                await self._back_off()
-            else:
-                self._backoff = 0.0
+        deleting: asyncio.Future[int] | None = None
+        window = await self._read_window(stats, after=None)
+        try:
+            while window and not self._stopping.is_set():
+                await self._check_duplicate_windows(window)
+                prefetch = asyncio.ensure_future(self._read_window(stats, after=window[-1].id))
+                if self.strict_order:
+                    results = await self._publish_strictly(window)
+                else:
+                    results = await self.transport.publish(window)
+                acknowledged, retry = await self._settle(window, results, stats)
+                if deleting is not None:
+                    await deleting
+                deleting = (asyncio.ensure_future(self.buffer.delete_many(acknowledged)) if acknowledged
+                            else None)
+                if retry or len(window) < self.batch_size:
+                    # Start again from the oldest unacknowledged message (or, for a short window, look for
+                    # messages saved meanwhile), once the deletes are done so they are not read again.
+                    prefetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await prefetch
+                    if deleting is not None:
+                        await deleting
+                        deleting = None
+                    if retry:
+                        await self._back_off()
+                    else:
+                        self._backoff = 0.0
+                    window = await self._read_window(stats, after=None)
+                else:
+                    self._backoff = 0.0
+                    window = await prefetch
+        finally:
+            if deleting is not None:
+                await deleting
         self.stats.add(stats)
         return stats
 
@@ -163,17 +187,17 @@ class Relay:
 
     # ------------------------------------------------------------------------------------------- internals
 
-    async def _read_window(self, stats: RelayStats) -> list[Message] | None:
-        try:
-            return await self.buffer.get_all(self.batch_size)
-        except CorruptDatabaseError as exc:
-            if exc.message_id is None:
-                raise
-            reason = f"corrupt: {exc}"
-            if await self.buffer.mark_dead(exc.message_id, reason, attempts=0):
-                stats.dead_lettered += 1
-                _log.error("dead-lettered message %s: its stored bytes fail their checksum", exc.message_id)
-            return None
+    async def _read_window(self, stats: RelayStats, after: str | None) -> list[Message]:
+        """The next window; a corrupt row met on the way is dead-lettered (never published) and skipped."""
+        while True:
+            try:
+                return await self.buffer.get_all(self.batch_size, after=after)
+            except CorruptDatabaseError as exc:
+                if exc.message_id is None:
+                    raise
+                if await self.buffer.mark_dead(exc.message_id, f"corrupt: {exc}", attempts=0):
+                    stats.dead_lettered += 1
+                    _log.error("dead-lettered message %s: its stored bytes fail their checksum", exc.message_id)
 
     async def _publish_strictly(self, batch: Sequence[Message]) -> list[PublishResult]:
         """Per subject, one message at a time, stopping a subject at its first transient failure."""
@@ -193,8 +217,10 @@ class Relay:
         not_sent = PublishResult.failed("not sent: an earlier message of its subject failed", transient=True)
         return [results.get(message.id, not_sent) for message in batch]
 
-    async def _settle(self, batch: Sequence[Message], results: Sequence[PublishResult], stats: RelayStats) -> bool:
-        """Delete what the server has, dead-letter what it will never take; True if anything must be retried."""
+    async def _settle(self, batch: Sequence[Message], results: Sequence[PublishResult],
+                      stats: RelayStats) -> tuple[list[str], bool]:
+        """Dead-letter what the server will never take; returns the ids it has (to delete) and whether anything
+        must be retried."""
         if len(results) != len(batch):
             raise RuntimeError(f"transport returned {len(results)} results for {len(batch)} messages")
         acknowledged: list[str] = []
@@ -224,9 +250,7 @@ class Relay:
             self._warn_retry(message, failure, attempts)
             if self.on_retry is not None:
                 self.on_retry(message, failure, attempts)
-        if acknowledged:
-            await self.buffer.delete_many(acknowledged)
-        return retry
+        return acknowledged, retry
 
     async def _dead_letter(self, message: Message, reason: str, attempts: int, stats: RelayStats) -> None:
         self._attempts.pop(message.id, None)
@@ -269,3 +293,36 @@ class Relay:
         delay = self._backoff * random.uniform(0.5, 1.0)
         with contextlib.suppress(asyncio.TimeoutError):  # stop() cuts the wait short
             await asyncio.wait_for(self._stopping.wait(), delay)
+
+
+async def send(buffer: Buffer | AsyncBuffer, transport: Transport, payload: Payload, *, subject: str | None = None,
+               headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> Message:
+    """Save a message, then drain the buffer (this message and any older ones, oldest first).
+
+    The original design's ``send_message`` done right: the message is durable before anything is sent, sent with
+    its id as ``Nats-Msg-Id``, and deleted only after the server acknowledged it. Returns the saved message once
+    the server has it; raises :class:`~pbuffer.PublishError` if it was dead-lettered, or if it was not published
+    within ``timeout`` seconds (it then stays safely in the buffer for the next drain).
+    """
+    facade = buffer if isinstance(buffer, AsyncBuffer) else AsyncBuffer(buffer)
+    message = await facade.save(payload, subject=subject, headers=headers)
+    relay = Relay(facade, transport, close_transport=False)
+    try:
+        await asyncio.wait_for(_drain_until_gone(relay, facade, message.id), timeout)
+    except asyncio.TimeoutError:
+        raise PublishError(f"message {message.id} was saved but not published within {timeout} s; it stays in "
+                           "the buffer and goes with the next drain") from None
+    finally:
+        if facade is not buffer:
+            await relay.close()
+    return message
+
+
+async def _drain_until_gone(relay: Relay, buffer: AsyncBuffer, message_id: str) -> None:
+    while True:
+        await relay.drain()
+        if not any(m.id == message_id for m in await buffer.get_all(relay.batch_size)):
+            dead = [d for d in await buffer.dead_letters() if d.message.id == message_id]
+            if dead:
+                raise PublishError(f"message {message_id} was dead-lettered: {dead[0].reason}")
+            return

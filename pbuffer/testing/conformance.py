@@ -97,6 +97,17 @@ class BufferConformance(_Base):
             with pytest.raises(ValidationError):
                 buffer.get_all(bad)  # type: ignore[arg-type]
 
+    def test_get_all_after(self, buffer: Buffer) -> None:
+        saved = buffer.save_many([str(i).encode() for i in range(6)], subject=SUBJECT)
+        assert [m.id for m in buffer.get_all(2, after=saved[1].id)] == [saved[2].id, saved[3].id]
+        assert [m.id for m in buffer.get_all(after=saved[3].id)] == [saved[4].id, saved[5].id]
+        assert buffer.get_all(after=saved[5].id) == []
+        buffer.delete(saved[0].id)
+        # Not pending any more: from the oldest.
+        assert [m.id for m in buffer.get_all(2, after=saved[0].id)] == [saved[1].id, saved[2].id]
+        with pytest.raises(ValidationError):
+            buffer.get_all(after="nope")
+
     def test_save_many_in_order_and_interleaved_with_save(self, buffer: Buffer) -> None:
         first = buffer.save(b"first", subject=SUBJECT)
         many = buffer.save_many([b"1", Outgoing(b"2", subject="other.subject", headers={"K": "v"}), bytearray(b"3")],
