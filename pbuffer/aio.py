@@ -107,13 +107,13 @@ class AsyncBuffer:
             self.buffer.remove_listener(self._listener)
             self._listener = None
 
-    async def close(self) -> None:
+    async def close(self, *, close_buffer: bool = True) -> None:
+        """Stop this facade's threads and, unless ``close_buffer`` is false, close the wrapped buffer too."""
         self._remove_listener()
-        if self._executor is not None:
+        if close_buffer:
             await self._run(self.buffer.close)
+        if self._executor is not None:
             self._executor.shutdown(wait=True)
-        else:
-            self.buffer.close()
 
     @property
     def closed(self) -> bool:

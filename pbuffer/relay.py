@@ -107,10 +107,7 @@ class Relay:
         if self.close_transport:
             await self.transport.close()
         if self._owns_buffer_facade:
-            # The caller's Buffer stays open; only the facade's threads go.
-            self.buffer._remove_listener()
-            if self.buffer._executor is not None:
-                self.buffer._executor.shutdown(wait=True)
+            await self.buffer.close(close_buffer=False)  # the caller's Buffer stays open
 
     def stop(self) -> None:
         """Ask :meth:`run` (or a drain) to stop after the window in flight; nothing is left half-done."""
@@ -314,7 +311,7 @@ async def send(buffer: Buffer | AsyncBuffer, transport: Transport, payload: Payl
                            "the buffer and goes with the next drain") from None
     finally:
         if facade is not buffer:
-            await relay.close()
+            await facade.close(close_buffer=False)  # the caller's Buffer stays open
     return message
 
 

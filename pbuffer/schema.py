@@ -55,19 +55,19 @@ def upgrade(url: str, revision: str = "head") -> str:
     An empty database is initialised. Safe to run while buffers have the database open, and from several
     processes at once: one migrates, the others find the work done.
     """
-    database = _database(url, must_exist=False)
-    try:
-        reached: str = database.migrate(revision, upgrade=True)
-        return reached
-    finally:
-        database.dispose()
+    return _migrate(url, revision, upgrade=True)
 
 
 def downgrade(url: str, revision: str) -> str:
     """Downgrade the schema at ``url`` to ``revision`` (or ``"base"``: drop pbuffer's tables and messages)."""
-    database = _database(url, must_exist=True)
+    return _migrate(url, revision, upgrade=False)
+
+
+def _migrate(url: str, revision: str, *, upgrade: bool) -> str:
+    # Upgrading may start from nothing; downgrading needs a buffer to be there.
+    database = _database(url, must_exist=not upgrade)
     try:
-        reached: str = database.migrate(revision, upgrade=False)
+        reached: str = database.migrate(revision, upgrade=upgrade)
         return reached
     finally:
         database.dispose()
