@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pbuffer
+	$(BIN)/pbuffer demo
 
 test: lint typecheck pytest
 

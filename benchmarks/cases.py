@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from functools import partial
 
-from . import peers, workloads
+from . import e2e, peers, workloads
 from .harness import Case, Settings, Target
 
 __all__ = ["BACKENDS", "OPS", "build_cases"]
 
-OPS = ("save", "save_many", "pop", "pop_backlog")
-BACKENDS = ("memory", "sqlite")
+OPS = ("save", "save_many", "pop", "pop_backlog", "drain")
+BACKENDS = ("memory", "sqlite", "nats")
 
 _PQ_DEFAULTS = (
     "persist-queue 1.1 sets only PRAGMA journal_mode=WAL on its connections (sqlbase.SQLiteBase._new_db_connection) "
@@ -27,8 +27,46 @@ _LQ_DEFAULTS = (
 )
 
 
+_E2E_SETUP = (
+    "Subject: a sqlite buffer (durability='process') filled with save_many (untimed), then "
+    f"Relay(buffer, JetStreamTransport.connect(url), batch_size={e2e.BATCH_SIZE}).drain() timed until the buffer "
+    "is empty: each message goes out with Nats-Msg-Id = its id (the stream deduplicates) and each window is "
+    "deleted from the buffer after its PubAcks; checked afterwards: the buffer is empty, stats.published equals "
+    f"the count and the stream holds that many. Batch size {e2e.BATCH_SIZE}: in A/B runs here 1,000 was no faster "
+    "(within the noise, slightly slower). One nats-server per case (version in the header), started untimed, "
+    "file storage (the default); each repetition gets a fresh stream on the subject, created untimed. "
+)
+
+
+def _e2e_counts(settings: Settings) -> str:
+    text = ""
+    if settings.quick:
+        text += " Quick mode: smaller counts than full mode's."
+    if settings.scale != 1:
+        text += f" Scaled by {settings.scale:g}."
+    return text
+
+
 def build_cases(settings: Settings) -> list[Case]:
     count = settings.count
+    e2e_n = count(50_000, 20_000)
+    seed_n = count(5_000, 2_000)
+    memory_n = count(1_000_000, 200_000)
+    memory_reps = 1 if settings.quick else 3
+    memory_note = (
+        f"Peak RSS growth of the process running the relay while Relay(batch_size={e2e.BATCH_SIZE}).drain() "
+        f"empties a sqlite buffer (durability='process') holding {memory_n:,} messages, copied from a file written "
+        "once per run with save_many. Each repetition runs in a fresh Python process, so no earlier case's freed "
+        "heap can absorb the growth: it opens the buffer, connects, creates the stream, collects garbage, reads "
+        "VmRSS (before), resets the kernel's peak (VmHWM, via /proc/self/clear_refs), drains while a thread "
+        "samples VmRSS every 50 ms, and reports max(samples, VmHWM) - before, in MB of 10^6 bytes. The target "
+        "is judged on the largest growth over the repetitions. nats-server's own memory (another process) is "
+        f"not counted. {memory_reps} repetition(s), no warm-up (each repetition is a fresh process)."
+    )
+    if settings.quick:
+        memory_note += " Quick mode: the backlog is 200,000, not the issue's 1,000,000, and 1 repetition."
+    if settings.scale != 1:
+        memory_note += f" Scaled by {settings.scale:g}."
     big_backlog = count(1_000_000, 200_000)
     small_backlog = count(1_000)
     backlog_note = (
@@ -150,5 +188,41 @@ def build_cases(settings: Settings) -> list[Case]:
             subject_label="pbuffer memory pop()", subject=partial(workloads.buffer_pop, backend="memory"),
             count=count(50_000, 20_000),
             note="No target; for context.",
+        ),
+        Case(
+            name="drain.e2e vs seed", op="drain", backend="nats",
+            subject_label=f"sqlite -> relay drain() [batch {e2e.BATCH_SIZE}]", subject=e2e.relay_drain,
+            baseline_label="seed loop: await js.publish()", baseline=e2e.seed_publish_loop,
+            count=e2e_n, baseline_count=seed_n,
+            target=Target("end to end >= 5x the seed's loop", "min_ratio", 5.0),
+            note=_E2E_SETUP + "Baseline: the seed's loop exactly as the seed wrote it, one awaited "
+                 "js.publish(subject, payload) per message on nats.connect()/nc.jetstream() with their defaults: "
+                 "no Nats-Msg-Id (so the server does no deduplication for it), no buffer, nothing deleted. The "
+                 f"relay drains {e2e_n:,} messages per repetition and the seed loop publishes {seed_n:,} (it is "
+                 "slow); rates are per message, so the counts may differ. The subject is measured again in "
+                 "'drain.e2e vs ceiling', each time paired with that case's baseline." + _e2e_counts(settings),
+            skip_if=e2e.nats_missing,
+        ),
+        Case(
+            name="drain.e2e vs ceiling", op="drain", backend="nats",
+            subject_label=f"sqlite -> relay drain() [batch {e2e.BATCH_SIZE}]", subject=e2e.relay_drain,
+            baseline_label="bare js.publish_async(), no buffer", baseline=e2e.ceiling_publish_async,
+            count=e2e_n,
+            target=Target("end to end >= 0.6x bare publish_async (the ceiling)", "min_ratio", 0.6),
+            note=_E2E_SETUP + "Baseline (the ceiling): nats-py alone, no buffer: futures = [await "
+                 "js.publish_async(subject, payload) for each message]; await asyncio.gather(*futures), with no "
+                 "wait_stall, on a JetStreamContext made with "
+                 f"publish_async_max_pending={e2e.CEILING_MAX_PENDING:,} so it never stalls (nats-py's default, "
+                 "4,000, would make it wait for acks part way); no Nats-Msg-Id, default connection options. "
+                 f"Both sides move {e2e_n:,} messages per repetition." + _e2e_counts(settings),
+            skip_if=e2e.nats_missing,
+        ),
+        Case(
+            name="drain.memory", op="drain", backend="nats",
+            subject_label=f"RSS growth draining {memory_n:,}", subject=e2e.relay_drain_memory,
+            count=memory_n, unit="MB", reps=memory_reps, warmup=False,
+            target=Target(f"draining a {memory_n:,}-message backlog grows the process < 100 MB", "below", 100.0),
+            note=memory_note,
+            skip_if=e2e.nats_missing,
         ),
     ]

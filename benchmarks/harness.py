@@ -1,8 +1,9 @@
 """Running one case: warm-up, interleaved repetitions, statistics and the target verdict.
 
-A *workload* does its own setup, times only the operation being measured with :func:`timed`, and returns the
-seconds it took for ``n`` messages. The harness gives it a fresh directory per repetition, so no repetition sees
-another's files, and never trusts a rate it did not compute from those seconds.
+A *workload* does its own setup, times only the operation being measured with :func:`timed` (or
+:func:`timed_async`), and returns the seconds it took for ``n`` messages. The harness gives it a fresh directory per
+repetition, so no repetition sees another's files, and never trusts a rate it did not compute from those seconds.
+A case whose ``unit`` is not msg/s measures something else (e.g. MB of memory): its workload returns that value.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,12 +29,17 @@ __all__ = [
     "run_case",
     "summarize",
     "timed",
+    "timed_async",
 ]
 
-#: ``(context, fresh directory, message count) -> seconds spent on the measured operation``.
+#: ``(context, fresh directory, message count) -> seconds spent on the measured operation`` (or, for a case whose
+#: unit is not ``RATE``, the measured value itself).
 Workload = Callable[["Context", Path, int], float]
 
-TargetKind = Literal["min_ratio", "min_rate", "max_slowdown"]
+#: The unit of a case that measures throughput; any other unit means the workload returns the value itself.
+RATE = "msg/s"
+
+TargetKind = Literal["min_ratio", "min_rate", "max_slowdown", "below"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,12 @@ class Settings:
     @property
     def repetitions(self) -> int:
         return self.reps if self.reps is not None else (5 if self.quick else 7)
+
+    def repetitions_for(self, case: Case) -> int:
+        """``--reps`` if given, else the case's own count (a slow case may ask for fewer), else the mode's."""
+        if self.reps is None and case.reps is not None:
+            return case.reps
+        return self.repetitions
 
     @property
     def mode(self) -> str:
@@ -62,6 +74,8 @@ class Target:
 
     ``min_ratio``: subject/baseline >= threshold. ``min_rate``: the subject's median msg/s >= threshold.
     ``max_slowdown``: baseline/subject <= threshold (the subject is the harder condition, e.g. a longer backlog).
+    ``below``: the subject's largest value over the repetitions < threshold, in the case's unit (a bound such as
+    memory growth must hold every time, so it is judged on the worst repetition, not the median).
     """
 
     name: str
@@ -87,14 +101,28 @@ class Case:
     requires: tuple[str, ...] = ()
     #: Run once, untimed, in a fresh directory; its text is appended to the note (e.g. a peer's actual pragmas).
     probe: Callable[[Path], str] | None = None
+    #: Called before anything runs: a returned text (e.g. "skipped: nats-server not installed") skips the case.
+    skip_if: Callable[[], str | None] | None = None
+    #: Messages per repetition on the baseline side, when it differs from ``count`` (rates are per message).
+    baseline_count: int | None = None
+    #: ``RATE`` (msg/s, computed from seconds) or the unit of the value the subject workload returns.
+    unit: str = RATE
+    #: Repetitions for this case unless ``--reps`` is given (None: the mode's default).
+    reps: int | None = None
+    #: One untimed run per side first (a fifth of the messages); off for a case that starts a fresh process
+    #: per repetition anyway.
+    warmup: bool = True
 
 
 @dataclass
 class Context:
-    """Run-wide scratch space: per-repetition directories and expensive inputs built once per run."""
+    """Run-wide scratch space: per-repetition directories, expensive inputs built once per run, and services
+    (e.g. a nats-server) started once per case."""
 
     root: Path
     _templates: dict[str, Path] = field(default_factory=dict)
+    _resources: dict[str, Any] = field(default_factory=dict)
+    _stack: ExitStack = field(default_factory=ExitStack)
 
     @contextmanager
     def fresh_dir(self) -> Iterator[Path]:
@@ -115,6 +143,19 @@ class Context:
             self._templates[key] = path
         return self._templates[key]
 
+    def resource(self, key: str, start: Callable[[], AbstractContextManager[Any]]) -> Any:
+        """What ``start()`` enters the first time ``key`` is asked for during a case, shared by that case's
+        repetitions and exited when the case ends (see :meth:`release`)."""
+        if key not in self._resources:
+            self._resources[key] = self._stack.enter_context(start())
+        return self._resources[key]
+
+    def release(self) -> None:
+        """Exit every resource started since the last release (the harness calls this after each case)."""
+        self._resources.clear()
+        self._stack.close()
+        self._stack = ExitStack()
+
 
 def timed(operation: Callable[[], object]) -> float:
     """Seconds ``operation()`` takes. Garbage left by setup is collected first so it is not billed here; the
@@ -125,8 +166,16 @@ def timed(operation: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+async def timed_async(operation: Callable[[], Awaitable[object]]) -> float:
+    """:func:`timed` for a coroutine: seconds until ``await operation()`` returns, on the running event loop."""
+    gc.collect()
+    start = time.perf_counter()
+    await operation()
+    return time.perf_counter() - start
+
+
 def summarize(rates: list[float]) -> dict[str, float]:
-    """Median and spread of per-repetition rates (msg/s)."""
+    """Median and spread of per-repetition values (msg/s, or the case's unit)."""
     if len(rates) >= 2:
         q1, _, q3 = statistics.quantiles(rates, n=4, method="inclusive")
     else:
@@ -139,9 +188,11 @@ def run_case(case: Case, settings: Settings, context: Context,
     """Measure one case and return its JSON record (never raises for a failing or skipped case)."""
     record: dict[str, Any] = {
         "name": case.name, "op": case.op, "backend": case.backend, "messages_per_rep": case.count,
-        "reps": settings.repetitions, "note": case.note, "subject": {"label": case.subject_label},
-        "baseline": None if case.baseline is None else {"label": case.baseline_label},
-        "ratio": None, "ratios": [], "target": _target_record(case.target, None), "status": "ok",
+        "reps": settings.repetitions_for(case), "unit": case.unit, "note": case.note,
+        "subject": {"label": case.subject_label, "messages_per_rep": case.count},
+        "baseline": None if case.baseline is None else {
+            "label": case.baseline_label, "messages_per_rep": _baseline_count(case)},
+        "ratio": None, "ratios": [], "target": _target_record(case.target, None, case.unit), "status": "ok",
     }
     missing = [module for module in case.requires if importlib.util.find_spec(module) is None]
     if missing:
@@ -149,6 +200,11 @@ def run_case(case: Case, settings: Settings, context: Context,
         log(f"{case.name}: {record['status']}")
         return record
     try:
+        reason = case.skip_if() if case.skip_if is not None else None
+        if reason is not None:
+            record["status"] = reason
+            log(f"{case.name}: {record['status']}")
+            return record
         if case.probe is not None:
             with context.fresh_dir() as directory:
                 record["note"] = f"{case.note} {case.probe(directory)}".strip()
@@ -156,41 +212,57 @@ def run_case(case: Case, settings: Settings, context: Context,
     except Exception as exc:  # one broken case must not cost the rest of the run
         record["status"] = f"error: {type(exc).__name__}: {exc}"
         log(f"{case.name}: {record['status']}")
+    finally:
+        try:
+            context.release()
+        except Exception as exc:
+            if record["status"] == "ok":
+                record["status"] = f"error: releasing resources: {type(exc).__name__}: {exc}"
+                log(f"{case.name}: {record['status']}")
     return record
+
+
+def _baseline_count(case: Case) -> int:
+    return case.baseline_count if case.baseline_count is not None else case.count
 
 
 def _measure(case: Case, settings: Settings, context: Context, record: dict[str, Any],
              log: Callable[[str], None]) -> None:
-    sides: list[tuple[str, Workload]] = [("subject", case.subject)]
+    sides: list[tuple[str, Workload, int]] = [("subject", case.subject, case.count)]
     if case.baseline is not None:
-        sides.append(("baseline", case.baseline))
-    # Warm-up: imports, sqlite's first file creation, page cache, templates; its timings are discarded.
-    warmup = max(1, case.count // 5)
-    for _, workload in sides:
-        with context.fresh_dir() as directory:
-            workload(context, directory, warmup)
-    seconds: dict[str, list[float]] = {side: [] for side, _ in sides}
-    for rep in range(settings.repetitions):
-        # Side by side, alternating which goes first, so drift on a noisy machine hits both equally.
-        for side, workload in sides if rep % 2 == 0 else sides[::-1]:
+        sides.append(("baseline", case.baseline, _baseline_count(case)))
+    if case.warmup:
+        # Warm-up: imports, sqlite's first file creation, page cache, templates; its timings are discarded.
+        for _, workload, count in sides:
             with context.fresh_dir() as directory:
-                seconds[side].append(max(workload(context, directory, case.count), 1e-9))
-    for side, _ in sides:
-        rates = [case.count / s for s in seconds[side]]
-        record[side].update(summarize(rates), seconds=seconds[side], rates=rates)
+                workload(context, directory, max(1, count // 5))
+    results: dict[str, list[float]] = {side: [] for side, _, _ in sides}
+    for rep in range(settings.repetitions_for(case)):
+        # Side by side, alternating which goes first, so drift on a noisy machine hits both equally.
+        for side, workload, count in sides if rep % 2 == 0 else sides[::-1]:
+            with context.fresh_dir() as directory:
+                results[side].append(workload(context, directory, count))
+    for side, _, count in sides:
+        if case.unit == RATE:
+            seconds = [max(s, 1e-9) for s in results[side]]
+            rates = [count / s for s in seconds]
+            record[side].update(summarize(rates), seconds=seconds, rates=rates)
+        else:
+            record[side].update(summarize(results[side]), values=results[side])
     subject = record["subject"]
-    if case.baseline is not None:
+    if case.baseline is not None and case.unit == RATE:
         # The median of paired ratios: each pair ran back to back, so machine drift cancels within a pair.
         record["ratios"] = [s / b for s, b in zip(subject["rates"], record["baseline"]["rates"], strict=True)]
         record["ratio"] = statistics.median(record["ratios"])
-    record["target"] = _target_record(case.target, record)
-    line = f"{case.name}: {subject['median']:,.0f} msg/s"
+    record["target"] = _target_record(case.target, record, case.unit)
+    line = (f"{case.name}: {subject['median']:,.0f} msg/s" if case.unit == RATE
+            else f"{case.name}: {subject['median']:,.1f} {case.unit} (max {subject['max']:,.1f})")
     if record["ratio"] is not None:
         line += f", {record['ratio']:.2f}x {case.baseline_label}"
     log(line)
 
 
-def _target_record(target: Target | None, record: dict[str, Any] | None) -> dict[str, Any] | None:
+def _target_record(target: Target | None, record: dict[str, Any] | None, unit: str) -> dict[str, Any] | None:
     if target is None:
         return None
     measured: float | None = None
@@ -205,5 +277,8 @@ def _target_record(target: Target | None, record: dict[str, Any] | None) -> dict
         elif target.kind == "max_slowdown" and record["ratios"]:
             measured = float(statistics.median(1 / r for r in record["ratios"]))
             met = measured <= target.threshold
+        elif target.kind == "below":
+            measured = float(record["subject"]["max"])
+            met = measured < target.threshold
     return {"name": target.name, "kind": target.kind, "measured": measured, "threshold": target.threshold,
-            "met": met}
+            "unit": unit, "met": met}

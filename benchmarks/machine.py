@@ -14,6 +14,8 @@ from typing import Any
 
 import pbuffer
 
+from .e2e import nats_server_version
+
 __all__ = ["machine_info"]
 
 _PEERS = ("persist-queue", "litequeue")
@@ -31,6 +33,9 @@ def machine_info() -> dict[str, Any]:
         "sqlite_version": sqlite3.sqlite_version,
         "pbuffer_version": pbuffer.__version__,
         "peers": {name: _version(name) for name in _PEERS},
+        # The drain cases' other side: the client library and the server binary they start.
+        "nats_py_version": _version("nats-py"),
+        "nats_server_version": nats_server_version(),
         "git_commit": _git_commit(),
         # sqlite's commit cost (and so every sqlite rate) depends on the filesystem under the temp directory.
         "tmpdir": scratch,

@@ -16,16 +16,20 @@ def write_json(document: dict[str, Any], path: str | Path) -> None:
 def markdown(document: dict[str, Any]) -> str:
     machine = document["machine"]
     peers = ", ".join(f"{name} {version or 'not installed'}" for name, version in machine["peers"].items())
+    nats = (f"nats-py {machine.get('nats_py_version') or 'not installed'}, "
+            f"nats-server {machine.get('nats_server_version') or 'not installed'}")
     lines = [
         f"## pbuffer benchmarks: {document['mode']} mode, scale {document['scale']:g}",
         "",
         f"- {machine['date_utc']}, commit {machine['git_commit'] or 'unknown'}, "
-        f"pbuffer {machine['pbuffer_version']}, {machine['python']}, sqlite {machine['sqlite_version']}, {peers}",
+        f"pbuffer {machine['pbuffer_version']}, {machine['python']}, sqlite {machine['sqlite_version']}, {peers}, "
+        f"{nats}",
         f"- {machine['cpu_model']}, {machine['cpu_count']} cores ({machine['cpu_usable']} usable), "
         f"{machine['platform']}; temp dir {machine['tmpdir']} ({machine['tmpdir_filesystem'] or 'unknown fs'})",
         f"- {document['payload_bytes']}-byte payloads; {document['reps']} timed repetitions per case after a warm-up, "
         "each in a fresh temp directory; baseline and subject alternate within each repetition; ratio = median "
         f"of the per-repetition subject/baseline ratios; total {document['duration_s']:.0f} s",
+        "- msg/s unless a cell names another unit; a case may set its own repetitions (its note says so)",
         "",
         "| case | msg/s (median) | spread (min-max) | baseline | baseline msg/s | ratio | target | result |",
         "|---|---:|---:|---|---:|---:|---|---|",
@@ -43,12 +47,13 @@ def markdown(document: dict[str, Any]) -> str:
 def _row(case: dict[str, Any]) -> str:
     subject, baseline, target = case["subject"], case["baseline"], case["target"]
     measured = case["status"] == "ok"
+    unit = case.get("unit", "msg/s")
     cells = [
         case["name"],
-        _rate(subject["median"]) if measured else "-",
-        f"{_rate(subject['min'])}-{_rate(subject['max'])}" if measured else "-",
+        _value(subject["median"], unit) if measured else "-",
+        f"{_value(subject['min'], unit)}-{_value(subject['max'], unit)}" if measured else "-",
         baseline["label"] if baseline else "-",
-        _rate(baseline["median"]) if baseline and measured else "-",
+        _value(baseline["median"], unit) if baseline and measured else "-",
         f"{case['ratio']:.2f}x" if case["ratio"] is not None else "-",
         _target_text(target),
         _result(case),
@@ -60,6 +65,11 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _value(value: float, unit: str) -> str:
+    """A rate as a bare number (the column's unit); any other unit is named in the cell."""
+    return _rate(value) if unit == "msg/s" else f"{value:,.1f} {unit}"
+
+
 def _target_text(target: dict[str, Any] | None) -> str:
     if target is None:
         return "-"
@@ -68,6 +78,8 @@ def _target_text(target: dict[str, Any] | None) -> str:
         return f">= {threshold:,.0f} msg/s"
     if target["kind"] == "min_ratio":
         return f"ratio >= {threshold:g}x"
+    if target["kind"] == "below":
+        return f"max < {threshold:g} {target.get('unit', '')}".rstrip()
     return f"slowdown <= {threshold:g}x"
 
 
@@ -78,7 +90,12 @@ def _result(case: dict[str, Any]) -> str:
     if target is None:
         return "(no target)"
     measured = target["measured"]
-    shown = f"{measured:,.0f} msg/s" if target["kind"] == "min_rate" else f"{measured:.2f}x"
+    if target["kind"] == "min_rate":
+        shown = f"{measured:,.0f} msg/s"
+    elif target["kind"] == "below":
+        shown = f"max {_value(measured, target.get('unit', 'msg/s'))}"
+    else:
+        shown = f"{measured:.2f}x"
     if target["kind"] == "max_slowdown":
         shown = f"slowdown {shown}"
     return f"met ({shown})" if target["met"] else f"**MISSED** ({shown})"

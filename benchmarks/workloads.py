@@ -17,6 +17,9 @@ __all__ = [
     "buffer_pop_backlog",
     "buffer_save",
     "buffer_save_many",
+    "copy_backlog",
+    "fill",
+    "open_buffer",
     "sqlite3_executemany",
     "sqlite3_loop",
 ]
@@ -37,6 +40,11 @@ def _open(directory: Path, backend: str, durability: str) -> pbuffer.Buffer:
 def _fill(buffer: pbuffer.Buffer, count: int) -> None:
     for start in range(0, count, FILL_CHUNK):
         buffer.save_many([PAYLOAD] * min(FILL_CHUNK, count - start), subject=SUBJECT)
+
+
+#: For the other workload modules (e2e.py): the same buffers and fill as here.
+open_buffer = _open
+fill = _fill
 
 
 def _expect(condition: bool, what: str) -> None:
@@ -98,13 +106,10 @@ def buffer_pop(context: Context, directory: Path, n: int, *, backend: str = "sql
         buffer.close()
 
 
-def buffer_pop_backlog(context: Context, directory: Path, n: int, *, backlog: int) -> float:
-    """Pop ``n`` messages from the front of a sqlite buffer holding ``backlog`` messages.
-
-    The backlog is written once per run and copied for each repetition (filling a million messages takes
-    longer than all the timed pops). When ``n`` exceeds it, the pops run in rounds of ``backlog``, refilled
-    untimed in between, so every round starts with ``backlog`` messages waiting.
-    """
+def copy_backlog(context: Context, directory: Path, backlog: int) -> Path:
+    """Put a sqlite buffer holding ``backlog`` messages (durability "process") into ``directory`` and return its
+    database file: a copy of a file written once per run with save_many, the fill being slower than most timed
+    operations."""
 
     def build(template: Path) -> None:
         buffer = _open(template, "sqlite", "process")
@@ -116,6 +121,18 @@ def buffer_pop_backlog(context: Context, directory: Path, n: int, *, backlog: in
     template = context.template(f"sqlite-backlog-{backlog}", build)
     for file in template.iterdir():
         shutil.copyfile(file, directory / file.name)
+    return directory / "buffer.db"
+
+
+def buffer_pop_backlog(context: Context, directory: Path, n: int, *, backlog: int) -> float:
+    """Pop ``n`` messages from the front of a sqlite buffer holding ``backlog`` messages.
+
+    The backlog is written once per run and copied for each repetition (filling a million messages takes
+    longer than all the timed pops). When ``n`` exceeds it, the pops run in rounds of ``backlog``, refilled
+    untimed in between, so every round starts with ``backlog`` messages waiting.
+    """
+
+    copy_backlog(context, directory, backlog)
     buffer = _open(directory, "sqlite", "process")
     try:
         pop = buffer.pop

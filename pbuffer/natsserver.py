@@ -48,9 +48,10 @@ class NatsServer:
         self.port = port or free_port()
         self._tmp = None if store_dir is not None else tempfile.TemporaryDirectory(prefix="pbuffer-nats-")
         self.store_dir = Path(store_dir) if store_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
+        self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.config = config
         self.jetstream = jetstream
-        self.name = name or f"pbuffer-test-{self.port}"
+        self.name = name or f"pbuffer-{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / f"{self.name}.log"
 

@@ -1,0 +1,465 @@
+"""The ``pbuffer`` command: the demo, and looking into and acting on a buffer without writing Python.
+
+Every command takes the buffer URL from ``--url`` or ``$PBUFFER_URL`` (default: the user's data directory) and the
+NATS servers from ``--servers`` or ``$NATS_URL``. A user's mistake prints one line and exits non-zero; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import signal
+import string
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import pbuffer
+
+from .buffer import Buffer
+from .errors import PBufferError
+from .message import Message
+from .validation import check_headers, check_subject
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+URL = click.option("--url", envvar="PBUFFER_URL", default=None, metavar="URL",
+                   help="Buffer URL [env PBUFFER_URL; default: buffer.db in your data directory].")
+SERVERS = click.option("--servers", "-s", envvar="NATS_URL", default="nats://127.0.0.1:4222", show_default=True,
+                       help="NATS server URL(s), comma-separated [env NATS_URL].")
+
+
+def connection_options(fn: F) -> F:
+    """Credentials and connection settings, as JetStreamTransport.connect takes them."""
+    for option in reversed([
+        click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS credentials file."),
+        click.option("--user", help="User name."),
+        click.option("--password", help="Password (prefer $NATS_PASSWORD)", envvar="NATS_PASSWORD"),
+        click.option("--token", help="Token (prefer $NATS_TOKEN)", envvar="NATS_TOKEN"),
+        click.option("--nkey-seed", type=click.Path(exists=True, dir_okay=False), help="NKEY seed file."),
+        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+                     help="CA certificate to trust for TLS."),
+        click.option("--ping-interval", type=float, default=20, show_default=True, help="Seconds between pings."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+async def _transport(servers: str, options: dict[str, Any]) -> Any:
+    from .jetstream import JetStreamTransport
+
+    tls = None
+    if options.get("tls_ca"):
+        import ssl
+
+        tls = ssl.create_default_context(cafile=options["tls_ca"])
+    return await JetStreamTransport.connect(
+        [s.strip() for s in servers.split(",") if s.strip()], creds=options.get("creds"),
+        user=options.get("user"), password=options.get("password"), token=options.get("token"),
+        nkeys_seed=options.get("nkey_seed"), tls=tls, ping_interval=options.get("ping_interval", 20))
+
+
+def _pick(options: dict[str, Any]) -> dict[str, Any]:
+    keys = ("creds", "user", "password", "token", "nkey_seed", "tls_ca", "ping_interval")
+    return {k: options[k] for k in keys if k in options}
+
+
+def _open_existing(url: str | None) -> Buffer:
+    """Open a buffer that must already exist: looking at a sqlite file never creates one."""
+    target = url or pbuffer.default_url()
+    if target.startswith("sqlite:"):
+        from pathlib import Path
+
+        path = Path(target.split("?", 1)[0].removeprefix("sqlite:///")).expanduser()
+        if not path.exists():
+            raise pbuffer.ConfigurationError(f"no buffer at {path}")
+    return pbuffer.open(target)
+
+
+def friendly(fn: F) -> F:
+    """One clear line and a non-zero exit for a user's mistake; the traceback only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (PBufferError, OSError, ValueError) as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(pbuffer.__version__, prog_name="pbuffer")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def main(debug: bool) -> None:
+    """pbuffer: a durable client-side buffer for NATS JetStream.
+
+    \b
+    Examples:
+      pbuffer demo                          an outage played end to end, nothing to set up
+      pbuffer inspect --url sqlite:///buf.db --peek 5
+      pbuffer drain --url sqlite:///buf.db -s nats://127.0.0.1:4222 --follow
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ------------------------------------------------------------------------------------------------------- demo
+
+@main.command()
+@click.option("--messages", "-n", default=5000, show_default=True, help="How many messages to save and relay.")
+@click.option("--servers", "-s", default=None, envvar=None,
+              help="Use this NATS server instead of starting one (no outage is played then).")
+@friendly
+def demo(messages: int, servers: str | None) -> None:
+    """Play an outage: save while nats-server is down, then relay and get every echo back.
+
+    \b
+    Example:
+      pbuffer demo --messages 10000
+    """
+    from .demo import run_demo
+
+    result = asyncio.run(run_demo(messages, servers, console))
+    sys.exit(0 if result.ok else 1)
+
+
+# ---------------------------------------------------------------------------------------------------- inspect
+
+def _printable(payload: bytes, width: int = 60) -> str:
+    """Text if it is printable UTF-8, else hex; truncated."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    shown = text if text and all(c in string.printable or c.isprintable() for c in text) and \
+        not any(c in "\r\x0b\x0c" for c in text) else f"0x{payload[: width // 2].hex()}"
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def _walk(buf: Buffer, page: int = 1000) -> Iterator[Message]:
+    """Every pending message, a page at a time (bounded memory)."""
+    after: str | None = None
+    while True:
+        chunk = buf.get_all(page, after=after)
+        if not chunk:
+            return
+        yield from chunk
+        after = chunk[-1].id
+
+
+def _inspect_data(buf: Buffer, listed: int | None) -> dict[str, Any]:
+    subjects: dict[str, int] = {}
+    size = pending = 0
+    oldest: Message | None = None
+    for message in _walk(buf):
+        oldest = oldest or message
+        pending += 1
+        size += len(message.payload)
+        subjects[message.subject] = subjects.get(message.subject, 0) + 1
+    dead = buf.dead_letters()
+    data: dict[str, Any] = {
+        "pending": pending, "dead": len(dead), "bytes": size,
+        "oldest_age_seconds": None if oldest is None else round(time.time() - oldest.created_us / 1e6, 3),
+        "subjects": dict(sorted(subjects.items())),
+    }
+    if listed:
+        data["messages"] = [_message_json(m) for m in buf.get_all(listed)]
+        data["dead_letters"] = [{**_message_json(d.message), "reason": d.reason, "attempts": d.attempts}
+                                for d in dead[:listed]]
+    return data
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    return {"id": message.id, "subject": message.subject, "created_at": message.created_at.isoformat(),
+            "headers": dict(message.headers), "size": len(message.payload), "payload": _printable(message.payload)}
+
+
+@main.command()
+@URL
+@click.option("--list", "listed", is_flag=True, help="Show the 20 oldest messages and dead letters.")
+@click.option("--peek", type=int, default=None, metavar="N", help="Show the N oldest messages and dead letters.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly
+def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> None:
+    """Counts, size, age and subjects of a buffer; --list/--peek show messages (payloads safely).
+
+    \b
+    Example:
+      pbuffer inspect --url sqlite:///orders.db --peek 5 --json
+    """
+    with _open_existing(url) as buf:
+        data = _inspect_data(buf, peek if peek is not None else (20 if listed else None))
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    age = data["oldest_age_seconds"]
+    console.print(f"[bold]{url or pbuffer.default_url()}[/]: {data['pending']:,} pending ({data['bytes']:,} bytes), "
+                  f"{data['dead']:,} dead; oldest {'-' if age is None else f'{age:,.1f} s'} old")
+    if data["subjects"]:
+        table = Table("subject", "pending")
+        for subject, count in data["subjects"].items():
+            table.add_row(subject, f"{count:,}")
+        console.print(table)
+    for title, rows in (("pending", data.get("messages")), ("dead letters", data.get("dead_letters"))):
+        if rows:
+            table = Table("id", "subject", "size", "payload", *(["reason", "attempts"] if title != "pending"
+                                                               else []), title=title)
+            for row in rows:
+                extra = [row["reason"], str(row["attempts"])] if title != "pending" else []
+                table.add_row(row["id"], row["subject"], str(row["size"]), row["payload"], *extra)
+            console.print(table)
+
+
+# ------------------------------------------------------------------------------------------------------ drain
+
+@main.command()
+@URL
+@SERVERS
+@connection_options
+@click.option("--follow", "-f", is_flag=True, help="Keep draining as messages arrive, until Ctrl-C or SIGTERM.")
+@click.option("--batch-size", default=500, show_default=True, help="Messages per window.")
+@click.option("--strict-order", is_flag=True, help="One publish in flight per subject.")
+@friendly
+def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool, **options: Any) -> None:
+    """Publish a buffer's messages to JetStream, deleting each after its PubAck.
+
+    SIGTERM and Ctrl-C stop it after the window in flight: nothing is lost or left half-done.
+
+    \b
+    Example:
+      pbuffer drain --url sqlite:///orders.db -s nats://127.0.0.1:4222 --follow
+    """
+    asyncio.run(_drain(url, servers, follow, batch_size, strict_order, _pick(options)))
+
+
+async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool,
+                 options: dict[str, Any]) -> None:
+    buf = await pbuffer.open_async(url)
+    transport = await _transport(servers, options)
+    relay = pbuffer.Relay(buf, transport, batch_size=batch_size, strict_order=strict_order)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, relay.stop)
+    total = await buf.count()
+    started = time.monotonic()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console)
+    try:
+        with progress:
+            task = progress.add_task("draining" if not follow else "following", total=total or None, rate="")
+            work = asyncio.ensure_future(relay.run() if follow else relay.drain())
+            while not work.done():
+                done = relay.stats.published + relay.stats.duplicates
+                left = await buf.count()
+                sent = max(total - left, 0) if not follow else done
+                progress.update(task, completed=sent, total=None if follow else total,
+                                rate=f"{sent / max(time.monotonic() - started, 1e-9):,.0f} msg/s")
+                await asyncio.wait({work}, timeout=0.2)
+            stats = work.result()
+            progress.update(task, completed=stats.published + stats.duplicates if follow else total - await buf.count())
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await relay.close()
+        await buf.close()
+    console.print(f"published {stats.published:,}, duplicates {stats.duplicates:,}, dead-lettered "
+                  f"{stats.dead_lettered:,}, retried {stats.retried:,} in {time.monotonic() - started:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------------- send
+
+@main.command()
+@click.argument("subject")
+@click.argument("data")
+@URL
+@SERVERS
+@connection_options
+@click.option("--header", "-H", "headers", multiple=True, metavar="NAME=VALUE", help="A header (repeatable).")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the server.")
+@friendly
+def send(subject: str, data: str, url: str | None, servers: str, headers: Sequence[str], timeout: float,
+         **options: Any) -> None:
+    """Save DATA for SUBJECT to the buffer, then drain it (the CLI face of pbuffer.send).
+
+    If the server does not take it in time, it stays in the buffer for the next drain (exit status 1).
+
+    \b
+    Example:
+      pbuffer send orders.created '{"id": 7}' -H Content-Type=application/json
+    """
+    parsed = {}
+    for header in headers:
+        name, sep, value = header.partition("=")
+        if not sep:
+            raise pbuffer.ValidationError(f"header {header!r} is not NAME=VALUE")
+        parsed[name] = value
+    # Refuse bad input before connecting anywhere.
+    check_subject(subject)
+    check_headers(parsed)
+
+    async def run() -> Message:
+        with pbuffer.open(url) as buf:
+            transport = await _transport(servers, _pick(options))
+            try:
+                return await pbuffer.send(buf, transport, data.encode(), subject=subject, headers=parsed or None,
+                                          timeout=timeout)
+            finally:
+                await transport.close()
+
+    message = asyncio.run(run())
+    console.print(f"sent {message.id} on {message.subject}")
+
+
+# ---------------------------------------------------------------------------------------------- dead letters
+
+@main.command()
+@URL
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
+@friendly
+def requeue(url: str | None, ids: Sequence[str], everything: bool) -> None:
+    """Make dead letters pending again, at the back of the queue.
+
+    \b
+    Example:
+      pbuffer requeue --url sqlite:///orders.db --all
+    """
+    if not ids and not everything:
+        raise pbuffer.ValidationError("name dead-letter ids, or --all")
+    with _open_existing(url) as buf:
+        chosen = [d.message.id for d in buf.dead_letters()] if everything else list(ids)
+        done = sum(buf.requeue(message_id) for message_id in chosen)
+    console.print(f"requeued {done:,} of {len(chosen):,}")
+    if done < len(chosen):
+        sys.exit(1)
+
+
+@main.command()
+@URL
+@click.option("--dead", "which", flag_value="dead", help="Only the dead letters.")
+@click.option("--pending", "which", flag_value="pending", help="Only the pending messages.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@friendly
+def purge(url: str | None, which: str | None, yes: bool) -> None:
+    """Delete messages for good (pending, dead, or both). Asks first unless --yes.
+
+    \b
+    Example:
+      pbuffer purge --url sqlite:///orders.db --dead --yes
+    """
+    with _open_existing(url) as buf:
+        ids = []
+        if which in (None, "pending"):
+            ids += [m.id for m in _walk(buf)]
+        if which in (None, "dead"):
+            ids += [d.message.id for d in buf.dead_letters()]
+        if not ids:
+            console.print("nothing to purge")
+            return
+        if not yes:
+            click.confirm(f"Delete {len(ids):,} message(s) from {url or pbuffer.default_url()} for good?",
+                          abort=True)
+        deleted = sum(buf.delete_many(ids[i:i + 1000]) for i in range(0, len(ids), 1000))
+    console.print(f"deleted {deleted:,} message(s)")
+
+
+# --------------------------------------------------------------------------------------------------------- db
+
+@main.group()
+def db() -> None:
+    """The buffer schema: upgrade, downgrade, current, history, check."""
+
+
+@db.command("upgrade")
+@URL
+@click.option("--revision", default="head", show_default=True)
+@friendly
+def db_upgrade(url: str | None, revision: str) -> None:
+    """Upgrade the schema (a sqlite file is backed up first). Example: pbuffer db upgrade --url URL"""
+    console.print(f"at revision {pbuffer.upgrade(url or pbuffer.default_url(), revision)}")
+
+
+@db.command("downgrade")
+@URL
+@click.option("--revision", required=True, help="A revision, or 'base' (drops the tables and their messages).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@friendly
+def db_downgrade(url: str | None, revision: str, yes: bool) -> None:
+    """Downgrade the schema. Example: pbuffer db downgrade --url URL --revision base"""
+    target = url or pbuffer.default_url()
+    if not yes:
+        click.confirm(f"Downgrade {target} to {revision}? A downgrade can drop data.", abort=True)
+    console.print(f"at revision {pbuffer.downgrade(target, revision)}")
+
+
+@db.command("current")
+@URL
+@friendly
+def db_current(url: str | None) -> None:
+    """The database's schema revision. Example: pbuffer db current --url URL"""
+    console.print(pbuffer.current(url or pbuffer.default_url()) or "base (empty)")
+
+
+@db.command("history")
+@URL
+@friendly
+def db_history(url: str | None) -> None:
+    """Every revision this pbuffer knows; the database's own is marked. Example: pbuffer db history"""
+    for revision in pbuffer.history(url):
+        marks = " ".join(m for m, on in (("(head)", revision.is_head), ("(current)", revision.is_current)) if on)
+        console.print(f"{revision.id}  {revision.description} {marks}".rstrip())
+
+
+@db.command("check")
+@URL
+@friendly
+def db_check(url: str | None) -> None:
+    """Compare the database with this pbuffer's model. Example: pbuffer db check --url URL"""
+    differences = pbuffer.check(url or pbuffer.default_url())
+    for difference in differences:
+        console.print(difference, highlight=False)
+    if differences:
+        sys.exit(1)
+    console.print("the schema matches this pbuffer")
+
+
+# ------------------------------------------------------------------------------------------------- passthrough
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def echo(args: Sequence[str]) -> None:
+    """The stream-echo example: pbuffer echo server|client ... (pbuffer echo --help)."""
+    from .echo import main as echo_main
+
+    sys.exit(echo_main(list(args)))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: Sequence[str]) -> None:
+    """The benchmark harness: pbuffer bench [--quick] [--json FILE] ... (pbuffer bench --help)."""
+    from importlib import import_module
+
+    import_module("pbuffer.benchmarks.cli").main(list(args))
+
+
+if __name__ == "__main__":
+    main()
