@@ -117,7 +117,7 @@ def main(debug: bool) -> None:
       pbuffer inspect --url sqlite:///buf.db --peek 5
       pbuffer drain --url sqlite:///buf.db -s nats://127.0.0.1:4222 --follow
     """
-    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR,
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -316,13 +316,18 @@ def send(subject: str, data: str, url: str | None, servers: str, headers: Sequen
     check_headers(parsed)
 
     async def run() -> Message:
-        with pbuffer.open(url) as buf:
-            transport = await _transport(servers, _pick(options))
+        transport = await _transport(servers, _pick(options))
+        try:
             try:
+                await transport.js.find_stream_name_by_subject(subject)
+            except Exception as exc:  # nats-py: NotFoundError, or an APIError saying the same
+                raise pbuffer.PublishError(f"no JetStream stream covers subject {subject!r}; nothing was saved "
+                                           "(create a stream for it first)") from exc
+            with pbuffer.open(url) as buf:
                 return await pbuffer.send(buf, transport, data.encode(), subject=subject, headers=parsed or None,
                                           timeout=timeout)
-            finally:
-                await transport.close()
+        finally:
+            await transport.close()
 
     message = asyncio.run(run())
     console.print(f"sent {message.id} on {message.subject}")

@@ -132,6 +132,10 @@ def test_requeue_and_purge(url: str) -> None:
 
 
 def test_send_and_drain_against_a_server(url: str, server: NatsServer) -> None:
+    run = subprocess.run([*PBUFFER, "send", "nobody.listens", "x", "--url", url, "-s", server.url],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1 and "no JetStream stream covers subject 'nobody.listens'" in run.stderr
+    assert "Traceback" not in run.stderr
     add_stream(server, "ORDERS", ["orders.>"])
     code, out = invoke("send", "orders.created", "hello", "--url", url, "-s", server.url, "-H", "K=v")
     assert code == 0 and out.startswith("sent ")
