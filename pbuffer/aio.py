@@ -23,8 +23,13 @@ class AsyncBuffer:
     (``memory://``) run inline. :meth:`wait_for_messages` lets a relay in the same process sleep until a save.
     """
 
-    def __init__(self, buffer: Buffer, *, max_workers: int = 4) -> None:
+    def __init__(self, buffer: Buffer, *, max_workers: int = 4, group_commit: bool = True) -> None:
         self.buffer = buffer
+        # Concurrent saves wait for one transaction together: with an fsync per commit (durability="power")
+        # that is the difference between a few thousand saves a second and many times that.
+        self.group_commit = group_commit and buffer.blocking
+        self._waiting: list[tuple[Message, asyncio.Future[Message]]] = []
+        self._committer: asyncio.Future[None] | None = None
         self._executor = (ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pbuffer")
                           if buffer.blocking else None)
         self._event: asyncio.Event | None = None
@@ -39,7 +44,36 @@ class AsyncBuffer:
 
     async def save(self, payload: Payload, *, subject: str | None = None,
                    headers: Mapping[str, str] | None = None) -> Message:
-        return await self._run(self.buffer.save, payload, subject=subject, headers=headers)
+        """Like :meth:`Buffer.save`: returns once this message is committed.
+
+        With group commit (the default for storage that blocks), saves made while a commit is running are
+        committed together in the next transaction; each caller still returns only after its own message is
+        durable, and a failed commit fails every save in it (none of them was written).
+        """
+        if not self.group_commit:
+            return await self._run(self.buffer.save, payload, subject=subject, headers=headers)
+        message = self.buffer.prepare(payload, subject=subject, headers=headers)  # bad input raises here
+        done: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting.append((message, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.ensure_future(self._commit_waiting())
+        return await done
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                await self._run(self.buffer.commit, [message for message, _ in batch])
+            except BaseException as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for message, done in batch:
+                    if not done.done():
+                        done.set_result(message)
 
     async def save_many(self, items: Iterable[Payload | Outgoing], *, subject: str | None = None,
                         headers: Mapping[str, str] | None = None) -> list[Message]:

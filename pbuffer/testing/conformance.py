@@ -118,6 +118,17 @@ class BufferConformance(_Base):
         assert [m.id for m in buffer.get_all()] == [first.id, *[m.id for m in many], last.id]
         assert len({m.id for m in many}) == 3
 
+    def test_prepare_then_commit(self, buffer: Buffer) -> None:
+        first = buffer.prepare(b"1", subject=SUBJECT)
+        second = buffer.prepare(b"2", subject=SUBJECT, headers={"K": "v"})
+        assert len(buffer) == 0  # prepared is not stored
+        with pytest.raises(ValidationError):
+            buffer.prepare(b"x", subject="bad subject")
+        buffer.commit([first, second])
+        assert [(m.id, m.payload) for m in buffer.get_all()] == [(first.id, b"1"), (second.id, b"2")]
+        buffer.commit([])
+        assert len(buffer) == 2
+
     def test_save_many_is_all_or_nothing_on_bad_input(self, buffer: Buffer) -> None:
         with pytest.raises(ValidationError):
             buffer.save_many([b"ok", Outgoing(b"bad", subject="a b"), b"never"], subject=SUBJECT)

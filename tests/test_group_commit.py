@@ -1,0 +1,96 @@
+"""Group commit in the async facade: concurrent saves share transactions, and each returns only once durable."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import pbuffer
+
+
+def counting_commits(buf: pbuffer.Buffer) -> list[int]:
+    sizes: list[int] = []
+    original = buf._insert  # type: ignore[attr-defined]
+
+    def insert(messages: list[pbuffer.Message]) -> None:
+        original(messages)
+        sizes.append(len(messages))
+
+    buf._insert = insert  # type: ignore[attr-defined]
+    return sizes
+
+
+def test_concurrent_saves_are_committed_together(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        raw = pbuffer.open(f"sqlite:///{tmp_path}/b.db", durability="power")
+        sizes = counting_commits(raw)
+        async with pbuffer.AsyncBuffer(raw) as buf:
+            async def producer(n: int) -> list[str]:
+                return [(await buf.save(f"{n}:{i}".encode(), subject=f"p.{n}")).id for i in range(20)]
+
+            per_producer = await asyncio.gather(*(producer(n) for n in range(64)))
+            stored = [m.id for m in await buf.get_all()]
+        assert sorted(stored) == sorted(i for ids in per_producer for i in ids)
+        for ids in per_producer:  # each producer's order is kept
+            assert [i for i in stored if i in set(ids)] == ids
+        assert sum(sizes) == 64 * 20
+        assert len(sizes) < 64 * 20 / 4, f"saves were not grouped: {len(sizes)} commits"
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_group_commit_fails_every_save_in_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        raw = pbuffer.open(f"sqlite:///{tmp_path}/b.db")
+        async with pbuffer.AsyncBuffer(raw) as buf:
+            await buf.save(b"before", subject="a")
+            original = raw._insert  # type: ignore[attr-defined]
+
+            def full(messages: list[pbuffer.Message]) -> None:
+                raise pbuffer.StorageFullError("simulated: disk full")
+
+            raw._insert = full  # type: ignore[attr-defined]
+            results = await asyncio.gather(*(buf.save(b"x", subject="a") for _ in range(10)),
+                                           return_exceptions=True)
+            assert all(isinstance(r, pbuffer.StorageFullError) for r in results)
+            raw._insert = original  # type: ignore[attr-defined]
+            assert [m.payload for m in await buf.get_all()] == [b"before"]
+            await buf.save(b"after", subject="a")  # room again: saving works
+            assert await buf.count() == 2
+
+    asyncio.run(scenario())
+
+
+def test_bad_input_fails_only_its_own_save(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with pbuffer.AsyncBuffer(pbuffer.open(f"sqlite:///{tmp_path}/b.db")) as buf:
+            results = await asyncio.gather(buf.save(b"ok", subject="a"), buf.save(b"bad", subject="a b"),
+                                           buf.save(b"ok too", subject="a"), return_exceptions=True)
+            assert isinstance(results[1], pbuffer.ValidationError)
+            assert [m.payload for m in await buf.get_all()] == [b"ok", b"ok too"]
+
+    asyncio.run(scenario())
+
+
+def test_group_commit_can_be_turned_off(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        raw = pbuffer.open(f"sqlite:///{tmp_path}/b.db")
+        sizes = counting_commits(raw)
+        async with pbuffer.AsyncBuffer(raw, group_commit=False) as buf:
+            await asyncio.gather(*(buf.save(b"x", subject="a") for _ in range(20)))
+        assert sizes == [1] * 20
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("url", ["memory://"])
+def test_non_blocking_backends_commit_inline(url: str) -> None:
+    async def scenario() -> None:
+        async with pbuffer.AsyncBuffer(pbuffer.open(url)) as buf:
+            assert buf.group_commit is False
+            await buf.save(b"x", subject="a")
+            assert await buf.count() == 1
+
+    asyncio.run(scenario())
