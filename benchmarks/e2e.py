@@ -53,7 +53,7 @@ CHILD_TIMEOUT = 1_800.0
 def nats_missing() -> str | None:
     """Why the nats cases cannot run here (``None`` if they can)."""
     try:
-        import pbuffer.jetstream  # noqa: F401  - nats-py
+        import pbuffer.jetstream  # needs nats-py
         from pbuffer.natsserver import find_binary
 
         find_binary()

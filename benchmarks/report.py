@@ -51,7 +51,7 @@ def _row(case: dict[str, Any]) -> str:
     cells = [
         case["name"],
         _value(subject["median"], unit) if measured else "-",
-        f"{_value(subject['min'], unit)}-{_value(subject['max'], unit)}" if measured else "-",
+        _spread(subject, unit) if measured else "-",
         baseline["label"] if baseline else "-",
         _value(baseline["median"], unit) if baseline and measured else "-",
         f"{case['ratio']:.2f}x" if case["ratio"] is not None else "-",
@@ -63,6 +63,13 @@ def _row(case: dict[str, Any]) -> str:
 
 def _rate(value: float) -> str:
     return f"{value:,.0f}"
+
+
+def _spread(side: dict[str, Any], unit: str) -> str:
+    low, high = _value(side["min"], unit), _value(side["max"], unit)
+    if unit != "msg/s":
+        low = low.removesuffix(f" {unit}")
+    return f"{low}-{high}"
 
 
 def _value(value: float, unit: str) -> str:
