@@ -73,7 +73,7 @@ class JetStreamTransport(Transport):
         self.js = nc.jetstream(timeout=timeout, publish_async_max_pending=1_000_000)
         self.timeout = timeout
         self._owns_connection = owns_connection
-        #: Publishes sent and not yet answered (acked, failed or given up).
+        #: Publishes of the windows being awaited (sent, their window not settled yet).
         self.in_flight = 0
 
     @classmethod
@@ -168,31 +168,35 @@ class JetStreamTransport(Transport):
         return cls(nc, timeout=timeout, owns_connection=True)
 
     async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
+        if not self.nc.is_connected:
+            # Nothing is queued while disconnected (see connect): the whole window waits in the buffer.
+            return [PublishResult.failed("not connected to NATS", transient=True) for _ in messages]
         pending: list[asyncio.Future[Any] | PublishResult] = []
+        publish_async = self.js.publish_async
+        sent = 0
         for message in messages:
-            if not self.nc.is_connected:
-                pending.append(PublishResult.failed("not connected to NATS", transient=True))
-                continue
-            headers = dict(message.headers)
-            headers["Nats-Msg-Id"] = message.id
             try:
                 # No wait_stall: with one, nats-py wraps every publish in asyncio.wait_for, which yields to the
                 # loop each time and turns a pipelined window into a trickle. The window size bounds the
                 # pending publishes instead (publish_async_max_pending is set far above it).
-                future = await self.js.publish_async(message.subject, message.payload, headers=headers)
-            except Exception as exc:
+                future = await publish_async(message.subject, message.payload,
+                                             headers={**message.headers, "Nats-Msg-Id": message.id})
+            except Exception as exc:  # not connected any more, max_payload...: this message only
                 pending.append(classify(exc, message))
             else:
+                sent += 1
                 self.in_flight += 1
-                future.add_done_callback(self._answered)
                 pending.append(future)
         futures = [f for f in pending if isinstance(f, asyncio.Future)]
-        if futures:
-            # nats-py's futures have no timeout of their own, and a server error can leave one unresolved
-            # (nats.py issue #985): wait a bounded time, then give the rest up as "unknown".
-            _done, late = await asyncio.wait(futures, timeout=self.timeout)
-            for future in late:
-                future.cancel()  # frees nats-py's slot; the message is retried with the same id
+        try:
+            if futures:
+                # nats-py's futures have no timeout of their own, and a server error can leave one unresolved
+                # (nats.py issue #985): wait a bounded time, then give the rest up as "unknown".
+                _done, late = await asyncio.wait(futures, timeout=self.timeout)
+                for future in late:
+                    future.cancel()  # frees nats-py's slot; the message is retried with the same id
+        finally:
+            self.in_flight -= sent
         results = []
         for message, item in zip(messages, pending, strict=True):
             if isinstance(item, PublishResult):
@@ -206,9 +210,6 @@ class JetStreamTransport(Transport):
                 results.append(PublishResult.duplicate(ack.stream, ack.seq) if ack.duplicate
                                else PublishResult.stored(ack.stream, ack.seq))
         return results
-
-    def _answered(self, _future: asyncio.Future[Any]) -> None:
-        self.in_flight -= 1
 
     async def duplicate_window(self, subject: str) -> float | None:
         try:
