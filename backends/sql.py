@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from pbuffer.buffer import Buffer
-from pbuffer.errors import ConfigurationError, CorruptDatabaseError
+from pbuffer.errors import ConfigurationError, CorruptDatabaseError, PBufferError
 from pbuffer.ids import from_bytes, to_bytes
 from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
 
@@ -36,6 +36,11 @@ _CHUNK = 500
 # LIMIT for "all" that every backend accepts (sqlite's -1 and PostgreSQL's NULL are not portable).
 _NO_LIMIT = 2**62
 _ID_PARAMS = [f"id{i}" for i in range(_CHUNK)]
+# Space reclaiming (sqlite): look after this many removed rows; act once this many pages (4 MiB) are free;
+# release this many pages per transaction.
+_RECLAIM_EVERY = 5000
+_RECLAIM_MIN_PAGES = 1024
+_RECLAIM_STEP = 8192
 _DEAD_COLUMNS = f"{_COLUMNS}, reason, attempts, failed_us"
 
 
@@ -84,6 +89,7 @@ class SQLBuffer(Buffer):
         self._sql = _Statements(self._engine, self.subject)
         self._connections = _Connections(self._engine, keep=pool_size)
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
+        self._removed_since_check = 0
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLBuffer:
@@ -163,7 +169,10 @@ class SQLBuffer(Buffer):
                 if found:
                     cursor.execute(self._sql.delete_seq, {"seq": found[0]})
             # Verified inside the transaction: a damaged row raises and its delete is rolled back.
-            return None if row is None else _message(row)
+            message = None if row is None else _message(row)
+        if message is not None:
+            self._removed(1)
+        return message
 
     def _delete(self, message_id: str) -> bool:
         params = {**self._sql.scope, "id": to_bytes(message_id)}
@@ -189,7 +198,54 @@ class SQLBuffer(Buffer):
                     cursor.execute(self._sql.delete_dead_ids(len(chunk)), params)
                     found += max(cursor.rowcount, 0)
                 deleted += found
+        self._removed(deleted)
         return deleted
+
+    def _removed(self, count: int) -> None:
+        """Count removed rows; every so often, see whether space should go back to the filesystem."""
+        if not self._sqlite or not count:
+            return
+        self._removed_since_check += count
+        if self._removed_since_check >= _RECLAIM_EVERY:
+            self._removed_since_check = 0
+            try:
+                self.reclaim()
+            except PBufferError as exc:  # the messages were removed; space can wait for the next check
+                _log.debug("reclaiming space failed: %s", exc)
+
+    def reclaim(self, *, force: bool = False) -> int:
+        """sqlite: give free pages back to the filesystem (the file was made with auto_vacuum=INCREMENTAL).
+
+        Done by itself after large deletes, once at least a quarter of the file (and 4 MiB) is free; ``force``
+        reclaims whatever is free now. Runs in short transactions, so savers wait at most one step. Returns how
+        many pages were released; 0 on other backends.
+        """
+        if not self._sqlite:
+            return 0
+        with self._cursor("reclaim", write=False) as cursor:
+            free = int(cursor.execute("PRAGMA freelist_count").fetchone()[0])
+            total = int(cursor.execute("PRAGMA page_count").fetchone()[0])
+        if not force and (free < _RECLAIM_MIN_PAGES or free * 4 < total):
+            return 0
+        released = 0
+        while released < free:
+            step = min(_RECLAIM_STEP, free - released)
+            conn = self._connections.take("reclaim")
+            try:
+                # executescript steps the pragma to completion; a cursor's execute frees one page per call.
+                conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step)}); COMMIT;")
+            except BaseException as exc:
+                self._connections.discard(conn)
+                if isinstance(exc, self._dbapi_error):
+                    raise map_driver_error(exc, "reclaim") from exc
+                raise
+            self._connections.give_back(conn)
+            released += step
+        # Let the released pages leave the main file now rather than at the next automatic checkpoint.
+        with self._cursor("reclaim", write=False) as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        _log.info("released %d free pages of %d", released, total)
+        return released
 
     def _count(self) -> int:
         with self._cursor("count", write=False) as cursor:

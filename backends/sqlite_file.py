@@ -114,5 +114,8 @@ def configure_connection(dbapi_connection: Any, synchronous: str, busy_timeout_m
         # A file from elsewhere must not run code through views/triggers calling functions.
         "trusted_schema=OFF",
         "foreign_keys=OFF",
+        # When the WAL restarts after a checkpoint it is cut back to 16 MiB, so a drained backlog does not leave
+        # a large -wal behind.
+        "journal_size_limit=16777216",
     ):
         dbapi_connection.execute(f"PRAGMA {pragma}")

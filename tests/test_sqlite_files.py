@@ -186,3 +186,21 @@ def test_reopen_concurrently_initialised_file(tmp_path: Path) -> None:
     with pbuffer.open(url(path)) as a, pbuffer.open(url(path)) as b:
         saved = a.save(b"x", subject="s")
         assert b.pop().id == saved.id  # type: ignore[union-attr]
+
+
+def test_space_goes_back_after_a_backlog_drains(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with pbuffer.open(url(path)) as buf:
+        for _ in range(8):
+            buf.save_many([os.urandom(100) for _ in range(10_000)], subject="a")
+    peak = path.stat().st_size
+    with pbuffer.open(url(path)) as buf:
+        while window := buf.get_all(1000):
+            buf.delete_many([m.id for m in window])  # as the relay deletes after PubAcks
+        assert len(buf) == 0
+        # Reclaimed while the buffer is open, not only when it is closed.
+        assert path.stat().st_size < peak * 0.10, (path.stat().st_size, peak)
+    with pbuffer.open(url(path)) as buf:
+        buf.save_many([b"x"] * 10, subject="a")  # a reclaimed file is a normal buffer
+        assert buf.reclaim(force=True) >= 0
+        assert len(buf) == 10
