@@ -51,6 +51,13 @@ class RelayStats:
         self.dead_lettered += other.dead_lettered
         self.retried += other.retried
 
+    def copy(self) -> RelayStats:
+        return RelayStats(self.published, self.duplicates, self.dead_lettered, self.retried)
+
+    def minus(self, other: RelayStats) -> RelayStats:
+        return RelayStats(self.published - other.published, self.duplicates - other.duplicates,
+                          self.dead_lettered - other.dead_lettered, self.retried - other.retried)
+
 
 RetryCallback = Callable[[Message, Failure, int], object]
 DeadLetterCallback = Callable[[Message, str, int], object]
@@ -128,7 +135,9 @@ class Relay:
         one settled, so a failure never has a later window in flight behind it.
         """
         stats = RelayStats()
+        counted = RelayStats()  # what self.stats already includes: it is kept current window by window
         deleting: asyncio.Future[int] | None = None
+        prefetch: asyncio.Future[list[Message]] | None = None
         window = await self._read_window(stats, after=None)
         try:
             while window and not self._stopping.is_set():
@@ -139,6 +148,8 @@ class Relay:
                 else:
                     results = await self.transport.publish(window)
                 acknowledged, retry = await self._settle(window, results, stats)
+                self.stats.add(stats.minus(counted))
+                counted = stats.copy()
                 if deleting is not None:
                     await deleting
                 deleting = (asyncio.ensure_future(self.buffer.delete_many(acknowledged)) if acknowledged
@@ -160,10 +171,15 @@ class Relay:
                 else:
                     self._backoff = 0.0
                     window = await prefetch
+                prefetch = None
         finally:
+            if prefetch is not None and not prefetch.done():
+                prefetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await prefetch
             if deleting is not None:
                 await deleting
-        self.stats.add(stats)
+            self.stats.add(stats.minus(counted))
         return stats
 
     async def run(self) -> RelayStats:
