@@ -83,6 +83,10 @@ def check_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
             raise ValidationError(f"header name {name!r} is not a token (letters, digits and !#$%&'*+-.^_`|~)")
         if name.lower() in RESERVED_HEADERS:
             raise ValidationError(f"header {name!r} is set by pbuffer itself")
+        if value != value.strip():
+            # nats-py strips header values: the stream would get something else than the buffer holds.
+            raise ValidationError(f"value of header {name!r} has leading or trailing whitespace, which NATS "
+                                  "clients strip")
         if _HEADER_VALUE_BAD.search(value):
             raise ValidationError(f"value of header {name!r} contains a control character (CR/LF are refused)")
         try:

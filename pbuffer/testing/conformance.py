@@ -27,7 +27,8 @@ BAD_SUBJECTS = ["", " ", "a b", "a\tb", "a\r\nb", "a\x00b", "a.*", "a.>", "*", "
                 "a\x85b", "bad\ud800surrogate", "x" * 513]
 BAD_HEADERS: list[Any] = [
     {"X-A": "v\r\nPUB evil 0"}, {"X-A": "line\nbreak"}, {"X-A": "nul\x00"}, {"bad name": "v"}, {"a:b": "v"},
-    {"": "v"}, {"X-A": 1}, {1: "v"}, {"Nats-Msg-Id": "chosen"}, {"nats-msg-id": "chosen"}, ["X-A", "v"],
+    {"": "v"}, {"X-A": 1}, {1: "v"}, {"X-A": " padded"}, {"X-A": "padded\t"}, {"Nats-Msg-Id": "chosen"},
+    {"nats-msg-id": "chosen"}, ["X-A", "v"],
 ]
 
 

@@ -25,8 +25,9 @@ __all__ = ["BufferStateMachineTest", "make_state_machine"]
 SUBJECTS = st.sampled_from(["a", "a.b", "c"])
 PAYLOADS = st.binary(max_size=64)
 REASONS = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10)
-HEADERS = st.one_of(st.none(), st.dictionaries(st.sampled_from(["K", "Trace-Id"]), st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), max_size=8), max_size=2))
+HEADER_VALUES = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), max_size=8).filter(
+    lambda value: value == value.strip())  # NATS clients strip header values, so pbuffer refuses padded ones
+HEADERS = st.one_of(st.none(), st.dictionaries(st.sampled_from(["K", "Trace-Id"]), HEADER_VALUES, max_size=2))
 
 
 @dataclass
