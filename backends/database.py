@@ -10,7 +10,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ class Database:
         self.durability = durability
         self.display_url = self.url.render_as_string(hide_password=True)
         self._engine: Engine | None = None
+        #: Held around schema transactions when set (sqlite's one-writer mode, see sqlite_file.WriteLock).
+        self.write_lock: AbstractContextManager[object] = nullcontext()
 
     def _sqlite_path(self) -> Path:
         database = self.url.database
@@ -128,7 +130,7 @@ class Database:
         since MariaDB's DDL commits as it goes and the version row is written last.
         """
         try:
-            with self.engine.connect() as conn:
+            with self.write_lock, self.engine.connect() as conn:
                 named_lock = not self.sqlite and self.dialect_name != "postgresql"
                 if named_lock:
                     got = conn.execute(sa.text("SELECT GET_LOCK(:name, :timeout)"),

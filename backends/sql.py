@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 import sqlalchemy as sa
@@ -60,29 +60,39 @@ class SQLBuffer(Buffer):
         integrity_check: sqlite only; run ``PRAGMA quick_check`` when an existing file is opened.
         auto_upgrade: upgrade an older schema at open. Default: yes for sqlite (after a backup), no for server
             databases, which raise :class:`~pbuffer.SchemaTooOldError` naming the command to run.
+        serialize_writes: sqlite only; one writer at a time across processes (a lock file beside the database),
+            so checkpoints never overlap another connection's write. Default: on when the sqlite library has the
+            WAL-reset bug (3.7.0-3.51.2 except 3.50.7+ and 3.44.6+), off otherwise.
     """
 
     schemes = ("sqlite", "postgresql", "mysql", "mariadb")
 
     def __init__(self, url: str | URL, *, subject: str | None = None, durability: str | None = None,
                  busy_timeout: float = 30.0, pool_size: int = 8, integrity_check: bool = True,
-                 auto_upgrade: bool | None = None) -> None:
+                 auto_upgrade: bool | None = None, serialize_writes: bool | None = None) -> None:
         super().__init__(subject=subject)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be a positive int, not {pool_size!r}")
         database = Database(url, durability=durability, busy_timeout=busy_timeout)
         self.url, self.durability, self.busy_timeout = database.url, database.durability, database.busy_timeout
         self._sqlite = database.sqlite
+        self.serialize_writes = bool(database.sqlite and (
+            sqlite_file.wal_reset_bug() if serialize_writes is None else serialize_writes))
+        self._write_lock: AbstractContextManager[object] = nullcontext()
         if database.sqlite:
             self.path = database.path
             sqlite_file.create_private_file(self.path)
             sqlite_file.inspect_existing_file(self.path, integrity_check)
+            if self.serialize_writes:
+                self._write_lock = database.write_lock = sqlite_file.WriteLock(self.path)
         try:
             # A sqlite file belongs to this program and is upgraded (after a backup); a server database may be
             # shared with older clients, so upgrading it is an explicit decision.
             database.prepare(auto_upgrade=database.sqlite if auto_upgrade is None else auto_upgrade)
         except BaseException:
             database.dispose()
+            if isinstance(self._write_lock, sqlite_file.WriteLock):
+                self._write_lock.close()
             raise
         self._database = database
         self._engine = database.engine
@@ -108,19 +118,20 @@ class SQLBuffer(Buffer):
         a lone read runs in sqlite's autocommit mode. Server databases open transactions implicitly.
         """
         conn = self._connections.take(where)
-        try:
-            cursor = conn.cursor()
-            if write and self._sqlite:
-                cursor.execute("BEGIN IMMEDIATE")
-            yield cursor
-            conn.commit()
-        except BaseException as exc:
-            # A failed transaction may leave the connection in any state (or dead): roll back, then drop it.
-            # SQLITE_FULL in particular may or may not have rolled back by itself (lang_transaction.html).
-            self._connections.discard(conn)
-            if isinstance(exc, self._dbapi_error):
-                raise map_driver_error(exc, where) from exc
-            raise
+        with self._write_lock if write else nullcontext():
+            try:
+                cursor = conn.cursor()
+                if write and self._sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                yield cursor
+                conn.commit()
+            except BaseException as exc:
+                # A failed transaction may leave the connection in any state (or dead): roll back, then drop it.
+                # SQLITE_FULL in particular may or may not have rolled back by itself (lang_transaction.html).
+                self._connections.discard(conn)
+                if isinstance(exc, self._dbapi_error):
+                    raise map_driver_error(exc, where) from exc
+                raise
         self._connections.give_back(conn)
 
     # --------------------------------------------------------------------------------------------- primitives
@@ -129,20 +140,21 @@ class SQLBuffer(Buffer):
         # The hot path of save(): the same steps as _cursor, spelled out to spare a generator per message.
         rows = [_row(message) for message in messages]
         conn = self._connections.take("save")
-        try:
-            cursor = conn.cursor()
-            if self._sqlite:
-                cursor.execute("BEGIN IMMEDIATE")
-            if len(rows) == 1:
-                cursor.execute(self._sql.insert, rows[0])
-            else:
-                cursor.executemany(self._sql.insert, rows)
-            conn.commit()
-        except BaseException as exc:
-            self._connections.discard(conn)
-            if isinstance(exc, self._dbapi_error):
-                raise map_driver_error(exc, "save") from exc
-            raise
+        with self._write_lock:
+            try:
+                cursor = conn.cursor()
+                if self._sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                if len(rows) == 1:
+                    cursor.execute(self._sql.insert, rows[0])
+                else:
+                    cursor.executemany(self._sql.insert, rows)
+                conn.commit()
+            except BaseException as exc:
+                self._connections.discard(conn)
+                if isinstance(exc, self._dbapi_error):
+                    raise map_driver_error(exc, "save") from exc
+                raise
         self._connections.give_back(conn)
 
     def _get(self, limit: int | None, after: str | None) -> list[Message]:
@@ -232,8 +244,9 @@ class SQLBuffer(Buffer):
             step = min(_RECLAIM_STEP, free - released)
             conn = self._connections.take("reclaim")
             try:
-                # executescript steps the pragma to completion; a cursor's execute frees one page per call.
-                conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step)}); COMMIT;")
+                with self._write_lock:
+                    # executescript steps the pragma to completion; a cursor's execute frees one page per call.
+                    conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step)}); COMMIT;")
             except BaseException as exc:
                 self._connections.discard(conn)
                 if isinstance(exc, self._dbapi_error):
@@ -241,8 +254,9 @@ class SQLBuffer(Buffer):
                 raise
             self._connections.give_back(conn)
             released += step
-        # Let the released pages leave the main file now rather than at the next automatic checkpoint.
-        with self._cursor("reclaim", write=False) as cursor:
+        # Let the released pages leave the main file now rather than at the next automatic checkpoint; under
+        # the write lock (when there is one), so the checkpoint overlaps no write.
+        with self._write_lock, self._cursor("reclaim", write=False) as cursor:
             cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         _log.info("released %d free pages of %d", released, total)
         return released
@@ -287,8 +301,11 @@ class SQLBuffer(Buffer):
             return True
 
     def _close(self) -> None:
-        self._connections.close()
-        self._database.dispose()
+        with self._write_lock:  # closing the last connection checkpoints
+            self._connections.close()
+            self._database.dispose()
+        if isinstance(self._write_lock, sqlite_file.WriteLock):
+            self._write_lock.close()
 
 
 def _row(message: Message) -> dict[str, Any]:

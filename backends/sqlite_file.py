@@ -3,8 +3,10 @@ writing a byte, and the pragmas every connection gets."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ from pbuffer.errors import CorruptDatabaseError, NotABufferDatabaseError, Schema
 from . import versioning
 from .schema import VERSION_TABLE
 
-__all__ = ["DURABILITY_SYNCHRONOUS", "create_private_file", "inspect_existing_file", "configure_connection"]
+__all__ = ["DURABILITY_SYNCHRONOUS", "WriteLock", "configure_connection", "create_private_file",
+           "inspect_existing_file", "wal_reset_bug"]
 
 #: ``durability`` option -> ``PRAGMA synchronous`` in WAL mode (sqlite.org/pragma.html#pragma_synchronous).
 DURABILITY_SYNCHRONOUS = {"process": "NORMAL", "power": "FULL"}
@@ -119,3 +122,46 @@ def configure_connection(dbapi_connection: Any, synchronous: str, busy_timeout_m
         "journal_size_limit=16777216",
     ):
         dbapi_connection.execute(f"PRAGMA {pragma}")
+
+
+def wal_reset_bug(version: tuple[int, ...] = sqlite3.sqlite_version_info) -> bool:
+    """Whether this sqlite library has the WAL-reset bug (sqlite.org/wal.html, "WAL-reset"): 3.7.0 up to 3.51.2
+    can corrupt a database when several connections write and checkpoint at once; fixed in 3.51.3 and
+    backported to 3.50.7 and 3.44.6."""
+    if version >= (3, 51, 3) or version < (3, 7, 0):
+        return False
+    return not ((3, 50, 7) <= version < (3, 51) or (3, 44, 6) <= version < (3, 45))
+
+
+class WriteLock:
+    """One writer at a time across processes and threads: an flock on ``<database>.lock`` plus a thread lock.
+
+    Used where the sqlite library has the WAL-reset bug. Every write transaction (and so every automatic
+    checkpoint, which runs at a commit) and every connection close (which may checkpoint) happens under it, so
+    no checkpoint ever overlaps another connection's write. flock belongs to the open file, not the process,
+    so two buffers on one database in one process exclude each other too; a buffer must not be shared across a
+    fork.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
+        create_private_file(self.path)
+        # The lock file is never the database: opening and closing it cannot drop sqlite's own locks.
+        self._fd = os.open(self.path, os.O_RDWR)
+        self._thread_lock = threading.Lock()
+
+    def __enter__(self) -> WriteLock:
+        self._thread_lock.acquire()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -44,6 +44,7 @@ URL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "pool_size": int,
     "integrity_check": _truthy,
     "auto_upgrade": _truthy,
+    "serialize_writes": _truthy,
 }
 
 
