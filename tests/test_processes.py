@@ -29,8 +29,9 @@ def test_one_writer_mode_follows_the_sqlite_version(tmp_path: Path) -> None:
     import sqlite3
     import stat
 
-    import pbuffer
     from pbuffer.backends.sqlite_file import wal_reset_bug
+
+    import pbuffer
 
     assert wal_reset_bug((3, 40, 1)) and wal_reset_bug((3, 51, 2)) and wal_reset_bug((3, 50, 6))
     assert not wal_reset_bug((3, 51, 3)) and not wal_reset_bug((3, 50, 7)) and not wal_reset_bug((3, 44, 6))
