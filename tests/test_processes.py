@@ -16,7 +16,8 @@ TESTS = Path(__file__).resolve().parent
 @pytest.mark.parametrize("serialize_writes", ["true", "false"], ids=["one-writer mode", "normal mode"])
 def test_eight_processes_save_while_one_pops(tmp_path: Path, serialize_writes: str) -> None:
     url = f"sqlite:///{tmp_path}/b.db?serialize_writes={serialize_writes}"
-    run = subprocess.run([sys.executable, str(TESTS / "multiprocess_stress.py"), url, "8", "5000"], capture_output=True, text=True, timeout=600, check=False, cwd=TESTS)
+    run = subprocess.run([sys.executable, str(TESTS / "multiprocess_stress.py"), url, "8", "5000"],
+                         capture_output=True, text=True, timeout=600, check=False, cwd=TESTS)
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["errors"] == 0, summary["first_errors"]  # no "database is locked" reaches a caller
