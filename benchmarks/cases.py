@@ -16,6 +16,12 @@ __all__ = ["BACKENDS", "OPS", "build_cases"]
 OPS = ("save", "save_many", "pop", "pop_backlog", "drain")
 BACKENDS = ("memory", "sqlite", "nats")
 
+#: The payload-size cases (the 100-byte ones are the cases tagged with the same series).
+PAYLOAD_1KIB = b"x" * 1024
+PAYLOAD_64KIB = b"x" * (64 * 1024)
+SAVE_SERIES = "sqlite save()"
+POP_SERIES = "sqlite pop()"
+
 _PQ_DEFAULTS = (
     "persist-queue 1.1 sets only PRAGMA journal_mode=WAL on its connections (sqlbase.SQLiteBase._new_db_connection) "
     "and leaves synchronous at sqlite's default, FULL: stronger than pbuffer's durability='process' (NORMAL). "
@@ -94,6 +100,7 @@ def build_cases(settings: Settings) -> list[Case]:
             target=Target("sqlite save() >= 0.6x plain sqlite3 loop", "min_ratio", 0.6),
             note="Baseline: python sqlite3, WAL, synchronous=NORMAL, one BEGIN IMMEDIATE; INSERT; COMMIT per "
                  "message into (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL).",
+            series=SAVE_SERIES,
         ),
         Case(
             name="sqlite.save vs persist-queue", op="save", backend="sqlite",
@@ -134,6 +141,18 @@ def build_cases(settings: Settings) -> list[Case]:
             note=_LQ_DEFAULTS + "put() is one INSERT in autocommit mode. No target; for context.",
             requires=("litequeue",), probe=peers.litequeue_pragmas,
         ),
+        *[
+            Case(
+                name=f"sqlite.save {label} vs sqlite3", op="save", backend="sqlite",
+                subject_label="pbuffer sqlite save() [process]",
+                subject=partial(workloads.buffer_save, payload=payload),
+                baseline_label="sqlite3 loop", baseline=partial(workloads.sqlite3_loop, payload=payload),
+                count=count(*counts), payload_bytes=len(payload), series=SAVE_SERIES,
+                note=f"As 'sqlite.save vs sqlite3' with {len(payload):,}-byte payloads. No target; for context.",
+            )
+            for label, payload, counts in (("1KiB", PAYLOAD_1KIB, (8_000, 3_000)),
+                                           ("64KiB", PAYLOAD_64KIB, (2_000, 400)))
+        ],
         Case(
             name="sqlite.save_many", op="save_many", backend="sqlite",
             subject_label="pbuffer sqlite save_many() [process]", subject=workloads.buffer_save_many,
@@ -157,6 +176,7 @@ def build_cases(settings: Settings) -> list[Case]:
                  "past them in id order, so its rate falls as a repetition proceeds: the ratio depends on the "
                  "count popped. " + _PQ_SETUP,
             requires=("persistqueue",), probe=partial(peers.persistqueue_pragmas, synchronous="NORMAL"),
+            series=POP_SERIES,
         ),
         Case(
             name="sqlite.pop vs litequeue", op="pop", backend="sqlite",
@@ -166,6 +186,18 @@ def build_cases(settings: Settings) -> list[Case]:
             note=_LQ_DEFAULTS + "done() marks the row DONE and keeps it (prune() deletes). No target; for context.",
             requires=("litequeue",), probe=peers.litequeue_pragmas,
         ),
+        *[
+            Case(
+                name=f"sqlite.pop {label}", op="pop", backend="sqlite",
+                subject_label="pbuffer sqlite pop() [process]",
+                subject=partial(workloads.buffer_pop, payload=payload),
+                count=count(*counts), payload_bytes=len(payload), series=POP_SERIES,
+                note=f"pop() of {len(payload):,}-byte payloads from a buffer filled (untimed) with exactly the "
+                     "messages to be popped. No baseline and no target; for context.",
+            )
+            for label, payload, counts in (("1KiB", PAYLOAD_1KIB, (5_000, 2_000)),
+                                           ("64KiB", PAYLOAD_64KIB, (1_500, 400)))
+        ],
         Case(
             name="sqlite.pop backlog", op="pop_backlog", backend="sqlite",
             subject_label=f"pop() with {big_backlog:,} waiting",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -51,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=_scale, default=1.0,
                         help="multiply every message count (at least 1 per case); e.g. 0.001 for a smoke test")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default 7, quick 5)")
+    parser.add_argument("--plot", metavar="DIR",
+                        help="also write PNG plots into DIR (needs matplotlib, in the bench extra)")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="with --plot: draw the plots of a saved --json document instead of measuring")
     return parser
 
 
@@ -59,6 +64,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     if args.reps is not None and args.reps < 1:
         raise SystemExit("--reps must be at least 1")
+    if args.from_json:
+        if not args.plot:
+            raise SystemExit("--from-json needs --plot DIR")
+        saved: dict[str, Any] = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        _plot(saved, args.plot)
+        return saved
     settings = Settings(quick=args.quick, scale=args.scale, reps=args.reps)
     cases = [case for case in build_cases(settings) if case.op in args.ops and case.backend in args.backend]
 
@@ -80,7 +91,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown(document), end="", flush=True)
     if args.json:
         write_json(document, args.json)
+    if args.plot:
+        _plot(document, args.plot)
     return document
+
+
+def _plot(document: dict[str, Any], directory: str) -> None:
+    from .plots import plot
+
+    for path in plot(document, Path(directory)):
+        print(f"plot: {path}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

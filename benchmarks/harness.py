@@ -112,6 +112,11 @@ class Case:
     #: One untimed run per side first (a fifth of the messages); off for a case that starts a fresh process
     #: per repetition anyway.
     warmup: bool = True
+    #: Bytes per message (both sides); the report and the plots show it.
+    payload_bytes: int = 100
+    #: Cases sharing a series (e.g. "sqlite save()") measure the same operation at different payload sizes; the
+    #: plots draw them as one line against ``payload_bytes``.
+    series: str | None = None
 
 
 @dataclass
@@ -188,6 +193,7 @@ def run_case(case: Case, settings: Settings, context: Context,
     """Measure one case and return its JSON record (never raises for a failing or skipped case)."""
     record: dict[str, Any] = {
         "name": case.name, "op": case.op, "backend": case.backend, "messages_per_rep": case.count,
+        "payload_bytes": case.payload_bytes, "series": case.series,
         "reps": settings.repetitions_for(case), "unit": case.unit, "note": case.note,
         "subject": {"label": case.subject_label, "messages_per_rep": case.count},
         "baseline": None if case.baseline is None else {

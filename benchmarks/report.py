@@ -26,7 +26,8 @@ def markdown(document: dict[str, Any]) -> str:
         f"{nats}",
         f"- {machine['cpu_model']}, {machine['cpu_count']} cores ({machine['cpu_usable']} usable), "
         f"{machine['platform']}; temp dir {machine['tmpdir']} ({machine['tmpdir_filesystem'] or 'unknown fs'})",
-        f"- {document['payload_bytes']}-byte payloads; {document['reps']} timed repetitions per case after a warm-up, "
+        f"- {document['payload_bytes']}-byte payloads unless a case's name gives another size (1KiB, 64KiB); "
+        f"{document['reps']} timed repetitions per case after a warm-up, "
         "each in a fresh temp directory; baseline and subject alternate within each repetition; ratio = median "
         f"of the per-repetition subject/baseline ratios; total {document['duration_s']:.0f} s",
         "- msg/s unless a cell names another unit; a case may set its own repetitions (its note says so)",

@@ -28,6 +28,7 @@ PAYLOAD = b"x" * 100
 SUBJECT = "bench.x"
 #: Messages per save_many call when a backlog is filled (untimed); bounds memory for a million messages.
 FILL_CHUNK = 10_000
+FILL_BYTES = 16 * 1024 * 1024
 _PLAIN_TABLE = "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL)"
 
 
@@ -37,9 +38,11 @@ def _open(directory: Path, backend: str, durability: str) -> pbuffer.Buffer:
     return pbuffer.open(f"sqlite:///{directory / 'buffer.db'}", durability=durability)
 
 
-def _fill(buffer: pbuffer.Buffer, count: int) -> None:
-    for start in range(0, count, FILL_CHUNK):
-        buffer.save_many([PAYLOAD] * min(FILL_CHUNK, count - start), subject=SUBJECT)
+def _fill(buffer: pbuffer.Buffer, count: int, payload: bytes = PAYLOAD) -> None:
+    # Chunks hold at most FILL_BYTES of payload too, so a 64 KiB fill does not hold 600 MB at once.
+    chunk = max(1, min(FILL_CHUNK, FILL_BYTES // max(1, len(payload))))
+    for start in range(0, count, chunk):
+        buffer.save_many([payload] * min(chunk, count - start), subject=SUBJECT)
 
 
 #: For the other workload modules (e2e.py): the same buffers and fill as here.
@@ -54,14 +57,14 @@ def _expect(condition: bool, what: str) -> None:
 
 
 def buffer_save(context: Context, directory: Path, n: int, *, backend: str = "sqlite",
-                durability: str = "process") -> float:
+                durability: str = "process", payload: bytes = PAYLOAD) -> float:
     buffer = _open(directory, backend, durability)
     try:
         save = buffer.save
 
         def run() -> None:
             for _ in range(n):
-                save(PAYLOAD, subject=SUBJECT)
+                save(payload, subject=SUBJECT)
 
         seconds = timed(run)
         _expect(len(buffer) == n, f"{n} messages saved")
@@ -89,10 +92,10 @@ def buffer_save_many(context: Context, directory: Path, n: int, *, backend: str 
 
 
 def buffer_pop(context: Context, directory: Path, n: int, *, backend: str = "sqlite",
-               durability: str = "process") -> float:
+               durability: str = "process", payload: bytes = PAYLOAD) -> float:
     buffer = _open(directory, backend, durability)
     try:
-        _fill(buffer, n)
+        _fill(buffer, n, payload)
         pop = buffer.pop
 
         def run() -> None:
@@ -168,7 +171,8 @@ def _count(connection: sqlite3.Connection) -> int:
     return int(connection.execute("SELECT count(*) FROM messages").fetchone()[0])
 
 
-def sqlite3_loop(context: Context, directory: Path, n: int, *, synchronous: str = "NORMAL") -> float:
+def sqlite3_loop(context: Context, directory: Path, n: int, *, synchronous: str = "NORMAL",
+                 payload: bytes = PAYLOAD) -> float:
     """The floor under save(): python's sqlite3, one BEGIN IMMEDIATE transaction per message."""
     connection = _plain(directory, synchronous)
     try:
@@ -178,7 +182,7 @@ def sqlite3_loop(context: Context, directory: Path, n: int, *, synchronous: str 
         def run() -> None:
             for _ in range(n):
                 execute("BEGIN IMMEDIATE")
-                execute(insert, (PAYLOAD,))
+                execute(insert, (payload,))
                 execute("COMMIT")
 
         seconds = timed(run)

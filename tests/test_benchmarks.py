@@ -17,6 +17,7 @@ import pytest
 from pbuffer.benchmarks.cases import build_cases
 from pbuffer.benchmarks.cli import run
 from pbuffer.benchmarks.harness import Case, Context, Settings, Target, run_case
+from pbuffer.benchmarks.plots import plot
 
 import pbuffer
 import pbuffer.natsserver
@@ -30,9 +31,13 @@ EXPECTED_CASES = {
     "sqlite.save vs persist-queue[default]",
     "sqlite.save[power] vs persist-queue[default]",
     "sqlite.save vs litequeue",
+    "sqlite.save 1KiB vs sqlite3",
+    "sqlite.save 64KiB vs sqlite3",
     "sqlite.save_many",
     "sqlite.pop vs persist-queue",
     "sqlite.pop vs litequeue",
+    "sqlite.pop 1KiB",
+    "sqlite.pop 64KiB",
     "sqlite.pop backlog",
     "memory.save",
     "memory.save_many",
@@ -41,6 +46,14 @@ EXPECTED_CASES = {
     "drain.e2e vs ceiling",
     "drain.memory",
 }
+PAYLOAD_CASES = {
+    "sqlite.save 1KiB vs sqlite3": 1024,
+    "sqlite.save 64KiB vs sqlite3": 64 * 1024,
+    "sqlite.pop 1KiB": 1024,
+    "sqlite.pop 64KiB": 64 * 1024,
+}
+PLOTS = {"throughput.png", "payload.png", "drain.png"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.memory"}
 EXPECTED_TARGETS = {
     "sqlite.save vs sqlite3",
@@ -87,6 +100,13 @@ def _check_document(document: dict[str, Any]) -> None:
             _check_side(case["baseline"], case["reps"], case["unit"])
             assert case["ratio"] > 0
             assert len(case["ratios"]) == case["reps"]
+    for name, size in PAYLOAD_CASES.items():
+        case = cases[name]
+        assert case["payload_bytes"] == size
+        assert case["op"] == ("save" if ".save" in name else "pop")
+        assert case["target"] is None
+        assert all(rate > 0 for rate in case["subject"]["rates"])
+    assert cases["sqlite.save vs sqlite3"]["payload_bytes"] == 100
     assert cases["drain.memory"]["unit"] == "MB"
     assert cases["drain.memory"]["baseline"] is None
     # The seed loop publishes fewer messages than the relay drains (rates are per message).
@@ -101,11 +121,18 @@ def _check_document(document: dict[str, Any]) -> None:
         assert isinstance(target["met"], bool)
 
 
+def _check_plots(directory: Path) -> None:
+    assert {path.name for path in directory.iterdir()} == PLOTS
+    for name in PLOTS:
+        assert (directory / name).read_bytes().startswith(PNG_SIGNATURE), name
+
+
 def test_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    document = run([*TINY, "--json", str(out)])
+    document = run([*TINY, "--json", str(out), "--plot", str(tmp_path / "plots")])
     _check_document(document)
     _check_document(json.loads(out.read_text(encoding="utf-8")))
+    _check_plots(tmp_path / "plots")
     table = capsys.readouterr().out
     assert "| case |" in table
     for name in EXPECTED_CASES:
@@ -119,6 +146,25 @@ def test_as_module_from_checkout(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "| case |" in result.stdout
     _check_document(json.loads(out.read_text(encoding="utf-8")))
+    # The plots of a saved run, drawn later without measuring anything.
+    redraw = subprocess.run([sys.executable, "-m", "benchmarks", "--plot", str(tmp_path / "plots"), "--from-json",
+                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert redraw.returncode == 0, redraw.stderr
+    assert redraw.stdout == ""
+    _check_plots(tmp_path / "plots")
+
+
+def test_plots_without_matplotlib_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert plot({"cases": []}, tmp_path / "plots") == []
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "plots").exists()
+
+
+def test_from_json_needs_plot(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        run(["--from-json", str(tmp_path / "missing.json")])
 
 
 def test_filters_select_cases() -> None:

@@ -1,0 +1,158 @@
+"""PNG plots of a run's JSON document (``--plot DIR``; ``--plot DIR --from-json FILE`` redraws a saved run).
+
+matplotlib comes with ``pip install 'pbuffer[bench]'``; it is imported only here, lazily, with the non-interactive
+Agg backend. Without it :func:`plot` prints why and writes nothing. Only cases that ran (status ``ok``) are drawn.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot"]
+
+RATE = "msg/s"
+#: Above this max/min spread of the plotted rates, the throughput axis is logarithmic.
+LOG_SPREAD = 20.0
+
+
+def _measured(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [case for case in document.get("cases", [])
+            if case.get("status") == "ok" and case.get("unit", RATE) == RATE]
+
+
+def _size(payload_bytes: int) -> str:
+    if payload_bytes >= 1024 and payload_bytes % 1024 == 0:
+        return f"{payload_bytes // 1024} KiB"
+    return f"{payload_bytes} B"
+
+
+def _title(document: dict[str, Any], what: str) -> str:
+    machine = document.get("machine", {})
+    commit = (machine.get("git_commit") or "")[:10] or "unknown commit"
+    return f"pbuffer {what}: {document.get('mode', '?')} mode, scale {document.get('scale', 1):g}, {commit}"
+
+
+def plot(document: dict[str, Any], directory: Path) -> list[Path]:
+    """Write the plots ``document`` has data for into ``directory`` (created if needed); return their paths."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install 'pbuffer[bench]')", file=sys.stderr)
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, draw in (("throughput.png", _throughput), ("payload.png", _payload), ("drain.png", _drain)):
+        figure = draw(plt, document)
+        if figure is None:
+            continue
+        path = directory / name
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _throughput(plt: Any, document: dict[str, Any]) -> Any:
+    """(a) Median msg/s per case, subject and baseline side by side, min-max as error bars."""
+    cases = _measured(document)
+    if not cases:
+        return None
+    figure, axes = plt.subplots(figsize=(11, 0.55 * len(cases) + 1.8))
+    height = 0.4
+    values: list[float] = []
+    for row, case in enumerate(cases):
+        for offset, side, colour, label in ((-height / 2, case["subject"], "tab:blue", "pbuffer (subject)"),
+                                            (height / 2, case["baseline"], "tab:gray", "baseline")):
+            if side is None:
+                continue
+            median = float(side["median"])
+            values.append(median)
+            error = [[median - float(side["min"])], [float(side["max"]) - median]]
+            axes.barh(row + offset, median, height, xerr=error, color=colour, capsize=2,
+                      label=label if label not in axes.get_legend_handles_labels()[1] else None)
+    axes.set_yticks(range(len(cases)))
+    axes.set_yticklabels([case["name"] for case in cases], fontsize=8)
+    axes.invert_yaxis()
+    if values and max(values) / max(min(values), 1e-9) > LOG_SPREAD:
+        axes.set_xscale("log")
+    axes.set_xlabel("msg/s (median; bars: min-max over repetitions)")
+    axes.set_title(_title(document, "throughput by case"), fontsize=10)
+    axes.legend(loc="lower right", fontsize=8)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _payload(plt: Any, document: dict[str, Any]) -> Any:
+    """(b) For each series (the same operation at several payload sizes): msg/s and MB/s against payload size."""
+    series: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for case in _measured(document):
+        if case.get("series"):
+            # The first case of a series at a size is its reference (e.g. the target case at 100 B).
+            series[case["series"]].setdefault(int(case.get("payload_bytes", 100)), case)
+    series = {name: by_size for name, by_size in series.items() if len(by_size) >= 2}
+    if not series:
+        return None
+    figure, (rates, bandwidth) = plt.subplots(1, 2, figsize=(11, 4.5))
+    sizes: set[int] = set()
+    for name, by_size in series.items():
+        xs = sorted(by_size)
+        sizes.update(xs)
+        sides = [("subject", name, "-o")]
+        labels = {by_size[x]["baseline"]["label"] if by_size[x]["baseline"] else None for x in xs}
+        if len(labels) == 1 and None not in labels:  # one baseline measured at every size: draw it too
+            sides.append(("baseline", f"{name} baseline: {labels.pop()}", "--s"))
+        for side, label, style in sides:
+            medians = [float(by_size[x][side]["median"]) for x in xs]
+            rates.plot(xs, medians, style, label=label)
+            bandwidth.plot(xs, [m * x / 1e6 for m, x in zip(medians, xs, strict=True)], style, label=label)
+    for axes, ylabel in ((rates, "msg/s (median)"), (bandwidth, "MB/s of payload (median)")):
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xticks(sorted(sizes))
+        axes.set_xticklabels([_size(size) for size in sorted(sizes)])
+        axes.set_xlabel("payload size")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3, which="both")
+    rates.legend(fontsize=8)
+    figure.suptitle(_title(document, "throughput by payload size"), fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def _drain(plt: Any, document: dict[str, Any]) -> Any:
+    """(c) End to end: the relay's drain beside each case's baseline (the seed loop, the ceiling), with the rate
+    the case's target asks of the relay as a dashed line."""
+    cases = [case for case in _measured(document) if case.get("op") == "drain" and case["baseline"] is not None]
+    if not cases:
+        return None
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    labels: list[str] = []
+    for index, case in enumerate(cases):
+        for slot, side, colour in ((0, case["subject"], "tab:blue"), (1, case["baseline"], "tab:gray")):
+            x = 2.5 * index + slot
+            median = float(side["median"])
+            error = [[median - float(side["min"])], [float(side["max"]) - median]]
+            axes.bar(x, median, 0.8, yerr=error, color=colour, capsize=3)
+            axes.annotate(f"{median:,.0f}", (x, median / 2), ha="center", va="center", fontsize=7, color="white")
+            labels.append(f"{case['name']}\n{side['label']}")
+        target = case.get("target")
+        if target and target.get("kind") == "min_ratio":
+            needed = float(target["threshold"]) * float(case["baseline"]["median"])
+            x0 = 2.5 * index - 0.5
+            axes.hlines(needed, x0, x0 + 2, colors="tab:red", linestyles="dashed")
+            axes.annotate(f"target {float(target['threshold']):g}x baseline", (x0, needed), fontsize=7,
+                          color="tab:red", xytext=(0, 3), textcoords="offset points")
+    axes.set_xticks([2.5 * index + slot for index in range(len(cases)) for slot in (0, 1)])
+    axes.set_xticklabels(labels, fontsize=6)
+    axes.set_ylabel("msg/s (median; bars: min-max)")
+    axes.set_title(_title(document, "drain end to end vs seed loop and ceiling"), fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return figure
