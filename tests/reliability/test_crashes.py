@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -130,3 +131,35 @@ def test_relay_killed_at_random_moments(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     print(f"{total} messages, {kills} relay kills: each once in the stream; in buffer order: {ids == saved}")
+
+
+def test_ids_across_a_recreated_buffer_file(tmp_path: Path) -> None:
+    """A buffer file deleted and made again must not reuse ids: the server would drop new messages as duplicates."""
+    path = tmp_path / "b.db"
+    with NatsServer() as server:
+        async def round_trip() -> list[str]:
+            transport = await JetStreamTransport.connect(server.url)
+            with contextlib.suppress(Exception):
+                await transport.js.add_stream(name="CRASH", subjects=["crash.>"])
+            with pbuffer.open(f"sqlite:///{path}") as buf:
+                saved = [m.id for m in buf.save_many([b"same payload"] * 500, subject="crash.test")]
+                async with Relay(buf, transport, close_transport=False) as relay:
+                    stats = await relay.drain()
+                assert stats.duplicates == 0, "a new message was taken for a duplicate"
+            await transport.close()
+            return saved
+
+        first = asyncio.run(round_trip())
+        for leftover in tmp_path.glob("b.db*"):
+            leftover.unlink()  # the file is gone; a new one starts from scratch
+        second = asyncio.run(round_trip())
+
+        async def read() -> list[str]:
+            transport = await JetStreamTransport.connect(server.url)
+            ids = await stream_ids(transport, "CRASH", "crash.test")
+            await transport.close()
+            return ids
+
+        ids = asyncio.run(read())
+    assert not set(first) & set(second)
+    assert ids == first + second
