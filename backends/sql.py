@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
@@ -126,13 +126,19 @@ class SQLBuffer(Buffer):
                 yield cursor
                 conn.commit()
             except BaseException as exc:
-                # A failed transaction may leave the connection in any state (or dead): roll back, then drop it.
-                # SQLITE_FULL in particular may or may not have rolled back by itself (lang_transaction.html).
-                self._connections.discard(conn)
-                if isinstance(exc, self._dbapi_error):
-                    raise map_driver_error(exc, where) from exc
-                raise
+                self._failed(conn, exc, where)
         self._connections.give_back(conn)
+
+    def _failed(self, conn: Any, exc: BaseException, where: str) -> NoReturn:
+        """After a failed transaction: drop the connection and raise the error, mapped if the driver's.
+
+        A failed transaction may leave the connection in any state (or dead), so it is rolled back and thrown
+        away; SQLITE_FULL in particular may or may not have rolled back by itself (lang_transaction.html).
+        """
+        self._connections.discard(conn)
+        if isinstance(exc, self._dbapi_error):
+            raise map_driver_error(exc, where) from exc
+        raise exc
 
     # --------------------------------------------------------------------------------------------- primitives
 
@@ -151,10 +157,7 @@ class SQLBuffer(Buffer):
                     cursor.executemany(self._sql.insert, rows)
                 conn.commit()
             except BaseException as exc:
-                self._connections.discard(conn)
-                if isinstance(exc, self._dbapi_error):
-                    raise map_driver_error(exc, "save") from exc
-                raise
+                self._failed(conn, exc, "save")
         self._connections.give_back(conn)
 
     def _get(self, limit: int | None, after: str | None) -> list[Message]:
@@ -248,10 +251,7 @@ class SQLBuffer(Buffer):
                     # executescript steps the pragma to completion; a cursor's execute frees one page per call.
                     conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step)}); COMMIT;")
             except BaseException as exc:
-                self._connections.discard(conn)
-                if isinstance(exc, self._dbapi_error):
-                    raise map_driver_error(exc, "reclaim") from exc
-                raise
+                self._failed(conn, exc, "reclaim")
             self._connections.give_back(conn)
             released += step
         # Let the released pages leave the main file now rather than at the next automatic checkpoint; under

@@ -35,6 +35,13 @@ async def stream_ids(transport: JetStreamTransport, stream: str, subject: str) -
     return found
 
 
+async def read_crash_stream(server: NatsServer) -> list[str]:
+    transport = await JetStreamTransport.connect(server.url)
+    ids = await stream_ids(transport, "CRASH", "crash.test")
+    await transport.close()
+    return ids
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("durability", ["process", "power"])
 def test_producer_killed_at_random_moments(tmp_path: Path, durability: str) -> None:
@@ -115,13 +122,7 @@ def test_relay_killed_at_random_moments(tmp_path: Path) -> None:
                                capture_output=True, text=True, timeout=300, check=False)
         assert final.returncode == 0, final.stderr
 
-        async def read() -> list[str]:
-            transport = await JetStreamTransport.connect(server.url)
-            ids = await stream_ids(transport, "CRASH", "crash.test")
-            await transport.close()
-            return ids
-
-        ids = asyncio.run(read())
+        ids = asyncio.run(read_crash_stream(server))
     assert kills == 20, f"the relay finished after {kills} kills: make the backlog bigger"
     with pbuffer.open(url) as buf:
         assert len(buf) == 0 and buf.dead_letters() == []
@@ -154,12 +155,6 @@ def test_ids_across_a_recreated_buffer_file(tmp_path: Path) -> None:
             leftover.unlink()  # the file is gone; a new one starts from scratch
         second = asyncio.run(round_trip())
 
-        async def read() -> list[str]:
-            transport = await JetStreamTransport.connect(server.url)
-            ids = await stream_ids(transport, "CRASH", "crash.test")
-            await transport.close()
-            return ids
-
-        ids = asyncio.run(read())
+        ids = asyncio.run(read_crash_stream(server))
     assert not set(first) & set(second)
     assert ids == first + second
