@@ -96,6 +96,10 @@ class Database:
         if self.sqlite:
             url = self.url.set(database=str(self.path))
             options["connect_args"] = {"timeout": self.busy_timeout, "check_same_thread": False}
+        else:
+            # The queue's own isolation on every server: MariaDB's default REPEATABLE READ takes gap locks that
+            # make competing claims, deletes and counter upserts deadlock one another.
+            options["isolation_level"] = "READ COMMITTED"
         try:
             engine = sa.create_engine(url, **options)
         except ImportError as exc:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
 
 from pbuffer.buffer import Buffer
 from pbuffer.errors import ConfigurationError
+from pbuffer.limits import BufferStats
 from pbuffer.message import DeadLetter, Message, from_micros
 
 __all__ = ["MemoryBuffer"]
@@ -26,6 +28,11 @@ class _Dead:
     reason: str
     attempts: int
     failed_us: int
+
+
+# Positions in a subject's counters: the same as the SQL backends' pbuffer_counters columns.
+_PENDING, _PENDING_BYTES, _DEAD, _DEAD_BYTES = 0, 1, 2, 3
+_KIND = {"dropped": 4, "expired": 5}
 
 
 @dataclass
@@ -40,13 +47,21 @@ class _Store:
     seq_by_id: dict[str, int] = field(default_factory=dict)
     # Dead letters in the order they died (dicts keep insertion order).
     dead: dict[str, _Dead] = field(default_factory=dict)
+    # Claims by message id: (owner, lease end in microseconds).
+    claims: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Per subject: pending, pending bytes, dead, dead bytes, dropped, expired.
+    counters: dict[str, list[int]] = field(default_factory=dict)
 
-    def add(self, message: Message, seq: int | None = None) -> None:
-        if seq is None:
-            seq, self.next_seq = self.next_seq, self.next_seq + 1
+    def count(self, subject: str, position: int, change: int) -> None:
+        self.counters.setdefault(subject, [0] * 6)[position] += change
+
+    def add(self, message: Message) -> None:
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
         self.pending[seq] = message
         self.pending_by_subject.setdefault(message.subject, OrderedDict())[seq] = message
         self.seq_by_id[message.id] = seq
+        self.count(message.subject, _PENDING, 1)
+        self.count(message.subject, _PENDING_BYTES, len(message.payload))
 
     def remove(self, seq: int) -> Message:
         message = self.pending.pop(seq)
@@ -55,7 +70,25 @@ class _Store:
         if not per_subject:
             del self.pending_by_subject[message.subject]
         del self.seq_by_id[message.id]
+        self.claims.pop(message.id, None)
+        self.count(message.subject, _PENDING, -1)
+        self.count(message.subject, _PENDING_BYTES, -len(message.payload))
         return message
+
+    def add_dead(self, dead: _Dead) -> None:
+        self.dead[dead.message.id] = dead
+        self.count(dead.message.subject, _DEAD, 1)
+        self.count(dead.message.subject, _DEAD_BYTES, len(dead.message.payload))
+
+    def remove_dead(self, message_id: str) -> _Dead:
+        dead = self.dead.pop(message_id)
+        self.count(dead.message.subject, _DEAD, -1)
+        self.count(dead.message.subject, _DEAD_BYTES, -len(dead.message.payload))
+        return dead
+
+    def claimed_by_other(self, message_id: str, owner: str | None, now_us: int) -> bool:
+        claim = self.claims.get(message_id)
+        return claim is not None and claim[0] != owner and claim[1] >= now_us
 
 
 _named_stores: dict[str, _Store] = {}
@@ -68,8 +101,8 @@ class MemoryBuffer(Buffer):
     schemes = ("memory",)
     blocking = False
 
-    def __init__(self, name: str | None = None, *, subject: str | None = None) -> None:
-        super().__init__(subject=subject)
+    def __init__(self, name: str | None = None, **options: Any) -> None:
+        super().__init__(**options)
         if name:
             with _named_lock:
                 self._store = _named_stores.setdefault(name, _Store())
@@ -87,8 +120,24 @@ class MemoryBuffer(Buffer):
     def _insert(self, messages: list[Message]) -> None:
         store = self._store
         with store.lock:
+            if self.limits.bounded:
+                counts = self._counts()
+                pending = self._pending()
+                victims = self.limits.make_room(
+                    counts[_PENDING], counts[_PENDING_BYTES], [len(m.payload) for m in messages],
+                    lambda n: [(seq, len(m.payload)) for seq, m in islice(pending.items(), n)])
+                for seq in victims:
+                    store.count(store.remove(seq).subject, _KIND["dropped"], 1)
+                self._note_removed("dropped", len(victims))
             for message in messages:
                 store.add(message)
+
+    def _counts(self) -> list[int]:
+        """This scope's counters (the caller holds the lock)."""
+        counters = self._store.counters
+        if self.subject is not None:
+            return list(counters.get(self.subject, [0] * 6))
+        return [sum(column) for column in zip(*counters.values(), strict=True)] if counters else [0] * 6
 
     def _pending(self) -> OrderedDict[int, Message]:
         if self.subject is None:
@@ -109,13 +158,55 @@ class MemoryBuffer(Buffer):
                     found.append(message)
             return found
 
-    def _pop(self) -> Message | None:
+    def _pop(self, now_us: int) -> Message | None:
         store = self._store
         with store.lock:
-            pending = self._pending()
-            if not pending:
-                return None
-            return store.remove(next(iter(pending)))
+            for seq, message in self._pending().items():
+                if not store.claimed_by_other(message.id, None, now_us):
+                    return store.remove(seq)
+            return None
+
+    def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
+        store = self._store
+        with store.lock:
+            start = store.seq_by_id.get(after, 0) if after is not None else 0
+            found: list[Message] = []
+            for seq, message in self._pending().items():
+                if len(found) >= limit:
+                    break
+                if seq > start and not store.claimed_by_other(message.id, owner, now_us):
+                    found.append(message)
+            for message in found:
+                store.claims[message.id] = (owner, until_us)
+            return found
+
+    def _release(self, message_ids: list[str], owner: str) -> int:
+        store = self._store
+        with store.lock:
+            mine = [i for i in message_ids if (store.claims.get(i) or ("",))[0] == owner]
+            for message_id in mine:
+                del store.claims[message_id]
+            return len(mine)
+
+    def _discard(self, message_ids: list[str], kind: str) -> int:
+        store = self._store
+        with store.lock:
+            found = [seq for seq in (store.seq_by_id.get(i) for i in message_ids)
+                     if seq is not None and self._in_scope(store.pending[seq])]
+            for seq in found:
+                store.count(store.remove(seq).subject, _KIND[kind], 1)
+            return len(found)
+
+    def _count_removed(self, message: Message, kind: str) -> None:
+        with self._store.lock:
+            self._store.count(message.subject, _KIND[kind], 1)
+
+    def _stats(self, now_us: int) -> BufferStats:
+        with self._store.lock:
+            counts = self._counts()
+            oldest = next(iter(self._pending().values()), None)
+        age = None if oldest is None else max(0.0, (now_us - oldest.created_us) / 1e6)
+        return BufferStats(counts[0], counts[1], counts[2], counts[3], age, counts[4], counts[5])
 
     def _in_scope(self, message: Message) -> bool:
         return self.subject is None or message.subject == self.subject
@@ -132,7 +223,7 @@ class MemoryBuffer(Buffer):
             return True
         dead = store.dead.get(message_id)
         if dead is not None and self._in_scope(dead.message):
-            del store.dead[message_id]
+            store.remove_dead(message_id)
             return True
         return False
 
@@ -150,7 +241,7 @@ class MemoryBuffer(Buffer):
             seq = store.seq_by_id.get(message_id)
             if seq is None or not self._in_scope(store.pending[seq]):
                 return False
-            store.dead[message_id] = _Dead(store.remove(seq), reason, attempts, now_us)
+            store.add_dead(_Dead(store.remove(seq), reason, attempts, now_us))
             return True
 
     def _dead_letters(self, limit: int | None) -> list[DeadLetter]:
@@ -164,7 +255,7 @@ class MemoryBuffer(Buffer):
             dead = store.dead.get(message_id)
             if dead is None or not self._in_scope(dead.message):
                 return False
-            del store.dead[message_id]
+            store.remove_dead(message_id)
             store.add(dead.message)
             return True
 

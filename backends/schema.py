@@ -17,11 +17,15 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.dialects import mysql
 
-__all__ = ["DEAD_LETTERS", "MESSAGES", "VERSION_TABLE", "dead_letters", "messages", "metadata"]
+__all__ = ["COUNTERS", "COUNTER_COLUMNS", "DEAD_LETTERS", "MESSAGES", "VERSION_TABLE", "counters", "dead_letters",
+           "messages", "metadata"]
 
 VERSION_TABLE = "pbuffer_alembic_version"
 MESSAGES = "pbuffer_messages"
 DEAD_LETTERS = "pbuffer_dead_letters"
+COUNTERS = "pbuffer_counters"
+#: What pbuffer_counters counts, per subject and shard.
+COUNTER_COLUMNS = ("pending", "pending_bytes", "dead", "dead_bytes", "dropped", "expired")
 
 metadata = MetaData()
 
@@ -55,6 +59,9 @@ messages = Table(
     metadata,
     Column("seq", SEQ_TYPE, primary_key=True, autoincrement=True),
     *_message_columns(),
+    # A relay's claim on the message (see Buffer.claim): its owner and the lease's end; NULL when unclaimed.
+    Column("claim_owner", ID_TYPE, nullable=True),
+    Column("claim_until_us", BigInteger, nullable=True),
     **_MYSQL,
 )
 
@@ -67,5 +74,16 @@ dead_letters = Table(
     Column("reason", TEXT_TYPE, nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("failed_us", BigInteger, nullable=False),
+    **_MYSQL,
+)
+
+# Counts kept in the transactions that change the rows they count, so stats() and limits never count(*) a table.
+# Server databases spread writers over shards (one hot row would serialize every save); sqlite uses shard 0.
+counters = Table(
+    COUNTERS,
+    metadata,
+    Column("subject", SUBJECT_TYPE, primary_key=True),
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    *(Column(name, BigInteger, nullable=False) for name in COUNTER_COLUMNS),
     **_MYSQL,
 )

@@ -8,7 +8,8 @@ because SQLAlchemy's per-statement machinery would cost more than sqlite's own c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, NoReturn
 
@@ -18,12 +19,13 @@ from sqlalchemy.engine import URL, Engine
 from pbuffer.buffer import Buffer
 from pbuffer.errors import ConfigurationError, CorruptDatabaseError, PBufferError
 from pbuffer.ids import from_bytes, to_bytes
+from pbuffer.limits import BufferStats
 from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
 
 from . import sqlite_file
 from .database import Database
 from .errors import map_driver_error
-from .schema import DEAD_LETTERS, MESSAGES
+from .schema import COUNTER_COLUMNS, COUNTERS, DEAD_LETTERS, MESSAGES
 
 __all__ = ["SQLBuffer"]
 
@@ -42,6 +44,13 @@ _RECLAIM_EVERY = 5000
 _RECLAIM_MIN_PAGES = 1024
 _RECLAIM_STEP = 8192
 _DEAD_COLUMNS = f"{_COLUMNS}, reason, attempts, failed_us"
+_SEQ_PARAMS = [f"s{i}" for i in range(_CHUNK)]
+# Counter rows per subject that server databases spread concurrent writers over (sqlite has one writer: shard 0).
+_SHARDS = 16
+# Positions in a subject's counter changes (the order of COUNTER_COLUMNS).
+_DROPPED, _EXPIRED = 4, 5
+_KIND = {"dropped": _DROPPED, "expired": _EXPIRED}
+Changes = dict[str, list[int]]
 
 
 class SQLBuffer(Buffer):
@@ -51,7 +60,7 @@ class SQLBuffer(Buffer):
     ``postgresql+psycopg://user@host/db``, ``mysql+pymysql://user@host/db``.
 
     Options:
-        subject: scope the buffer to one subject (see :class:`pbuffer.Buffer`).
+        subject, max_messages, max_bytes, overflow, ttl, block_timeout: see :class:`pbuffer.Buffer`.
         durability: sqlite only. ``"process"`` (default): a saved message survives a crash or kill -9 of the
             process (WAL, ``synchronous=NORMAL``). ``"power"``: it also survives power loss or an OS crash
             (``synchronous=FULL``, an fsync per commit). Server databases keep what their commit keeps.
@@ -67,10 +76,10 @@ class SQLBuffer(Buffer):
 
     schemes = ("sqlite", "postgresql", "mysql", "mariadb")
 
-    def __init__(self, url: str | URL, *, subject: str | None = None, durability: str | None = None,
-                 busy_timeout: float = 30.0, pool_size: int = 8, integrity_check: bool = True,
-                 auto_upgrade: bool | None = None, serialize_writes: bool | None = None) -> None:
-        super().__init__(subject=subject)
+    def __init__(self, url: str | URL, *, durability: str | None = None, busy_timeout: float = 30.0,
+                 pool_size: int = 8, integrity_check: bool = True, auto_upgrade: bool | None = None,
+                 serialize_writes: bool | None = None, **options: Any) -> None:
+        super().__init__(**options)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be a positive int, not {pool_size!r}")
         database = Database(url, durability=durability, busy_timeout=busy_timeout)
@@ -151,14 +160,67 @@ class SQLBuffer(Buffer):
                 cursor = conn.cursor()
                 if self._sqlite:
                     cursor.execute("BEGIN IMMEDIATE")
+                if self.limits.bounded:
+                    self._make_room(cursor, messages)
                 if len(rows) == 1:
                     cursor.execute(self._sql.insert, rows[0])
+                    message = messages[0]
+                    self._bump(cursor, {message.subject: [1, len(message.payload), 0, 0, 0, 0]})
                 else:
                     cursor.executemany(self._sql.insert, rows)
+                    self._bump(cursor, _tally(((m.subject, len(m.payload)) for m in messages), pending=1))
                 conn.commit()
             except BaseException as exc:
                 self._failed(conn, exc, "save")
         self._connections.give_back(conn)
+
+    def _make_room(self, cursor: Any, messages: list[Message]) -> None:
+        """Inside a save's transaction: apply the size limits (raise, or drop the oldest pending messages)."""
+        if not self._sqlite:
+            # Writers that enforce limits take turns on a server database (sqlite's BEGIN IMMEDIATE already does),
+            # so two saves cannot both see the last free place.
+            cursor.execute(self._sql.limit_lock)
+            cursor.fetchall()
+        cursor.execute(self._sql.totals, self._sql.scope)
+        totals = cursor.fetchone()
+
+        def oldest(count: int) -> list[tuple[tuple[int, str, int], int]]:
+            cursor.execute(self._sql.oldest_sizes, {**self._sql.scope, "limit": count})
+            return [((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall()]
+
+        victims = self.limits.make_room(int(totals[0]), int(totals[1]), [len(m.payload) for m in messages], oldest)
+        if victims:
+            for start in range(0, len(victims), _CHUNK):
+                chunk = victims[start:start + _CHUNK]
+                cursor.execute(self._sql.delete_seqs(MESSAGES, len(chunk)),
+                               dict(zip(_SEQ_PARAMS, (seq for seq, _, _ in chunk), strict=False)))
+            self._bump(cursor, _tally(((subject, size) for _, subject, size in victims), pending=-1,
+                                      kind=_DROPPED))
+            self._note_removed("dropped", len(victims))
+
+    def _bump(self, cursor: Any, changes: Changes) -> None:
+        """Add a transaction's changes to the counters, in the same transaction."""
+        shard = 0 if self._sqlite else random.randrange(_SHARDS)
+        # Subjects in sorted order: concurrent transactions lock counter rows in one order, so never deadlock.
+        for subject in sorted(changes):
+            values = changes[subject]
+            if any(values):
+                cursor.execute(self._sql.bump, {"subject": subject, "shard": shard,
+                                                **dict(zip(COUNTER_COLUMNS, values, strict=True))})
+
+    def _remove_rows(self, cursor: Any, table: str, ids: list[bytes]) -> list[tuple[str, int]]:
+        """Delete the rows with these ids (at most _CHUNK) in scope; returns each one's subject and size."""
+        params: dict[str, Any] = dict(zip(_ID_PARAMS, ids, strict=False))
+        params.update(self._sql.scope)
+        if self._sql.delete_returning:
+            cursor.execute(self._sql.delete_ids(table, len(ids)), params)
+            return [(subject, int(size)) for subject, size in cursor.fetchall()]
+        cursor.execute(self._sql.select_ids(table, len(ids)), params)
+        rows = cursor.fetchall()
+        if rows:
+            cursor.execute(self._sql.delete_seqs(table, len(rows)),
+                           dict(zip(_SEQ_PARAMS, (row[0] for row in rows), strict=False)))
+        return [(subject, int(size)) for _, subject, size in rows]
 
     def _get(self, limit: int | None, after: str | None) -> list[Message]:
         with self._cursor("get", write=False) as cursor:
@@ -172,49 +234,99 @@ class SQLBuffer(Buffer):
             rows = cursor.fetchall()
         return [_message(row) for row in rows]
 
-    def _pop(self) -> Message | None:
+    def _pop(self, now_us: int) -> Message | None:
+        params = {**self._sql.scope, "now": now_us}
         with self._cursor("pop", write=True) as cursor:
             if self._sql.pop_returning:
-                cursor.execute(self._sql.pop, self._sql.scope)
+                cursor.execute(self._sql.pop, params)
                 row = cursor.fetchone()
             else:
-                cursor.execute(self._sql.pop_lock, self._sql.scope)
+                cursor.execute(self._sql.pop_lock, params)
                 found = cursor.fetchone()
                 row = found[1:] if found else None
                 if found:
                     cursor.execute(self._sql.delete_seq, {"seq": found[0]})
             # Verified inside the transaction: a damaged row raises and its delete is rolled back.
             message = None if row is None else _message(row)
+            if message is not None:
+                self._bump(cursor, {message.subject: [-1, -len(message.payload), 0, 0, 0, 0]})
         if message is not None:
             self._removed(1)
         return message
 
+    def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
+        params = {**self._sql.scope, "now": now_us, "owner": to_bytes(owner), "limit": limit}
+        if after is not None:
+            params["after"] = to_bytes(after)
+        with self._cursor("claim", write=True) as cursor:
+            # Server databases: FOR UPDATE SKIP LOCKED, so competing claimers pass each other's rows by.
+            cursor.execute(self._sql.claim if after is None else self._sql.claim_after, params)
+            rows = cursor.fetchall()
+            # Verified before the claim commits: a damaged row raises (the relay dead-letters it) and nothing is
+            # claimed.
+            messages = [_message(row[1:]) for row in rows]
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start:start + _CHUNK]
+                claim = dict(zip(_SEQ_PARAMS, (row[0] for row in chunk), strict=False))
+                cursor.execute(self._sql.set_claims(len(chunk)), {**claim, "owner": params["owner"],
+                                                                   "until": until_us})
+        return messages
+
+    def _release(self, message_ids: list[str], owner: str) -> int:
+        released = 0
+        with self._cursor("release", write=True) as cursor:
+            for start in range(0, len(message_ids), _CHUNK):
+                chunk = [to_bytes(message_id) for message_id in message_ids[start:start + _CHUNK]]
+                params = dict(zip(_ID_PARAMS, chunk, strict=False))
+                cursor.execute(self._sql.release(len(chunk)), {**params, "owner": to_bytes(owner)})
+                released += max(cursor.rowcount, 0)
+        return released
+
     def _delete(self, message_id: str) -> bool:
-        params = {**self._sql.scope, "id": to_bytes(message_id)}
-        with self._cursor("delete", write=True) as cursor:
-            cursor.execute(self._sql.delete_id, params)
-            if cursor.rowcount:
-                return True
-            cursor.execute(self._sql.delete_dead_id, params)
-            return bool(cursor.rowcount)
+        return self._delete_many([message_id]) > 0
 
     def _delete_many(self, message_ids: list[str]) -> int:
         # The relay's delete after a window of PubAcks: one transaction, one statement per chunk of ids; the
         # dead letters are only searched for ids that were not pending.
         deleted = 0
         with self._cursor("delete", write=True) as cursor:
+            changes: Changes = {}
             for start in range(0, len(message_ids), _CHUNK):
                 chunk = [to_bytes(message_id) for message_id in message_ids[start:start + _CHUNK]]
-                params = dict(zip(_ID_PARAMS[:len(chunk)], chunk, strict=True))
-                params.update(self._sql.scope)
-                cursor.execute(self._sql.delete_ids(len(chunk)), params)
-                found = max(cursor.rowcount, 0)
-                if found < len(chunk):
-                    cursor.execute(self._sql.delete_dead_ids(len(chunk)), params)
-                    found += max(cursor.rowcount, 0)
-                deleted += found
+                pending = self._remove_rows(cursor, MESSAGES, chunk)
+                _tally(pending, pending=-1, into=changes)
+                dead = self._remove_rows(cursor, DEAD_LETTERS, chunk) if len(pending) < len(chunk) else []
+                _tally(dead, dead=-1, into=changes)
+                deleted += len(pending) + len(dead)
+            self._bump(cursor, changes)
         self._removed(deleted)
         return deleted
+
+    def _discard(self, message_ids: list[str], kind: str) -> int:
+        discarded = 0
+        with self._cursor("discard", write=True) as cursor:
+            changes: Changes = {}
+            for start in range(0, len(message_ids), _CHUNK):
+                chunk = [to_bytes(message_id) for message_id in message_ids[start:start + _CHUNK]]
+                removed = self._remove_rows(cursor, MESSAGES, chunk)
+                _tally(removed, pending=-1, kind=_KIND[kind], into=changes)
+                discarded += len(removed)
+            self._bump(cursor, changes)
+        self._removed(discarded)
+        return discarded
+
+    def _count_removed(self, message: Message, kind: str) -> None:
+        with self._cursor("count", write=True) as cursor:
+            self._bump(cursor, _tally([(message.subject, 0)], kind=_KIND[kind]))
+
+    def _stats(self, now_us: int) -> BufferStats:
+        with self._cursor("stats", write=False) as cursor:
+            cursor.execute(self._sql.totals, self._sql.scope)
+            totals = [int(value) for value in cursor.fetchone()]
+            cursor.execute(self._sql.oldest_created, self._sql.scope)
+            oldest = cursor.fetchone()
+        age = None if oldest is None else max(0.0, (now_us - int(oldest[0])) / 1e6)
+        return BufferStats(totals[0], totals[1], totals[2], totals[3], age, totals[4], totals[5])
 
     def _removed(self, count: int) -> None:
         """Count removed rows; every so often, see whether space should go back to the filesystem."""
@@ -277,6 +389,7 @@ class SQLBuffer(Buffer):
             cursor.execute(self._sql.insert_dead, {**dict(zip(_SEQ_COLUMNS[1:], row[1:], strict=True)),
                                                    "reason": reason, "attempts": attempts, "failed_us": now_us})
             cursor.execute(self._sql.delete_seq, {"seq": row[0]})
+            self._bump(cursor, _tally([(row[2], len(row[3]))], pending=-1, dead=1))
             return True
 
     def _dead_letters(self, limit: int | None) -> list[DeadLetter]:
@@ -298,6 +411,7 @@ class SQLBuffer(Buffer):
             # deduplication by JetStream, is unchanged.
             cursor.execute(self._sql.insert, dict(zip(_SEQ_COLUMNS[1:], row[1:], strict=True)))
             cursor.execute(self._sql.delete_dead_seq, {"seq": row[0]})
+            self._bump(cursor, _tally([(row[2], len(row[3]))], pending=1, dead=-1))
             return True
 
     def _close(self) -> None:
@@ -314,6 +428,24 @@ def _row(message: Message) -> dict[str, Any]:
     return {"id": to_bytes(message.id), "subject": message.subject, "payload": message.payload,
             "headers": headers, "created_us": message.created_us,
             "checksum": checksum(message.id, message.subject, headers, message.created_us, message.payload)}
+
+
+def _tally(removed: Iterable[tuple[str, int]], *, pending: int = 0, dead: int = 0, kind: int | None = None,
+           into: Changes | None = None) -> Changes:
+    """Counter changes for rows of (subject, payload size) that moved by ``pending`` and ``dead`` (+1, -1 or 0),
+    each also counted once in ``kind`` (dropped or expired) when given."""
+    changes: Changes = {} if into is None else into
+    for subject, size in removed:
+        values = changes.get(subject)
+        if values is None:
+            values = changes[subject] = [0, 0, 0, 0, 0, 0]
+        values[0] += pending
+        values[1] += pending * size
+        values[2] += dead
+        values[3] += dead * size
+        if kind is not None:
+            values[kind] += 1
+    return changes
 
 
 def _message(row: Sequence[Any]) -> Message:
@@ -416,9 +548,7 @@ class _Statements:
         self.get_after = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES} WHERE seq > {after_seq}{and_scope} "
                                   "ORDER BY seq LIMIT :limit")
         self.count = compile_(f"SELECT count(*) FROM {MESSAGES}{where}")
-        self.delete_id = compile_(f"DELETE FROM {MESSAGES} WHERE id = :id{and_scope}")
         self.delete_seq = compile_(f"DELETE FROM {MESSAGES} WHERE seq = :seq")
-        self.delete_dead_id = compile_(f"DELETE FROM {DEAD_LETTERS} WHERE id = :id{and_scope}")
         self.delete_dead_seq = compile_(f"DELETE FROM {DEAD_LETTERS} WHERE seq = :seq")
         self.lock_pending_id = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE id = :id{and_scope}"
                                         f"{for_update}")
@@ -427,23 +557,67 @@ class _Statements:
         self.dead_all = compile_(f"SELECT {_DEAD_COLUMNS} FROM {DEAD_LETTERS}{where} ORDER BY seq")
         self.dead_limit = compile_(f"SELECT {_DEAD_COLUMNS} FROM {DEAD_LETTERS}{where} ORDER BY seq "
                                    "LIMIT :limit")
+        # A message is free to claim or pop when nobody claimed it, or the claim's lease ran out.
+        free = "(claim_until_us IS NULL OR claim_until_us < :now)"
         # DELETE ... RETURNING pops in one statement (sqlite >= 3.35, PostgreSQL); MariaDB locks, then deletes.
         self.pop_returning = dialect.name in ("sqlite", "postgresql")
-        oldest = f"SELECT seq FROM {MESSAGES}{where} ORDER BY seq LIMIT 1{skip_locked}"
+        oldest = f"SELECT seq FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq LIMIT 1{skip_locked}"
         self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {_COLUMNS}")
-        self.pop_lock = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq LIMIT 1{skip_locked}")
+        self.pop_lock = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq "
+                                 f"LIMIT 1{skip_locked}")
+        claimable = "(claim_until_us IS NULL OR claim_until_us < :now OR claim_owner = :owner)"
+        self.claim = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE {claimable}{and_scope} ORDER BY seq "
+                              f"LIMIT :limit{skip_locked}")
+        self.claim_after = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE seq > {after_seq} AND "
+                                    f"{claimable}{and_scope} ORDER BY seq LIMIT :limit{skip_locked}")
+        # Counters: add a transaction's changes to its (subject, shard) row, creating the row the first time.
+        counted = ", ".join(COUNTER_COLUMNS)
+        added = ", ".join(f":{name}" for name in COUNTER_COLUMNS)
+        if dialect.name in ("mysql", "mariadb"):
+            upsert = "ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = {c} + VALUES({c})" for c in COUNTER_COLUMNS)
+        else:
+            upsert = "ON CONFLICT (subject, shard) DO UPDATE SET " + ", ".join(
+                f"{c} = {COUNTERS}.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
+        self.bump = compile_(f"INSERT INTO {COUNTERS} (subject, shard, {counted}) VALUES (:subject, :shard, {added}) "
+                             f"{upsert}")
+        self.totals = compile_("SELECT " + ", ".join(f"COALESCE(SUM({c}), 0)" for c in COUNTER_COLUMNS) +
+                               f" FROM {COUNTERS}{where}")
+        self.oldest_created = compile_(f"SELECT created_us FROM {MESSAGES}{where} ORDER BY seq LIMIT 1")
+        self.oldest_sizes = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES}{where} ORDER BY seq "
+                                     f"LIMIT :limit{for_update}")
+        # The row that writers enforcing limits on a server database take turns on (revision 0002 made it).
+        self.limit_lock = compile_(f"SELECT shard FROM {COUNTERS} WHERE subject = '' AND shard = -1 FOR UPDATE")
+        self.delete_returning = bool(dialect.delete_returning)
+        self._for_update = for_update
 
-    def _in_list(self, table: str, count: int) -> str:
-        key = (table, count)
-        sql = self._by_count.get(key)
+    def _in_list(self, key: str, count: int, build: Callable[[str], str], prefix: str = "id") -> str:
+        sql = self._by_count.get((key, count))
         if sql is None:
-            placeholders = ", ".join(f":id{i}" for i in range(count))
-            sql = self._by_count[key] = self._compile(
-                f"DELETE FROM {table} WHERE id IN ({placeholders}){self._and_scope}")
+            placeholders = ", ".join(f":{prefix}{i}" for i in range(count))
+            sql = self._by_count[(key, count)] = self._compile(build(placeholders))
         return sql
 
-    def delete_ids(self, count: int) -> str:
-        return self._in_list(MESSAGES, count)
+    def delete_ids(self, table: str, count: int) -> str:
+        """Delete rows by id in scope, returning each one's subject and payload size."""
+        return self._in_list(f"delete {table}", count, lambda ids: (
+            f"DELETE FROM {table} WHERE id IN ({ids}){self._and_scope} RETURNING subject, length(payload)"))
 
-    def delete_dead_ids(self, count: int) -> str:
-        return self._in_list(DEAD_LETTERS, count)
+    def select_ids(self, table: str, count: int) -> str:
+        """Where DELETE cannot return rows (MySQL): the rows to delete, locked."""
+        return self._in_list(f"select {table}", count, lambda ids: (
+            f"SELECT seq, subject, length(payload) FROM {table} WHERE id IN ({ids}){self._and_scope}"
+            f"{self._for_update}"))
+
+    def delete_seqs(self, table: str, count: int) -> str:
+        return self._in_list(f"delete seq {table}", count, lambda seqs: f"DELETE FROM {table} WHERE seq IN ({seqs})",
+                             prefix="s")
+
+    def set_claims(self, count: int) -> str:
+        return self._in_list("claim", count, lambda seqs: (
+            f"UPDATE {MESSAGES} SET claim_owner = :owner, claim_until_us = :until WHERE seq IN ({seqs})"),
+            prefix="s")
+
+    def release(self, count: int) -> str:
+        return self._in_list("release", count, lambda ids: (
+            f"UPDATE {MESSAGES} SET claim_owner = NULL, claim_until_us = NULL WHERE id IN ({ids}) "
+            "AND claim_owner = :owner"))

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .buffer import Buffer
+from .errors import BufferFullError
+from .limits import BufferStats
 from .message import DeadLetter, Message, Outgoing, Payload
 
 __all__ = ["AsyncBuffer"]
@@ -63,7 +65,14 @@ class AsyncBuffer:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                await self._run(self.buffer.commit, [message for message, _ in batch])
+                try:
+                    await self._run(self.buffer.commit, [message for message, _ in batch])
+                except BufferFullError:
+                    if len(batch) == 1:
+                        raise
+                    # The batch does not fit as a whole; each save gets its own answer, as without group commit.
+                    await self._commit_one_by_one(batch)
+                    continue
             except BaseException as exc:
                 for _, done in batch:
                     if not done.done():
@@ -75,6 +84,17 @@ class AsyncBuffer:
                     if not done.done():
                         done.set_result(message)
 
+    async def _commit_one_by_one(self, batch: list[tuple[Message, asyncio.Future[Message]]]) -> None:
+        for message, done in batch:
+            try:
+                await self._run(self.buffer.commit, [message])
+            except Exception as exc:
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                if not done.done():
+                    done.set_result(message)
+
     async def save_many(self, items: Iterable[Payload | Outgoing], *, subject: str | None = None,
                         headers: Mapping[str, str] | None = None) -> list[Message]:
         return await self._run(self.buffer.save_many, list(items), subject=subject, headers=headers)
@@ -84,6 +104,18 @@ class AsyncBuffer:
 
     async def get_all(self, limit: int | None = None, *, after: str | None = None) -> list[Message]:
         return await self._run(self.buffer.get_all, limit, after=after)
+
+    async def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None) -> list[Message]:
+        return await self._run(self.buffer.claim, limit, owner=owner, lease=lease, after=after)
+
+    async def release(self, message_ids: Iterable[str], *, owner: str) -> int:
+        return await self._run(self.buffer.release, list(message_ids), owner=owner)
+
+    async def stats(self) -> BufferStats:
+        return await self._run(self.buffer.stats)
+
+    async def expire(self) -> int:
+        return await self._run(self.buffer.expire)
 
     async def delete(self, message_id: str) -> bool:
         return await self._run(self.buffer.delete, message_id)

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from . import ids
-from .errors import BackendError, ValidationError
+from .errors import BackendError, BufferFullError, ValidationError
+from .limits import BufferStats, Limits, Overflow
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
 from .validation import check_headers, check_payload, check_reason, check_subject
 
@@ -47,6 +48,18 @@ class Buffer(ABC):
     processes on one database) never get the same message. Several processes may open one sqlite file or
     server database.
 
+    **Claims.** :meth:`claim` takes a window of the oldest pending messages for one owner (a relay) for a lease;
+    while the lease lives, no other owner's :meth:`claim` and no :meth:`pop` returns them. A lease ends when it
+    runs out (its holder died or stalled), when the owner releases the messages, or when they are deleted. Other
+    reads (:meth:`get`, :meth:`get_all`, ``len()``, :meth:`stats`) still see claimed messages: they are pending.
+
+    **Limits.** ``max_messages`` and ``max_bytes`` (payload bytes) cap the pending messages; at the cap a save
+    follows ``overflow``: ``"reject"`` raises :class:`~pbuffer.BufferFullError` and writes nothing,
+    ``"drop_oldest"`` removes the oldest pending messages in the same transaction and counts them as dropped,
+    ``"block"`` waits for room up to ``block_timeout`` seconds. With ``ttl``, a message older than ``ttl``
+    seconds is removed and counted as expired when a read meets it, and is never returned. :meth:`stats` reads
+    counters kept in the same transactions as the messages.
+
     **Subjects.** Every message has a NATS subject, given at save or by the buffer's scope: a buffer opened with
     ``subject=...`` saves to that subject by default and sees only that subject's messages.
 
@@ -64,11 +77,19 @@ class Buffer(ABC):
     #: Whether storage calls block on I/O; the async facade runs blocking calls in a thread.
     blocking: ClassVar[bool] = True
 
-    def __init__(self, *, subject: str | None = None) -> None:
+    def __init__(self, *, subject: str | None = None, max_messages: int | None = None,
+                 max_bytes: int | None = None, overflow: Overflow = "reject", ttl: float | None = None,
+                 block_timeout: float = 30.0) -> None:
         self.subject = None if subject is None else check_subject(subject)
+        self.limits = Limits(max_messages, max_bytes, overflow, ttl, block_timeout)
         self._listeners: list[Callable[[], object]] = []
         self._listeners_lock = threading.Lock()
         self._closed = False
+        # Savers blocked by overflow="block" wait on this; every removal in this process wakes them (other
+        # processes' removals are seen by polling).
+        self._room = threading.Condition()
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------------- writing
 
@@ -79,7 +100,10 @@ class Buffer(ABC):
             self._check_open()
         now_ns = time.time_ns()
         message = self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
-        self._insert([message])
+        if self.limits.overflow == "block":
+            self._insert_when_room([message])
+        else:
+            self._insert([message])
         if self._listeners:
             self._notify()
         return message
@@ -103,7 +127,7 @@ class Buffer(ABC):
             for item, message_id in zip(items, ids.new_ids(len(items), now_ns), strict=True)
         ]
         if messages:
-            self._insert(messages)
+            self._insert_when_room(messages)
             self._notify()
         return messages
 
@@ -121,25 +145,35 @@ class Buffer(ABC):
         """Store prepared messages in one transaction, in the order given, all or nothing."""
         self._check_open()
         if messages:
-            self._insert(messages)
+            self._insert_when_room(messages)
             if self._listeners:
                 self._notify()
 
     def delete(self, message_id: str) -> bool:
         """Delete a message, pending or dead. ``False`` if there was none with that id (in this scope)."""
         self._check_open()
-        return self._delete(_check_id(message_id))
+        return self._freed(int(self._delete(_check_id(message_id)))) > 0
 
     def delete_many(self, message_ids: Iterable[str]) -> int:
         """Delete many messages (pending or dead) in one transaction; returns how many existed."""
         self._check_open()
         checked = list(dict.fromkeys(_check_id(message_id) for message_id in message_ids))
-        return self._delete_many(checked) if checked else 0
+        return self._freed(self._delete_many(checked)) if checked else 0
 
     def pop(self) -> Message | None:
-        """Remove and return the oldest pending message atomically, or ``None`` if there is none."""
+        """Remove and return the oldest pending message no live claim holds, atomically, or ``None``."""
         self._check_open()
-        return self._pop()
+        while True:
+            message = self._pop(time.time_ns() // 1000)
+            if message is None:
+                return None
+            self._freed(1)
+            if not self._expired(message, time.time_ns() // 1000):
+                return message
+            # Taken, but too old to hand out: counted as expired instead (in its own transaction, after the
+            # pop's; a crash between the two loses the count of this one message, never a message).
+            self._count_removed(message, "expired")
+            self._note_removed("expired", 1)
 
     def mark_dead(self, message_id: str, reason: str, *, attempts: int = 1) -> bool:
         """Move a pending message to the dead letters with ``reason``; ``False`` if it is not pending."""
@@ -147,7 +181,8 @@ class Buffer(ABC):
         check_reason(reason)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
             raise ValidationError("attempts must be a non-negative int")
-        return self._mark_dead(_check_id(message_id), reason, attempts, time.time_ns() // 1000)
+        return self._freed(int(self._mark_dead(_check_id(message_id), reason, attempts,
+                                               time.time_ns() // 1000))) > 0
 
     def requeue(self, message_id: str) -> bool:
         """Make a dead letter pending again, at the back of the queue; ``False`` if it is not dead."""
@@ -162,7 +197,7 @@ class Buffer(ABC):
     def get(self) -> Message | None:
         """The oldest pending message, not removed, or ``None``."""
         self._check_open()
-        found = self._get(1, None)
+        found = self._read(lambda: self._get(1, None))
         return found[0] if found else None
 
     def get_all(self, limit: int | None = None, *, after: str | None = None) -> list[Message]:
@@ -172,7 +207,65 @@ class Buffer(ABC):
         while the current one is in flight). If it is no longer pending, the list starts at the oldest.
         """
         self._check_open()
-        return self._get(_check_limit(limit), None if after is None else _check_id(after))
+        checked_limit, checked_after = _check_limit(limit), None if after is None else _check_id(after)
+        return self._read(lambda: self._get(checked_limit, checked_after))
+
+    def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None) -> list[Message]:
+        """Claim up to ``limit`` of the oldest pending messages for ``owner`` for ``lease`` seconds.
+
+        Returns messages that no other owner holds a live claim on, oldest first (those this owner already holds
+        are returned again and their lease renewed). ``owner`` is a UUID string naming the claimer (one per relay:
+        :func:`pbuffer.ids.new_id` makes one). ``after``: only messages queued behind that pending message, as in
+        :meth:`get_all`. A claim ends when the lease runs out, on :meth:`release`, or when the message is deleted.
+        """
+        self._check_open()
+        checked_limit = _check_limit(limit)
+        if checked_limit is None:
+            raise ValidationError("claim() needs a limit")
+        checked_owner = _check_id(owner)
+        checked_after = None if after is None else _check_id(after)
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 10**6:
+            raise ValidationError(f"lease must be a positive number of seconds, not {lease!r}")
+
+        def claim_now() -> list[Message]:
+            now_us = time.time_ns() // 1000
+            return self._claim(checked_limit, checked_after, checked_owner, now_us + int(lease * 1e6), now_us)
+
+        return self._read(claim_now)
+
+    def release(self, message_ids: Iterable[str], *, owner: str) -> int:
+        """End ``owner``'s claims on these messages (those it did not publish); returns how many it held."""
+        self._check_open()
+        checked_owner = _check_id(owner)
+        checked = list(dict.fromkeys(_check_id(message_id) for message_id in message_ids))
+        return self._release(checked, checked_owner) if checked else 0
+
+    def stats(self) -> BufferStats:
+        """Counts, bytes, the oldest message's age, and the dropped and expired totals (see :class:`BufferStats`).
+
+        Read from counters, not by counting rows: fast on any size of buffer.
+        """
+        self._check_open()
+        return self._stats(time.time_ns() // 1000)
+
+    def expire(self) -> int:
+        """Remove the pending messages older than ``ttl`` now (reads do it as they meet them); returns how many.
+
+        Walks from the oldest message and stops at the first one still young enough. 0 without a ``ttl``.
+        """
+        self._check_open()
+        if self.limits.ttl is None:
+            return 0
+        total = 0
+        while True:
+            head = self._get(_EXPIRE_PAGE, None)
+            now_us = time.time_ns() // 1000
+            old = [m for m in head if self._expired(m, now_us)]
+            removed = self._remove_counted(old, "expired") if old else 0
+            total += removed
+            # Done at the first young message, at the end of the queue, or when another remover got there first.
+            if len(old) < len(head) or len(head) < _EXPIRE_PAGE or not removed:
+                return total
 
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters, in the order they were dead-lettered; at most ``limit`` when given."""
@@ -232,7 +325,27 @@ class Buffer(ABC):
         with ``after``, only those queued behind that pending message (all, if it is not pending)."""
 
     @abstractmethod
-    def _pop(self) -> Message | None: ...
+    def _pop(self, now_us: int) -> Message | None:
+        """Remove and return the oldest pending message in scope that no live claim holds (checksum verified)."""
+
+    @abstractmethod
+    def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
+        """Claim (and return, oldest first) up to ``limit`` pending messages in scope, behind ``after`` when given,
+        that are unclaimed, claimed by ``owner``, or claimed with a lease that ended before ``now_us``."""
+
+    @abstractmethod
+    def _release(self, message_ids: list[str], owner: str) -> int: ...
+
+    @abstractmethod
+    def _discard(self, message_ids: list[str], kind: str) -> int:
+        """Remove these pending messages, counting them as ``kind`` (``"expired"``); returns how many existed."""
+
+    @abstractmethod
+    def _count_removed(self, message: Message, kind: str) -> None:
+        """Add an already removed message to the ``kind`` total."""
+
+    @abstractmethod
+    def _stats(self, now_us: int) -> BufferStats: ...
 
     @abstractmethod
     def _delete(self, message_id: str) -> bool: ...
@@ -277,6 +390,71 @@ class Buffer(ABC):
         checked = NO_HEADERS if headers is None else check_headers(headers)
         return Message(message_id, subject, data, checked, created_us)
 
+    def _insert_when_room(self, messages: list[Message]) -> None:
+        """Insert, and with ``overflow="block"`` wait for room (up to ``block_timeout``) while the buffer is full."""
+        if self.limits.overflow != "block":
+            self._insert(messages)
+            return
+        sizes = [len(m.payload) for m in messages]
+        # Raises at once for messages that could never fit, whatever is pending.
+        self.limits.make_room(0, 0, sizes, lambda _n: [])
+        deadline = time.monotonic() + self.limits.block_timeout
+        while True:
+            try:
+                self._insert(messages)
+                return
+            except BufferFullError as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BufferFullError(f"{exc}; no room within block_timeout={self.limits.block_timeout} s") \
+                        from None
+                with self._room:
+                    # A removal in this process wakes us at once; other processes' are seen by the next look.
+                    self._room.wait(min(remaining, _BLOCK_POLL))
+
+    def _freed(self, count: int) -> int:
+        """Wake savers waiting for room after ``count`` messages left the queue; returns ``count``."""
+        if count and self.limits.overflow == "block":
+            with self._room:
+                self._room.notify_all()
+        return count
+
+    def _expired(self, message: Message, now_us: int) -> bool:
+        ttl = self.limits.ttl
+        return ttl is not None and now_us - message.created_us > ttl * 1e6
+
+    def _read(self, read: Callable[[], list[Message]]) -> list[Message]:
+        """Run a read; with a ``ttl``, remove (and count) the expired messages it met and read again."""
+        while True:
+            found = read()
+            if self.limits.ttl is None:
+                return found
+            now_us = time.time_ns() // 1000
+            old = [m for m in found if self._expired(m, now_us)]
+            if not old:
+                return found
+            self._remove_counted(old, "expired")
+
+    def _remove_counted(self, messages: list[Message], kind: str) -> int:
+        removed = self._freed(self._discard([m.id for m in messages], kind))
+        self._note_removed(kind, removed)
+        return removed
+
+    def _note_removed(self, kind: str, count: int) -> None:
+        """Log messages the limits removed: a WARNING at most every 10 s per kind, with the count since the last."""
+        if not count:
+            return
+        with self._listeners_lock:
+            unlogged = self._unlogged[kind] = self._unlogged.get(kind, 0) + count
+            now = time.monotonic()
+            if now - self._logged_at.get(kind, -1e9) < _LOG_EVERY:
+                return
+            self._logged_at[kind], self._unlogged[kind] = now, 0
+        why = f"older than ttl={self.limits.ttl} s" if kind == "expired" else (
+            f"the oldest, to make room (max_messages={self.limits.max_messages}, max_bytes={self.limits.max_bytes})")
+        _log.warning("removed %d message(s) %s without sending them; stats().%s counts them all", unlogged, why,
+                     kind)
+
     def _notify(self) -> None:
         for callback in self._listeners:
             try:
@@ -284,6 +462,12 @@ class Buffer(ABC):
             except Exception:  # a listener's bug must not turn a committed save into a failure
                 _log.exception("buffer listener failed")
 
+
+# Messages looked at per step of expire(); seconds between looks for room when overflow="block".
+_EXPIRE_PAGE = 500
+_BLOCK_POLL = 0.05
+# Seconds between warnings about removed (dropped or expired) messages.
+_LOG_EVERY = 10.0
 
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -45,6 +45,11 @@ URL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "integrity_check": _truthy,
     "auto_upgrade": _truthy,
     "serialize_writes": _truthy,
+    "max_messages": int,
+    "max_bytes": int,
+    "overflow": str,
+    "ttl": float,
+    "block_timeout": float,
 }
 
 

@@ -7,6 +7,12 @@ and jitter, oldest first, with the same id, so a copy the server did store is dr
 permanent failure (payload above max_payload, a 400 from the stream, a corrupt row) dead-letters the message and
 the messages behind it go on.
 
+Claims. Each window is claimed (:meth:`Buffer.claim`) for ``lease`` seconds before it is published, so relays
+competing for one buffer (threads, processes, hosts on one server database) never publish the same message while
+the lease lives: each takes the oldest messages nobody else holds. A relay that dies leaves its claims to run out;
+then another relay takes those messages over. Re-reading a window renews its claim, so the lease must only outlast
+one publish attempt of a window (its timeout) plus one backoff.
+
 Order. Messages are published in windows of ``batch_size``, oldest first. When a message in a window fails
 transiently, the next window starts again from the oldest unacknowledged message. The one case that can still
 reorder the stream: a later message of the same window was accepted while an earlier one failed; the earlier one
@@ -25,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from . import ids
 from .aio import AsyncBuffer
 from .buffer import Buffer
 from .errors import CorruptDatabaseError, PublishError
@@ -75,14 +82,19 @@ class Relay:
         poll_interval: how often :meth:`run` looks at the buffer when no save in this process woke it.
         on_retry: ``callback(message, failure, attempts)`` before a transient failure is retried.
         on_dead_letter: ``callback(message, reason, attempts)`` after a message was dead-lettered.
+        lease: seconds a claimed window stays this relay's before another relay may take it over; longer than
+            one publish attempt (the transport's timeout) plus ``backoff_max``.
     """
 
     def __init__(self, buffer: Buffer | AsyncBuffer, transport: Transport, *, batch_size: int = 500,
                  strict_order: bool = False, backoff_initial: float = 0.05, backoff_max: float = 10.0,
                  poll_interval: float = 1.0, on_retry: RetryCallback | None = None,
-                 on_dead_letter: DeadLetterCallback | None = None, close_transport: bool = True) -> None:
+                 on_dead_letter: DeadLetterCallback | None = None, close_transport: bool = True,
+                 lease: float = 30.0) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if not lease > backoff_max:
+            raise ValueError(f"lease ({lease} s) must be longer than backoff_max ({backoff_max} s)")
         self.buffer = buffer if isinstance(buffer, AsyncBuffer) else AsyncBuffer(buffer)
         self._owns_buffer_facade = not isinstance(buffer, AsyncBuffer)
         self.transport = transport
@@ -94,6 +106,9 @@ class Relay:
         self.on_retry = on_retry
         self.on_dead_letter = on_dead_letter
         self.close_transport = close_transport
+        self.lease = lease
+        #: Names this relay's claims; each relay (object) has its own.
+        self.owner = ids.new_id()
         self.stats = RelayStats()
         self._attempts: dict[str, int] = {}
         self._first_attempt: dict[str, float] = {}
@@ -130,6 +145,9 @@ class Relay:
     async def drain(self) -> RelayStats:
         """Publish until the buffer is empty (or :meth:`stop`); returns what this call did.
 
+        Messages other relays hold claims on are left to them; this call returns once they are gone too (or
+        takes them over when those claims run out).
+
         Pipelined: while a window's acks are awaited, the next window is already being read, and a settled
         window's deletes run while the next one is published. A window is published only after the previous
         one settled, so a failure never has a later window in flight behind it.
@@ -138,7 +156,7 @@ class Relay:
         counted = RelayStats()  # what self.stats already includes: it is kept current window by window
         deleting: asyncio.Future[int] | None = None
         prefetch: asyncio.Future[list[Message]] | None = None
-        window = await self._read_window(stats, after=None)
+        window = await self._read_from_oldest(stats)
         try:
             while window and not self._stopping.is_set():
                 await self._check_duplicate_windows(window)
@@ -156,10 +174,9 @@ class Relay:
                             else None)
                 if retry or len(window) < self.batch_size:
                     # Start again from the oldest unacknowledged message (or, for a short window, look for
-                    # messages saved meanwhile), once the deletes are done so they are not read again.
-                    prefetch.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await prefetch
+                    # messages saved meanwhile), once the deletes are done so they are not read again. The
+                    # read-ahead window stays claimed: this relay's next claim takes it again.
+                    await prefetch
                     if deleting is not None:
                         await deleting
                         deleting = None
@@ -167,10 +184,17 @@ class Relay:
                         await self._back_off()
                     else:
                         self._backoff = 0.0
-                    window = await self._read_window(stats, after=None)
+                    window = await self._read_from_oldest(stats)
                 else:
                     self._backoff = 0.0
                     window = await prefetch
+                    if not window:
+                        # Nothing behind this window for us; look from the oldest again (other relays may hold
+                        # claims there) once this window's deletes are done, so they are not claimed again.
+                        if deleting is not None:
+                            await deleting
+                            deleting = None
+                        window = await self._read_from_oldest(stats)
                 prefetch = None
         finally:
             if prefetch is not None and not prefetch.done():
@@ -180,6 +204,9 @@ class Relay:
             if deleting is not None:
                 await deleting
             self.stats.add(stats.minus(counted))
+        if window and self._stopping.is_set():
+            # Read but never sent: give it back now rather than when its lease runs out.
+            await self.buffer.release([m.id for m in window], owner=self.owner)
         return stats
 
     async def run(self) -> RelayStats:
@@ -200,11 +227,21 @@ class Relay:
 
     # ------------------------------------------------------------------------------------------- internals
 
+    async def _read_from_oldest(self, stats: RelayStats) -> list[Message]:
+        """The oldest window this relay may claim. When every pending message is claimed by other relays, wait
+        (they publish them, or their leases run out and this relay takes them over) until the buffer is empty."""
+        while True:
+            window = await self._read_window(stats, after=None)
+            if window or self._stopping.is_set() or (await self.buffer.stats()).pending == 0:
+                return window
+            with contextlib.suppress(asyncio.TimeoutError):  # stop() cuts the wait short
+                await asyncio.wait_for(self._stopping.wait(), min(self.poll_interval, self.lease / 4))
+
     async def _read_window(self, stats: RelayStats, after: str | None) -> list[Message]:
         """The next window; a corrupt row met on the way is dead-lettered (never published) and skipped."""
         while True:
             try:
-                return await self.buffer.get_all(self.batch_size, after=after)
+                return await self.buffer.claim(self.batch_size, owner=self.owner, lease=self.lease, after=after)
             except CorruptDatabaseError as exc:
                 if exc.message_id is None:
                     raise

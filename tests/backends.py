@@ -75,7 +75,7 @@ class ServerDatabase:
         url = self.ensure()
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.begin() as conn:
-            for table in ("pbuffer_dead_letters", "pbuffer_messages", "pbuffer_alembic_version"):
+            for table in ("pbuffer_counters", "pbuffer_dead_letters", "pbuffer_messages", "pbuffer_alembic_version"):
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
         engine.dispose()
         return url

@@ -1,5 +1,5 @@
-"""A synthetic revision 0002, for tests only: it lets the upgrade machinery (backups, locks, auto-upgrade,
-interrupted migrations) be exercised with data in the buffer before a real second revision exists.
+"""A synthetic revision 0099 on top of the real ones, for tests only: it lets the upgrade machinery (backups, locks,
+auto-upgrade, interrupted migrations) be exercised from the newest real revision, with data in the buffer.
 
 The real migrations are copied next to it into a temporary script directory, and pbuffer's versioning is pointed
 there for the duration of a test (and in the subprocesses the tests start).
@@ -13,16 +13,16 @@ from pathlib import Path
 
 from pbuffer.backends import versioning
 
-SYNTHETIC_REVISION = "0002"
+SYNTHETIC_REVISION = "0099"
 
 
 def synthetic_scripts(directory: Path) -> Path:
-    """A copy of pbuffer's migrations plus a revision 0002 on top; returns the script location."""
+    """A copy of pbuffer's migrations plus a revision 0099 on top; returns the script location."""
     location = directory / "migrations"
     shutil.copytree(versioning.SCRIPT_LOCATION, location, ignore=shutil.ignore_patterns("__pycache__"))
     objects = sorted(versioning.sqlite_objects(versioning.head_revision()))
-    (location / "versions" / "0002_synthetic.py").write_text(textwrap.dedent(f'''
-        """Revision 0002 (tests only): a new column filled from the rows already there."""
+    (location / "versions" / "0099_synthetic.py").write_text(textwrap.dedent(f'''
+        """Revision 0099 (tests only): a new column filled from the rows already there."""
 
         from __future__ import annotations
 
@@ -33,7 +33,7 @@ def synthetic_scripts(directory: Path) -> Path:
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0002"
+        revision = "0099"
         down_revision = {versioning.head_revision()!r}
         branch_labels = None
         depends_on = None

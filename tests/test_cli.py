@@ -103,12 +103,12 @@ def test_schema_too_new_is_a_clear_line(tmp_path: Path) -> None:
 
 
 def test_db_commands(url: str) -> None:
-    assert invoke("db", "upgrade", "--url", url)[1].strip() == "at revision 0001"
-    assert invoke("db", "current", "--url", url)[1].strip() == "0001"
+    assert invoke("db", "upgrade", "--url", url)[1].strip() == "at revision 0002"
+    assert invoke("db", "current", "--url", url)[1].strip() == "0002"
     assert "(head) (current)" in invoke("db", "history", "--url", url)[1]
     assert invoke("db", "check", "--url", url) == (0, "the schema matches this pbuffer\n")
     code, _ = invoke("db", "downgrade", "--url", url, "--revision", "base", input="n\n")
-    assert code == 1 and pbuffer.current(url) == "0001"  # declined
+    assert code == 1 and pbuffer.current(url) == "0002"  # declined
     assert invoke("db", "downgrade", "--url", url, "--revision", "base", "--yes")[0] == 0
     assert invoke("db", "current", "--url", url)[1].strip() == "base (empty)"
 

@@ -22,13 +22,16 @@ from pbuffer.backends import versioning
 import pbuffer
 from pbuffer import ConfigurationError, SchemaTooNewError, SchemaTooOldError
 
+# The newest real revision: the synthetic one is built on top of it.
+REAL_HEAD = versioning.head_revision()
+
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures" / "revisions"
 
 
 @pytest.fixture
 def synthetic(tmp_path: Path) -> Iterator[Path]:
-    """pbuffer with a (test-only) revision 0002 on top of the real ones."""
+    """pbuffer with a (test-only) revision 0099 on top of the real ones."""
     original = versioning.SCRIPT_LOCATION
     location = synthetic_scripts(tmp_path)
     use_scripts(location)
@@ -78,7 +81,12 @@ def test_frozen_fixture_opens_at_head_with_every_message(revision: str, tmp_path
             (e["id"], e["subject"], e["payload"], e["headers"], e["created_us"]) for e in pending]
         assert [(d.message.id, d.message.payload.hex(), d.reason, d.attempts) for d in buf.dead_letters()] == [
             (e["id"], e["payload"], e["reason"], e["attempts"]) for e in dead]
+        stats = buf.stats()
+        assert (stats.pending, stats.pending_bytes, stats.dead, stats.dead_bytes) == (
+            len(pending), sum(len(e["payload"]) // 2 for e in pending), len(dead),
+            sum(len(e["payload"]) // 2 for e in dead))
         assert [m.id for m in iter(buf.pop, None)] == [e["id"] for e in pending]
+        assert buf.stats().pending == 0 and buf.stats().pending_bytes == 0
 
 
 def test_frozen_fixture_upgrades_through_a_new_revision(synthetic: Path, tmp_path: Path) -> None:
@@ -138,12 +146,12 @@ def test_migration_killed_mid_way_leaves_the_old_revision(synthetic: Path, tmp_p
             assert time.monotonic() < deadline, "the migration never reached its pause"
             time.sleep(0.05)
         # The DDL and the data update ran; the transaction has not committed. Kill it there.
-        (backup,) = tmp_path.glob("b.db.backup-0001-*")
+        (backup,) = tmp_path.glob(f"b.db.backup-{REAL_HEAD}-*")
         assert stat.S_IMODE(backup.stat().st_mode) == 0o600
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
-    assert revision_of(url) == ["0001"]
+    assert revision_of(url) == [REAL_HEAD]
     conn = sqlite3.connect(tmp_path / "b.db")
     columns = [row[1] for row in conn.execute("PRAGMA table_info(pbuffer_messages)")]
     assert "synthetic" not in columns
@@ -170,7 +178,7 @@ def test_server_database_too_old_says_how_to_upgrade(server_store_url: str, synt
     with pytest.raises(SchemaTooOldError, match="pbuffer db upgrade") as caught:
         pbuffer.open(server_store_url)
     assert "auto_upgrade=True" in str(caught.value)
-    assert revision_of(server_store_url) == ["0001"]
+    assert revision_of(server_store_url) == [REAL_HEAD]
     with pbuffer.open(server_store_url, auto_upgrade=True) as buf:
         assert [m.id for m in buf.get_all()] == pending
         assert [d.message.id for d in buf.dead_letters()] == dead

@@ -58,7 +58,7 @@ def test_new_file_settings(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         objects = {tuple(row) for row in conn.execute("SELECT type, name FROM sqlite_master")}
         assert ("table", "pbuffer_messages") in objects and ("table", "pbuffer_alembic_version") in objects
-        assert conn.execute("SELECT version_num FROM pbuffer_alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("SELECT version_num FROM pbuffer_alembic_version").fetchall() == [("0002",)]
     finally:
         conn.close()
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import pbuffer
-from pbuffer import Buffer, Message, Outgoing, ValidationError
+from pbuffer import Buffer, BufferFullError, ConfigurationError, Message, Outgoing, ValidationError
 
 __all__ = ["AsyncBufferConformance", "BufferConformance", "MakeBuffer"]
 
@@ -417,6 +417,191 @@ class BufferConformance(_Base):
             for producer in range(threads):
                 seen = [position[m.id] for m in chunk if m.subject == f"t.{producer}"]
                 assert seen == sorted(seen)
+
+    # ------------------------------------------------------------------------------------ stats and limits
+
+    def test_stats_follow_every_change(self, buffer: Buffer) -> None:
+        empty = buffer.stats()
+        assert (empty.pending, empty.pending_bytes, empty.dead, empty.dead_bytes, empty.oldest_age) == (0, 0, 0, 0,
+                                                                                                           None)
+        a = buffer.save(b"12345", subject="s.a")
+        buffer.save_many([b"1", b"22", Outgoing(b"333", subject="s.b")], subject="s.a")
+        buffer.save(b"4444", subject="s.b")
+        assert buffer.pop() is not None  # a
+        b = buffer.get_all()
+        assert buffer.delete(b[0].id)
+        assert buffer.mark_dead(b[1].id, "broken")
+        assert buffer.mark_dead(b[2].id, "broken")
+        assert buffer.requeue(b[2].id)
+        assert buffer.delete_many([b[3].id, a.id]) == 1
+        pending, dead = buffer.get_all(), buffer.dead_letters()
+        stats = buffer.stats()
+        assert (stats.pending, stats.pending_bytes) == (len(pending), sum(len(m.payload) for m in pending))
+        assert (stats.dead, stats.dead_bytes) == (len(dead), sum(len(d.message.payload) for d in dead))
+        assert (stats.pending, stats.dead, stats.dropped, stats.expired) == (1, 1, 0, 0)
+        assert stats.oldest_age is not None and 0 <= stats.oldest_age < 60
+
+    def test_stats_are_shared_and_scoped(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer() as whole, make_buffer(subject="s.a") as scoped, make_buffer() as other:
+            whole.save_many([b"xx"] * 3, subject="s.a")
+            whole.save_many([b"yyy"] * 2, subject="s.b")
+            assert (scoped.stats().pending, scoped.stats().pending_bytes) == (3, 6)
+            assert (other.stats().pending, other.stats().pending_bytes) == (5, 12)
+
+    def test_limits_are_checked_when_opened(self, make_buffer: MakeBuffer) -> None:
+        for bad in ({"max_messages": 0}, {"max_bytes": -1}, {"max_messages": True}, {"overflow": "drop"},
+                    {"ttl": 0}, {"block_timeout": -1}, {"ttl": "1"}):
+            with pytest.raises(ConfigurationError):
+                make_buffer(**bad)
+
+    def test_full_buffer_rejects_and_writes_nothing(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer(max_messages=3, max_bytes=100) as buf:
+            kept = buf.save_many([b"a", b"b"], subject=SUBJECT)
+            with pytest.raises(BufferFullError):
+                buf.save_many([b"c", b"d"], subject=SUBJECT)  # one place left: all or nothing
+            kept.append(buf.save(b"c", subject=SUBJECT))
+            with pytest.raises(BufferFullError):
+                buf.save(b"d", subject=SUBJECT)
+            with pytest.raises(BufferFullError):
+                buf.commit([buf.prepare(b"d", subject=SUBJECT)])
+            assert [m.id for m in buf.get_all()] == [m.id for m in kept]
+            assert buf.pop() is not None
+            buf.save(b"d", subject=SUBJECT)  # room again
+            with pytest.raises(BufferFullError):
+                buf.save(b"x" * 101, subject=SUBJECT)  # could never fit
+            assert buf.stats().dropped == 0 and len(buf) == 3
+
+    def test_max_bytes_counts_payload_bytes(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer(max_bytes=10) as buf:
+            buf.save(b"123456", subject=SUBJECT)
+            with pytest.raises(BufferFullError):
+                buf.save(b"12345", subject=SUBJECT)
+            buf.save(b"1234", subject=SUBJECT)
+            assert buf.stats().pending_bytes == 10
+
+    def test_limits_hold_across_buffer_objects(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer(max_messages=2) as one, make_buffer(max_messages=2) as two:
+            one.save(b"a", subject=SUBJECT)
+            two.save(b"b", subject=SUBJECT)
+            with pytest.raises(BufferFullError):
+                one.save(b"c", subject=SUBJECT)
+
+    def test_drop_oldest_makes_room_and_counts(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer(max_messages=3, overflow="drop_oldest") as buf:
+            saved = [buf.save(str(i).encode(), subject=SUBJECT) for i in range(5)]
+            assert [m.id for m in buf.get_all()] == [m.id for m in saved[2:]]
+            more = buf.save_many([b"5", b"6"], subject=SUBJECT)
+            assert [m.id for m in buf.get_all()] == [saved[4].id, *(m.id for m in more)]
+            stats = buf.stats()
+            assert (stats.pending, stats.dropped) == (3, 4)
+            with pytest.raises(BufferFullError):
+                buf.save_many([b"x"] * 4, subject=SUBJECT)  # more than the buffer can ever hold
+            assert len(buf) == 3
+        with make_buffer(max_bytes=10, overflow="drop_oldest") as buf:
+            buf.save(b"x" * 9, subject=SUBJECT)  # 3 + 9 before
+            last = buf.save(b"y" * 8, subject=SUBJECT)
+            assert [m.id for m in buf.get_all()] == [last.id]
+            assert buf.stats().pending_bytes == 8
+
+    def test_block_waits_for_room(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer(max_messages=2, overflow="block", block_timeout=30) as buf:
+            buf.save_many([b"a", b"b"], subject=SUBJECT)
+            saved: list[Message] = []
+            saver = threading.Thread(target=lambda: saved.append(buf.save(b"c", subject=SUBJECT)))
+            saver.start()
+            time.sleep(0.2)
+            assert saved == [] and len(buf) == 2  # waiting, nothing written
+            popped = buf.pop()
+            saver.join(30)
+            assert popped is not None and popped.payload == b"a"
+            assert [m.payload for m in buf.get_all()] == [b"b", b"c"] and saved[0].payload == b"c"
+        with make_buffer(max_messages=2, overflow="block", block_timeout=0.2) as buf:
+            with pytest.raises(BufferFullError, match="block_timeout"):
+                buf.save(b"d", subject=SUBJECT)
+            assert [m.payload for m in buf.get_all()] == [b"b", b"c"]
+
+    def test_ttl_drops_old_messages_before_they_are_read_and_counts_them(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer(ttl=0.3) as buf:
+            old = buf.save_many([b"old1", b"old2"], subject=SUBJECT)
+            time.sleep(0.4)
+            young = buf.save(b"young", subject=SUBJECT)
+            assert [m.id for m in buf.get_all()] == [young.id]
+            assert buf.stats().expired == 2 and buf.stats().pending == 1
+            assert buf.delete(old[0].id) is False  # gone, and counted once
+            buf.save(b"old3", subject=SUBJECT)
+            time.sleep(0.4)
+            assert buf.pop() is None
+            assert buf.stats().expired == 4
+            buf.save_many([b"x"] * 3, subject=SUBJECT)
+            time.sleep(0.4)
+            assert buf.expire() == 3 and buf.stats().expired == 7 and len(buf) == 0
+        with make_buffer() as no_ttl:
+            assert no_ttl.expire() == 0
+
+    # ---------------------------------------------------------------------------------------------- claims
+
+    def test_claims_split_the_queue_between_owners(self, buffer: Buffer) -> None:
+        a, b = pbuffer.ids.new_id(), pbuffer.ids.new_id()
+        saved = buffer.save_many([str(i).encode() for i in range(10)], subject=SUBJECT)
+        first = buffer.claim(3, owner=a, lease=30)
+        second = buffer.claim(3, owner=b, lease=30)
+        assert [m.id for m in first] == [m.id for m in saved[:3]]
+        assert [m.id for m in second] == [m.id for m in saved[3:6]]
+        assert [m.id for m in buffer.claim(4, owner=a, lease=30)] == [m.id for m in [*saved[:3], saved[6]]]
+        assert [m.id for m in buffer.claim(2, owner=a, lease=30, after=saved[6].id)] == [saved[7].id, saved[8].id]
+        popped = buffer.pop()  # pop takes nothing another owner holds
+        assert popped is not None and popped.id == saved[9].id
+        assert len(buffer) == 9 and buffer.stats().pending == 9  # claimed messages are still pending
+        assert buffer.claim(5, owner=pbuffer.ids.new_id(), lease=30) == []
+        assert buffer.release([m.id for m in first], owner=b) == 0  # only the owner releases
+        assert buffer.release([m.id for m in first], owner=a) == 3
+        assert [m.id for m in buffer.claim(6, owner=b, lease=30)] == [m.id for m in saved[:6]]
+        assert buffer.delete_many([m.id for m in saved[:6]]) == 6
+        assert buffer.claim(5, owner=b, lease=30) == []
+
+    def test_a_claim_ends_with_its_lease(self, buffer: Buffer) -> None:
+        saved = buffer.save_many([b"1", b"2"], subject=SUBJECT)
+        holder, taker = pbuffer.ids.new_id(), pbuffer.ids.new_id()
+        assert len(buffer.claim(2, owner=holder, lease=0.2)) == 2
+        assert buffer.claim(2, owner=taker, lease=30) == []
+        time.sleep(0.3)  # the holder "died": its lease ran out
+        assert [m.id for m in buffer.claim(2, owner=taker, lease=30)] == [m.id for m in saved]
+        assert buffer.claim(2, owner=holder, lease=30) == []
+
+    def test_bad_claims(self, buffer: Buffer) -> None:
+        owner = pbuffer.ids.new_id()
+        for bad in ({"owner": "me"}, {"lease": 0}, {"lease": "1"}, {"after": "x"}):
+            with pytest.raises(ValidationError):
+                buffer.claim(1, **{"owner": owner, "lease": 1, **bad})  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            buffer.claim(-1, owner=owner, lease=1)
+        with pytest.raises(ValidationError):
+            buffer.release(["x"], owner=owner)
+
+    def test_threads_claim_every_message_once(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer() as setup:
+            setup.save_many([str(i).encode() for i in range(400)], subject=SUBJECT)
+        claimed: list[list[str]] = [[] for _ in range(4)]
+        errors: list[BaseException] = []
+
+        def relay(n: int) -> None:
+            owner = pbuffer.ids.new_id()
+            try:
+                with make_buffer() as buf:
+                    while window := buf.claim(7, owner=owner, lease=60):
+                        claimed[n].extend(m.id for m in window)
+                        buf.delete_many(m.id for m in window)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=relay, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors == []
+        every = [i for ids in claimed for i in ids]
+        assert len(every) == len(set(every)) == 400
 
 
 class AsyncBufferConformance(_Base):

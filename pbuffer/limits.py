@@ -1,0 +1,109 @@
+"""Limits on what a buffer holds (size, overflow policy, age), and the statistics that describe it.
+
+A buffer on a small device must not fill its disk: ``max_messages`` and ``max_bytes`` cap the pending messages,
+``overflow`` says what a save does at the cap, and ``ttl`` drops messages too old to be worth sending. Nothing is
+ever dropped silently: every drop is counted in :class:`BufferStats` and logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from .errors import BufferFullError, ConfigurationError
+
+__all__ = ["OVERFLOW_POLICIES", "BufferStats", "Limits", "Overflow"]
+
+Overflow = Literal["reject", "drop_oldest", "block"]
+#: ``reject``: raise BufferFullError, nothing written (the default). ``drop_oldest``: drop (and count) the oldest
+#: pending messages to make room, as Fluent Bit does. ``block``: wait until the relay frees room, up to
+#: ``block_timeout`` seconds, then raise BufferFullError.
+OVERFLOW_POLICIES: tuple[Overflow, ...] = ("reject", "drop_oldest", "block")
+
+K = TypeVar("K")
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """What a buffer holds, read from counters kept in the same transactions as the messages (no table scan).
+
+    ``pending``/``pending_bytes``: messages waiting to be published and their payload bytes. ``dead``/
+    ``dead_bytes``: dead letters. ``oldest_age``: seconds since the oldest pending message was saved (``None``
+    when there is none). ``dropped``: messages removed by ``overflow="drop_oldest"``; ``expired``: messages
+    removed because they outlived ``ttl`` (both totals since the buffer was created).
+    """
+
+    pending: int
+    pending_bytes: int
+    dead: int
+    dead_bytes: int
+    oldest_age: float | None
+    dropped: int
+    expired: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A buffer's limits; ``None`` means unlimited. Checked when the buffer is opened."""
+
+    max_messages: int | None = None
+    max_bytes: int | None = None
+    overflow: Overflow = "reject"
+    ttl: float | None = None
+    block_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_messages", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"{name} must be a positive int or None, not {value!r}")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ConfigurationError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {self.overflow!r}")
+        for name in ("ttl", "block_timeout"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+
+    @property
+    def bounded(self) -> bool:
+        """Whether saves must check the size limits."""
+        return self.max_messages is not None or self.max_bytes is not None
+
+    def make_room(self, pending: int, pending_bytes: int, adding: Sequence[int],
+                  oldest: Callable[[int], Sequence[tuple[K, int]]]) -> list[K]:
+        """Decide what a save of messages with payload sizes ``adding`` does, given what is pending now.
+
+        Returns the keys of the oldest messages to drop first (``drop_oldest``; ``[]`` when everything fits).
+        Raises :class:`BufferFullError` when the save must not happen (``reject`` and ``block`` at the limit,
+        or messages that could never fit). ``oldest(n)`` gives the ``n`` oldest pending messages as
+        ``(key, payload size)``, oldest first.
+        """
+        count, size = len(adding), sum(adding)
+        if (self.max_messages is not None and count > self.max_messages) or (
+                self.max_bytes is not None and size > self.max_bytes):
+            raise BufferFullError(f"{count} message(s) of {size} bytes can never fit the buffer's limits "
+                                  f"(max_messages={self.max_messages}, max_bytes={self.max_bytes})")
+        over_count = 0 if self.max_messages is None else pending + count - self.max_messages
+        over_bytes = 0 if self.max_bytes is None else pending_bytes + size - self.max_bytes
+        if over_count <= 0 and over_bytes <= 0:
+            return []
+        if self.overflow != "drop_oldest":
+            raise BufferFullError(f"the buffer is full: {pending} message(s), {pending_bytes} bytes pending "
+                                  f"(max_messages={self.max_messages}, max_bytes={self.max_bytes})")
+        wanted = max(over_count, 1) + 16
+        while True:
+            rows = oldest(wanted)
+            victims: list[K] = []
+            freed_count = freed_bytes = 0
+            for key, row_size in rows:
+                if freed_count >= over_count and freed_bytes >= over_bytes:
+                    return victims
+                victims.append(key)
+                freed_count += 1
+                freed_bytes += row_size
+            if (freed_count >= over_count and freed_bytes >= over_bytes) or len(rows) < wanted:
+                # Everything pending is dropped, or enough was: the new messages alone fit (checked above).
+                return victims
+            wanted *= 4
+
