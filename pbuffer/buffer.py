@@ -79,8 +79,10 @@ class Buffer(ABC):
 
     def __init__(self, *, subject: str | None = None, max_messages: int | None = None,
                  max_bytes: int | None = None, overflow: Overflow = "reject", ttl: float | None = None,
-                 block_timeout: float = 30.0) -> None:
+                 block_timeout: float = 30.0, group_commit: bool = True) -> None:
         self.subject = None if subject is None else check_subject(subject)
+        #: Whether saves from several threads share transactions (storage that blocks only; see _commit_grouped).
+        self.group_commit = bool(group_commit) and self.blocking
         self.limits = Limits(max_messages, max_bytes, overflow, ttl, block_timeout)
         self._listeners: list[Callable[[], object]] = []
         self._listeners_lock = threading.Lock()
@@ -89,6 +91,11 @@ class Buffer(ABC):
         # processes' removals are seen by polling).
         self._room = threading.Condition()
         self._unlogged: dict[str, int] = {}
+        # Group commit across threads (blocking storage): saves that arrive while a commit runs wait, and the
+        # next commit writes them all in one transaction.
+        self._group_lock = threading.Lock()
+        self._group: list[_Pending] = []
+        self._group_busy = False
         self._logged_at: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------------- writing
@@ -100,10 +107,10 @@ class Buffer(ABC):
             self._check_open()
         now_ns = time.time_ns()
         message = self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
-        if self.limits.overflow == "block":
-            self._insert_when_room([message])
+        if self.group_commit:
+            self._commit_grouped([message])
         else:
-            self._insert([message])
+            self._insert_when_room([message])
         if self._listeners:
             self._notify()
         return message
@@ -127,7 +134,10 @@ class Buffer(ABC):
             for item, message_id in zip(items, ids.new_ids(len(items), now_ns), strict=True)
         ]
         if messages:
-            self._insert_when_room(messages)
+            if self.group_commit:
+                self._commit_grouped(messages)
+            else:
+                self._insert_when_room(messages)
             self._notify()
         return messages
 
@@ -145,7 +155,10 @@ class Buffer(ABC):
         """Store prepared messages in one transaction, in the order given, all or nothing."""
         self._check_open()
         if messages:
-            self._insert_when_room(messages)
+            if self.group_commit:
+                self._commit_grouped(list(messages))
+            else:
+                self._insert_when_room(messages)
             if self._listeners:
                 self._notify()
 
@@ -390,6 +403,65 @@ class Buffer(ABC):
         checked = NO_HEADERS if headers is None else check_headers(headers)
         return Message(message_id, subject, data, checked, created_us)
 
+    def _commit_grouped(self, messages: list[Message]) -> None:
+        """Commit ``messages`` (one call's, all or nothing), together with other threads' saves waiting meanwhile.
+
+        Leader and followers: a caller that finds no commit running leads: it commits everything queued (its own
+        messages included) in one transaction, then hands the lead to the oldest save that queued meanwhile. The
+        others wait until a leader committed theirs. With an fsync per commit (``durability="power"``) many
+        threads then share each fsync; a lone thread commits at once, as before.
+        """
+        mine = _Pending(messages)
+        with self._group_lock:
+            self._group.append(mine)
+            lead = not self._group_busy
+            self._group_busy = True
+        if not lead:
+            mine.done.wait()
+            if not mine.lead:
+                if mine.error is not None:
+                    raise mine.error
+                return
+        try:
+            with self._group_lock:
+                batch, self._group = self._group, []
+            self._commit_batch(batch, mine)
+        finally:
+            with self._group_lock:
+                if self._group:
+                    following = self._group[0]
+                    following.lead = True  # its own thread commits the next batch
+                    following.done.set()
+                else:
+                    self._group_busy = False
+        if mine.error is not None:
+            raise mine.error
+
+    def _commit_batch(self, batch: list[_Pending], leader: _Pending) -> None:
+        try:
+            if len(batch) == 1:
+                self._insert_when_room(batch[0].messages)
+            else:
+                try:
+                    self._insert_when_room([m for pending in batch for m in pending.messages])
+                except BufferFullError:
+                    # Not all of them fit: each call gets its own answer, as if it had been alone.
+                    for pending in batch:
+                        try:
+                            self._insert_when_room(pending.messages)
+                        except Exception as exc:
+                            pending.error = exc
+        except BaseException as exc:
+            # Nothing of the batch was written: every call in it fails.
+            for pending in batch:
+                pending.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for pending in batch:
+                if pending is not leader:
+                    pending.done.set()
+
     def _insert_when_room(self, messages: list[Message]) -> None:
         """Insert, and with ``overflow="block"`` wait for room (up to ``block_timeout``) while the buffer is full."""
         if self.limits.overflow != "block":
@@ -461,6 +533,18 @@ class Buffer(ABC):
                 callback()
             except Exception:  # a listener's bug must not turn a committed save into a failure
                 _log.exception("buffer listener failed")
+
+
+class _Pending:
+    """One save call waiting in a group commit."""
+
+    __slots__ = ("done", "error", "lead", "messages")
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.lead = False
 
 
 # Messages looked at per step of expire(); seconds between looks for room when overflow="block".

@@ -50,6 +50,7 @@ URL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "overflow": str,
     "ttl": float,
     "block_timeout": float,
+    "group_commit": _truthy,
 }
 
 

@@ -1,8 +1,10 @@
-"""Group commit in the async facade: concurrent saves share transactions, and each returns only once durable."""
+"""Group commit, in the async facade and across threads: concurrent saves share transactions, and each returns
+only once its own message is durable."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -76,7 +78,7 @@ def test_bad_input_fails_only_its_own_save(tmp_path: Path) -> None:
 
 def test_group_commit_can_be_turned_off(tmp_path: Path) -> None:
     async def scenario() -> None:
-        raw = pbuffer.open(f"sqlite:///{tmp_path}/b.db")
+        raw = pbuffer.open(f"sqlite:///{tmp_path}/b.db", group_commit=False)
         sizes = counting_commits(raw)
         async with pbuffer.AsyncBuffer(raw, group_commit=False) as buf:
             await asyncio.gather(*(buf.save(b"x", subject="a") for _ in range(20)))
@@ -94,3 +96,64 @@ def test_non_blocking_backends_commit_inline(url: str) -> None:
             assert await buf.count() == 1
 
     asyncio.run(scenario())
+
+
+def save_from_threads(buf: pbuffer.Buffer, threads: int, each: int) -> tuple[list[list[str]], list[BaseException]]:
+    saved: list[list[str]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def producer(n: int) -> None:
+        start.wait()
+        for i in range(each):
+            try:
+                saved[n].append(buf.save(f"{n}:{i}".encode(), subject=f"p.{n}").id)
+            except BaseException as exc:
+                errors.append(exc)
+
+    workers = [threading.Thread(target=producer, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    return saved, errors
+
+
+def test_saves_from_threads_are_committed_together(tmp_path: Path) -> None:
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db", durability="power") as buf:
+        sizes = counting_commits(buf)
+        per_thread, errors = save_from_threads(buf, 16, 40)
+        assert errors == []
+        stored = [m.id for m in buf.get_all()]
+    assert sorted(stored) == sorted(i for ids in per_thread for i in ids)
+    for ids in per_thread:  # each thread's order is kept
+        assert [i for i in stored if i in set(ids)] == ids
+    assert sum(sizes) == 16 * 40
+    assert len(sizes) < 16 * 40 / 2, f"saves were not grouped: {len(sizes)} commits"
+
+
+def test_a_failed_thread_group_commit_fails_every_save_in_it(tmp_path: Path) -> None:
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
+        buf.save(b"before", subject="a")
+        original = buf._insert  # type: ignore[attr-defined]
+        entered = threading.Event()
+
+        def full(messages: list[pbuffer.Message]) -> None:
+            entered.set()
+            raise pbuffer.StorageFullError("simulated: disk full")
+
+        buf._insert = full  # type: ignore[attr-defined]
+        _, errors = save_from_threads(buf, 8, 5)
+        assert entered.is_set() and len(errors) == 40
+        assert all(isinstance(e, pbuffer.StorageFullError) for e in errors)
+        buf._insert = original  # type: ignore[attr-defined]
+        assert [m.payload for m in buf.get_all()] == [b"before"]
+        buf.save(b"after", subject="a")  # room again: saving works
+        assert len(buf) == 2
+
+
+def test_a_full_buffer_answers_each_grouped_save_on_its_own(tmp_path: Path) -> None:
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db", max_messages=25) as buf:
+        per_thread, errors = save_from_threads(buf, 10, 5)
+        assert len(errors) == 25 and all(isinstance(e, pbuffer.BufferFullError) for e in errors)
+        assert sum(len(ids) for ids in per_thread) == 25 == len(buf)
