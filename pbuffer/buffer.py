@@ -90,13 +90,14 @@ class Buffer(ABC):
         # Savers blocked by overflow="block" wait on this; every removal in this process wakes them (other
         # processes' removals are seen by polling).
         self._room = threading.Condition()
+        # Removed (dropped, expired) messages not yet logged, and when each kind was last logged.
         self._unlogged: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
         # Group commit across threads (blocking storage): saves that arrive while a commit runs wait, and the
         # next commit writes them all in one transaction.
         self._group_lock = threading.Lock()
         self._group: list[_Pending] = []
         self._group_busy = False
-        self._logged_at: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------------------- writing
 
@@ -107,10 +108,7 @@ class Buffer(ABC):
             self._check_open()
         now_ns = time.time_ns()
         message = self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
-        if self.group_commit:
-            self._commit_grouped([message])
-        else:
-            self._insert_when_room([message])
+        self._commit_call([message])
         if self._listeners:
             self._notify()
         return message
@@ -134,10 +132,7 @@ class Buffer(ABC):
             for item, message_id in zip(items, ids.new_ids(len(items), now_ns), strict=True)
         ]
         if messages:
-            if self.group_commit:
-                self._commit_grouped(messages)
-            else:
-                self._insert_when_room(messages)
+            self._commit_call(messages)
             self._notify()
         return messages
 
@@ -155,10 +150,7 @@ class Buffer(ABC):
         """Store prepared messages in one transaction, in the order given, all or nothing."""
         self._check_open()
         if messages:
-            if self.group_commit:
-                self._commit_grouped(list(messages))
-            else:
-                self._insert_when_room(messages)
+            self._commit_call(list(messages))
             if self._listeners:
                 self._notify()
 
@@ -402,6 +394,13 @@ class Buffer(ABC):
             check_subject(subject)
         checked = NO_HEADERS if headers is None else check_headers(headers)
         return Message(message_id, subject, data, checked, created_us)
+
+    def _commit_call(self, messages: list[Message]) -> None:
+        """Commit one call's messages: grouped with other threads' when enabled, waiting for room if asked to."""
+        if self.group_commit:
+            self._commit_grouped(messages)
+        else:
+            self._insert_when_room(messages)
 
     def _commit_grouped(self, messages: list[Message]) -> None:
         """Commit ``messages`` (one call's, all or nothing), together with other threads' saves waiting meanwhile.
