@@ -116,3 +116,33 @@ def test_full_disk_raises_and_loses_nothing(tmp_path: Path) -> None:
     with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
         buf.save(b"big" * 4000, subject="a")
         assert len(buf) == 20 - failures + 11
+
+
+def test_limits_hold_exactly_under_concurrent_writers(sql_store_url: str) -> None:
+    """Eight threads with their own buffer objects race for the last places: exactly max_messages are stored."""
+    import threading
+
+    stored: list[int] = []
+    refused: list[int] = []
+    other: list[BaseException] = []
+
+    def producer(n: int) -> None:
+        with pbuffer.open(sql_store_url, max_messages=100) as buf:
+            for _ in range(40):
+                try:
+                    buf.save(b"x", subject=f"s.{n}")
+                    stored.append(n)
+                except pbuffer.BufferFullError:
+                    refused.append(n)
+                except BaseException as exc:
+                    other.append(exc)
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert other == []
+    with pbuffer.open(sql_store_url) as buf:
+        assert len(stored) == 100 == len(buf) == buf.stats().pending
+    assert len(refused) == 8 * 40 - 100
