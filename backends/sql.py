@@ -483,7 +483,8 @@ class _Connections:
             pass
         try:
             fairy = self._engine.raw_connection()
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, self._engine.dialect.loaded_dbapi.Error) as exc:
+            # The engine's connect event (pragmas) raises the driver's own errors: a full disk, a locked file.
             raise map_driver_error(exc, where) from exc
         connection = fairy.dbapi_connection
         fairy.detach()  # ours from now on; the engine's pool forgets it

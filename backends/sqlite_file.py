@@ -105,12 +105,18 @@ def _revision(conn: sqlite3.Connection) -> str | None:
     return rows[0][0] if len(rows) == 1 else None
 
 
+_AUTO_VACUUM_INCREMENTAL = 2
+
+
 def configure_connection(dbapi_connection: Any, synchronous: str, busy_timeout_ms: int) -> None:
     """Pragmas for every new connection, and pysqlite's implicit BEGIN switched off (pbuffer issues its own)."""
     dbapi_connection.isolation_level = None
+    # Must precede the first table: auto_vacuum cannot be switched on later. Set only where it is not on yet:
+    # setting it writes the file header even when nothing changes, which on a full disk fails every new
+    # connection, and in one-writer mode would be a write outside the lock.
+    if dbapi_connection.execute("PRAGMA auto_vacuum").fetchone()[0] != _AUTO_VACUUM_INCREMENTAL:
+        dbapi_connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
     for pragma in (
-        # Must precede the first table: auto_vacuum cannot be switched on later (a no-op on existing files).
-        "auto_vacuum=INCREMENTAL",
         "journal_mode=WAL",
         f"synchronous={synchronous}",
         f"busy_timeout={busy_timeout_ms}",
