@@ -11,6 +11,8 @@ _MYSQL_FULL = {1114, 1021, 3, 1041}
 _MYSQL_CORRUPT = {1034, 1035, 145, 1194, 1195}
 _SQLITE_FULL = ("database or disk is full",)
 _SQLITE_CORRUPT = ("malformed", "not a database", "file is encrypted")
+# Raised by Python's sqlite3 module (not sqlite) when a TEXT value is not UTF-8.
+_SQLITE_UNDECODABLE = "could not decode to utf-8"
 
 
 def map_driver_error(exc: BaseException, where: str) -> PBufferError:
@@ -24,6 +26,12 @@ def map_driver_error(exc: BaseException, where: str) -> PBufferError:
             return StorageFullError(f"{where}: storage is full ({text}); nothing was written")
         if any(marker in lowered for marker in _SQLITE_CORRUPT):
             return CorruptDatabaseError(f"{where}: the database is damaged ({text})")
+        if lowered.startswith(_SQLITE_UNDECODABLE):
+            # pbuffer stores only valid UTF-8 text, so text that does not decode was damaged on disk (a scrambled
+            # page can hand a payload's bytes back as a subject). The driver's message quotes those bytes, which
+            # may be payload: it stays on __cause__, out of the message that reaches logs.
+            return CorruptDatabaseError(f"{where}: the database is damaged (a stored text column is not valid "
+                                        "UTF-8)")
         if "locked" in lowered or "busy" in lowered:
             return BackendError(f"{where}: the database stayed locked past the busy timeout ({text})")
     elif module.startswith("psycopg"):

@@ -390,7 +390,7 @@ def purge(url: str | None, which: str | None, yes: bool) -> None:
 
 @main.group()
 def db() -> None:
-    """The buffer schema: upgrade, downgrade, current, history, check."""
+    """The buffer's database: schema (upgrade, downgrade, current, history, check) and damage (verify, quarantine)."""
 
 
 @db.command("upgrade")
@@ -444,6 +444,57 @@ def db_check(url: str | None) -> None:
     if differences:
         sys.exit(1)
     console.print("the schema matches this pbuffer")
+
+
+@db.command("verify")
+@URL
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly
+def db_verify(url: str | None, as_json: bool) -> None:
+    """Look for damage: sqlite's integrity_check, then every message's checksum.
+
+    Prints the ids of damaged messages; exit status 1 if anything is wrong. Never upgrades the schema or creates a
+    buffer; stop the relay and producers first.
+
+    \b
+    Example:
+      pbuffer db verify --url sqlite:///orders.db --json
+    """
+    from .recovery import verify
+
+    report = verify(url or pbuffer.default_url())
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        if report.integrity:
+            console.print(f"integrity_check: {'; '.join(report.integrity[:20])}", highlight=False, soft_wrap=True)
+        console.print(f"checked {report.pending:,} pending message(s) and {report.dead:,} dead letter(s)")
+        for message_id in report.damaged:
+            console.print(f"damaged: {message_id}", highlight=False)
+        for problem in report.problems:
+            console.print(f"problem: {problem}", highlight=False, soft_wrap=True)
+        console.print("ok" if report.ok else "[bold red]NOT OK[/]")
+    if not report.ok:
+        sys.exit(1)
+
+
+@db.command("quarantine")
+@URL
+@friendly
+def db_quarantine(url: str | None) -> None:
+    """Move a damaged sqlite buffer (with its -wal and -shm) aside; a fresh buffer can then start at its path.
+
+    The files are renamed to <name>.quarantined-<UTC time> beside it, never deleted, and keep their mode. Refused
+    while another process has the buffer open.
+
+    \b
+    Example:
+      pbuffer db quarantine --url sqlite:///orders.db
+    """
+    from .recovery import quarantine
+
+    for old, new in quarantine(url or pbuffer.default_url()):
+        console.print(f"moved {old} -> {new}", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------- passthrough

@@ -52,7 +52,8 @@ def add_stream(server: NatsServer, name: str, subjects: list[str]) -> None:
 
 def test_every_command_has_help_with_an_example() -> None:
     for command in (["demo"], ["inspect"], ["drain"], ["send"], ["requeue"], ["purge"], ["db", "upgrade"],
-                    ["db", "downgrade"], ["db", "current"], ["db", "history"], ["db", "check"]):
+                    ["db", "downgrade"], ["db", "current"], ["db", "history"], ["db", "check"], ["db", "verify"],
+                    ["db", "quarantine"]):
         code, out = invoke(*command, "--help")
         assert code == 0, command
         assert "Example" in out, command
@@ -181,3 +182,130 @@ def test_demo_end_to_end() -> None:
     assert "nothing lost, nothing duplicated" in run.stdout
     assert "lost (saved ids missing" in run.stdout
     assert time.monotonic() - started < 60
+
+
+# ------------------------------------------------------------------------------------- recovery: verify, quarantine
+
+def damage(path: Path, marker: bytes) -> None:
+    """Flip one byte of a payload in a closed sqlite file (everything checkpointed into it)."""
+    data = bytearray(path.read_bytes())
+    data[data.index(marker) + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_db_verify_names_every_damaged_message(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    url = f"sqlite:///{path}"
+    with pbuffer.open(url) as buf:
+        saved = buf.save_many([f"PAYLOAD-{i:05d}-".encode() * 5 for i in range(2500)], subject="v")
+        buf.mark_dead(saved[7].id, "x")
+    code, out = invoke("db", "verify", "--url", url)
+    assert code == 0 and "checked 2,499 pending message(s) and 1 dead letter(s)" in out and out.endswith("ok\n")
+    for i in (3, 1500, 2499, 7):  # three pending messages, at the start, the middle and the end; a dead letter
+        damage(path, f"PAYLOAD-{i:05d}-".encode())
+    code, out = invoke("db", "verify", "--url", url, "--json")
+    report = json.loads(out)
+    assert code == 1 and report["ok"] is False and report["integrity_check"] == ["ok"]
+    assert report["damaged"] == [saved[3].id, saved[1500].id, saved[2499].id, saved[7].id]
+    assert (report["pending"], report["dead"]) == (2496, 0)
+    run = subprocess.run([*PBUFFER, "db", "verify", "--url", url], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert run.returncode == 1 and "NOT OK" in run.stdout and "Traceback" not in run.stderr
+    assert all(f"damaged: {saved[i].id}" in run.stdout for i in (3, 1500, 2499, 7))
+    # The procedure for damaged messages: move them aside (or delete them); the rest is sound.
+    with pbuffer.open(url) as buf:
+        for i in (3, 1500, 2499):
+            assert buf.mark_dead(saved[i].id, "damaged on disk")
+        assert len(buf.get_all()) == 2496
+        assert buf.delete_many([saved[i].id for i in (3, 1500, 2499, 7)]) == 4
+    assert invoke("db", "verify", "--url", url)[0] == 0
+
+
+def test_db_verify_reports_a_damaged_or_foreign_file(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    url = f"sqlite:///{path}"
+    with pbuffer.open(url) as buf:
+        buf.save_many([os.urandom(200) for _ in range(2000)], subject="a")
+    data = bytearray(path.read_bytes())
+    data[4096 * 3: 4096 * 3 + 64] = b"\xa5" * 64  # an interior page: structure, not just a payload
+    path.write_bytes(bytes(data))
+    code, out = invoke("db", "verify", "--url", url, "--json")
+    report = json.loads(out)
+    assert code == 1 and report["integrity_check"] != ["ok"] and report["integrity_check"]
+    text = tmp_path / "notes.db"
+    text.write_bytes(b"not a database\n" * 100)
+    code, out = invoke("db", "verify", "--url", f"sqlite:///{text}")
+    assert code == 1 and "not a database" in out and "NOT OK" in out
+    assert text.read_bytes() == b"not a database\n" * 100
+    code, out = invoke("db", "verify", "--url", f"sqlite:///{tmp_path}/missing.db")
+    assert code == 1 and "no buffer at" in out and not (tmp_path / "missing.db").exists()
+
+
+WRITER = """
+import sys
+import pbuffer
+
+buf = pbuffer.open(sys.argv[1])
+ids = [m.id for m in buf.save_many([b"m%d" % i for i in range(int(sys.argv[2]))], subject="q")]
+print(" ".join(ids), flush=True)
+sys.stdin.readline()  # killed here, or told to go on holding the buffer open
+"""
+
+
+def test_db_quarantine_moves_the_files_aside_and_keeps_them(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    url = f"sqlite:///{path}"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, url, "300"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
+    ids = writer.stdout.readline().split()
+    writer.kill()  # its commits stay in the -wal, as after a crash
+    writer.wait()
+    names = ("b.db", "b.db-wal", "b.db-shm")
+    before = {name: (tmp_path / name).read_bytes() for name in names}
+    run = subprocess.run([*PBUFFER, "db", "quarantine", "--url", url], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith("moved ") for line in lines)
+    moved = {Path(old).name: Path(new) for old, new in (line.removeprefix("moved ").split(" -> ") for line in lines)}
+    assert set(moved) == set(names)
+    stamp = moved["b.db"].name.removeprefix("b.db.quarantined-")
+    assert len(stamp) == 16 and stamp.endswith("Z") and stamp[8] == "T"
+    for name in names:
+        new = moved[name]
+        assert new.parent == tmp_path and new.name == f"b.db.quarantined-{stamp}{name.removeprefix('b.db')}"
+        assert not (tmp_path / name).exists()
+        assert new.read_bytes() == before[name]  # moved, not rewritten, nothing deleted
+        assert new.stat().st_mode & 0o777 == 0o600
+    with pbuffer.open(url) as fresh:  # a new buffer at the old path
+        assert len(fresh) == 0
+    with pbuffer.open(f"sqlite:///{moved['b.db']}") as old:  # the quarantined file still has every commit
+        assert [m.id for m in old.get_all()] == ids
+    # Quarantined again within the same second: a new name, nothing overwritten.
+    code, out = invoke("db", "quarantine", "--url", url)
+    assert code == 0 and "b.db.quarantined-" in out and moved["b.db"].exists()
+
+
+def test_db_quarantine_refuses_a_buffer_in_use(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    url = f"sqlite:///{path}"
+    holder = subprocess.Popen([sys.executable, "-c", WRITER, url, "5"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        holder.stdout.readline()
+        run = subprocess.run([*PBUFFER, "db", "quarantine", "--url", url], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert run.returncode == 1 and "open in another process" in run.stderr and "Traceback" not in run.stderr
+        assert path.exists() and not list(tmp_path.glob("*quarantined*"))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    run = subprocess.run([*PBUFFER, "db", "quarantine", "--url", url], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert run.returncode == 0 and not path.exists()
+    for mistake, expected in ((f"sqlite:///{tmp_path}/missing.db", "no buffer at"),
+                              ("memory://", "sqlite files only")):
+        code, out = invoke("db", "quarantine", "--url", mistake)
+        assert code == 1 and expected in out
