@@ -42,8 +42,9 @@ _PERMANENT = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.err
 def classify(exc: BaseException, message: Message) -> PublishResult:
     """The result for a publish that raised ``exc``: the one place nats-py's errors are interpreted."""
     if isinstance(exc, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
-        return PublishResult.failed(f"no stream covers subject {message.subject!r}", transient=True,
-                                    no_stream=True)
+        # The same answer comes from a stream that exists but has no leader for a moment (a cluster election).
+        return PublishResult.failed(f"no stream responded for subject {message.subject!r} (none covers it, or its "
+                                    "stream has no leader right now)", transient=True, no_stream=True)
     if isinstance(exc, _PERMANENT):
         return PublishResult.failed(f"{type(exc).__name__}: {exc} ({len(message.payload)} bytes)", transient=False)
     if isinstance(exc, asyncio.TimeoutError):

@@ -83,16 +83,19 @@ class Relay:
         on_retry: ``callback(message, failure, attempts)`` before a transient failure is retried.
         on_dead_letter: ``callback(message, reason, attempts)`` after a message was dead-lettered.
         lease: seconds a claimed window stays this relay's before another relay may take it over; longer than
-            one publish attempt (the transport's timeout) plus ``backoff_max``.
+            one publish attempt (the transport's timeout) plus ``backoff_max``. Default: 30, or twice
+            ``backoff_max`` plus 10 when that is longer.
     """
 
     def __init__(self, buffer: Buffer | AsyncBuffer, transport: Transport, *, batch_size: int = 500,
                  strict_order: bool = False, backoff_initial: float = 0.05, backoff_max: float = 10.0,
                  poll_interval: float = 1.0, on_retry: RetryCallback | None = None,
                  on_dead_letter: DeadLetterCallback | None = None, close_transport: bool = True,
-                 lease: float = 30.0) -> None:
+                 lease: float | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if lease is None:
+            lease = max(30.0, 2 * backoff_max + 10)
         if not lease > backoff_max:
             raise ValueError(f"lease ({lease} s) must be longer than backoff_max ({backoff_max} s)")
         self.buffer = buffer if isinstance(buffer, AsyncBuffer) else AsyncBuffer(buffer)
@@ -318,8 +321,8 @@ class Relay:
             now = time.monotonic()
             if now - self._warned_no_stream.get(message.subject, -1e9) >= 60:
                 self._warned_no_stream[message.subject] = now
-                _log.warning("no JetStream stream covers subject %r: its messages stay buffered and are retried",
-                             message.subject)
+                _log.warning("no JetStream stream responded for subject %r (no stream covers it, or its stream has "
+                             "no leader right now): its messages stay buffered and are retried", message.subject)
         else:
             _log.info("publish of message %s on %r failed (attempt %d), will retry: %s", message.id,
                       message.subject, attempts, failure.reason)
