@@ -166,24 +166,21 @@ def _walk(buf: Buffer, page: int = 1000) -> Iterator[Message]:
 
 
 def _inspect_data(buf: Buffer, listed: int | None) -> dict[str, Any]:
+    stats = buf.stats()  # the counters; the walk below only splits the pending messages by subject
     subjects: dict[str, int] = {}
-    size = pending = 0
-    oldest: Message | None = None
     for message in _walk(buf):
-        oldest = oldest or message
-        pending += 1
-        size += len(message.payload)
         subjects[message.subject] = subjects.get(message.subject, 0) + 1
-    dead = buf.dead_letters()
+    dead = buf.dead_letters(listed) if listed else []
     data: dict[str, Any] = {
-        "pending": pending, "dead": len(dead), "bytes": size,
-        "oldest_age_seconds": None if oldest is None else round(time.time() - oldest.created_us / 1e6, 3),
+        "pending": stats.pending, "dead": stats.dead, "bytes": stats.pending_bytes, "dead_bytes": stats.dead_bytes,
+        "oldest_age_seconds": None if stats.oldest_age is None else round(stats.oldest_age, 3),
+        "dropped": stats.dropped, "expired": stats.expired,
         "subjects": dict(sorted(subjects.items())),
     }
     if listed:
         data["messages"] = [_message_json(m) for m in buf.get_all(listed)]
         data["dead_letters"] = [{**_message_json(d.message), "reason": d.reason, "attempts": d.attempts}
-                                for d in dead[:listed]]
+                                for d in dead]
     return data
 
 
@@ -211,8 +208,10 @@ def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> N
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     age = data["oldest_age_seconds"]
+    removed = (f"; {data['dropped']:,} dropped, {data['expired']:,} expired" if data["dropped"] or data["expired"]
+               else "")
     console.print(f"[bold]{url or pbuffer.default_url()}[/]: {data['pending']:,} pending ({data['bytes']:,} bytes), "
-                  f"{data['dead']:,} dead; oldest {'-' if age is None else f'{age:,.1f} s'} old")
+                  f"{data['dead']:,} dead; oldest {'-' if age is None else f'{age:,.1f} s'} old{removed}")
     if data["subjects"]:
         table = Table("subject", "pending")
         for subject, count in data["subjects"].items():
@@ -237,8 +236,11 @@ def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> N
 @click.option("--follow", "-f", is_flag=True, help="Keep draining as messages arrive, until Ctrl-C or SIGTERM.")
 @click.option("--batch-size", default=500, show_default=True, help="Messages per window.")
 @click.option("--strict-order", is_flag=True, help="One publish in flight per subject.")
+@click.option("--lease", type=float, default=None, metavar="SECONDS",
+              help="How long a claimed window stays this relay's if it dies (default 30).")
 @friendly
-def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool, **options: Any) -> None:
+def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool, lease: float | None,
+          **options: Any) -> None:
     """Publish a buffer's messages to JetStream, deleting each after its PubAck.
 
     SIGTERM and Ctrl-C stop it after the window in flight: nothing is lost or left half-done.
@@ -247,14 +249,14 @@ def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_o
     Example:
       pbuffer drain --url sqlite:///orders.db -s nats://127.0.0.1:4222 --follow
     """
-    asyncio.run(_drain(url, servers, follow, batch_size, strict_order, _pick(options)))
+    asyncio.run(_drain(url, servers, follow, batch_size, strict_order, lease, _pick(options)))
 
 
 async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool,
-                 options: dict[str, Any]) -> None:
+                 lease: float | None, options: dict[str, Any]) -> None:
     buf = await pbuffer.open_async(url)
     transport = await _transport(servers, options)
-    relay = pbuffer.Relay(buf, transport, batch_size=batch_size, strict_order=strict_order)
+    relay = pbuffer.Relay(buf, transport, batch_size=batch_size, strict_order=strict_order, lease=lease)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, relay.stop)

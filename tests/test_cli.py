@@ -75,6 +75,19 @@ def test_inspect_lists_safely_and_as_json(url: str) -> None:
     assert code == 0 and "1 pending" in out and "hello world" in out
 
 
+def test_inspect_shows_what_the_limits_removed(url: str) -> None:
+    with pbuffer.open(url, max_messages=2, overflow="drop_oldest") as buf:
+        with pytest.raises(pbuffer.BufferFullError):
+            buf.save_many([b"1", b"2", b"3"], subject="a.b")  # three can never fit in two places
+        for payload in (b"4", b"5", b"6"):
+            buf.save(payload, subject="a.b")
+    code, out = invoke("inspect", "--url", url, "--json")
+    data = json.loads(out)
+    assert code == 0 and (data["pending"], data["dropped"], data["expired"], data["bytes"]) == (2, 1, 0, 2)
+    code, out = invoke("inspect", "--url", url)
+    assert code == 0 and "1 dropped" in out
+
+
 def test_mistakes_are_one_line_without_traceback(tmp_path: Path) -> None:
     for args, expected in (
         (["inspect", "--url", f"sqlite:///{tmp_path}/missing.db"], "no buffer at"),
