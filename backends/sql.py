@@ -288,32 +288,28 @@ class SQLBuffer(Buffer):
     def _delete_many(self, message_ids: list[str]) -> int:
         # The relay's delete after a window of PubAcks: one transaction, one statement per chunk of ids; the
         # dead letters are only searched for ids that were not pending.
-        deleted = 0
-        with self._cursor("delete", write=True) as cursor:
+        return self._remove_ids(message_ids, "delete", kind=None)
+
+    def _discard(self, message_ids: list[str], kind: str) -> int:
+        return self._remove_ids(message_ids, "discard", kind=_KIND[kind])
+
+    def _remove_ids(self, message_ids: list[str], where: str, kind: int | None) -> int:
+        """Delete these messages in one transaction and count them. ``kind`` (dropped, expired): pending messages
+        only, each counted there too; ``None``: pending messages and dead letters."""
+        removed = 0
+        with self._cursor(where, write=True) as cursor:
             changes: Changes = {}
             for start in range(0, len(message_ids), _CHUNK):
                 chunk = [to_bytes(message_id) for message_id in message_ids[start:start + _CHUNK]]
                 pending = self._remove_rows(cursor, MESSAGES, chunk)
-                _tally(pending, pending=-1, into=changes)
-                dead = self._remove_rows(cursor, DEAD_LETTERS, chunk) if len(pending) < len(chunk) else []
+                _tally(pending, pending=-1, kind=kind, into=changes)
+                dead = (self._remove_rows(cursor, DEAD_LETTERS, chunk)
+                        if kind is None and len(pending) < len(chunk) else [])
                 _tally(dead, dead=-1, into=changes)
-                deleted += len(pending) + len(dead)
+                removed += len(pending) + len(dead)
             self._bump(cursor, changes)
-        self._removed(deleted)
-        return deleted
-
-    def _discard(self, message_ids: list[str], kind: str) -> int:
-        discarded = 0
-        with self._cursor("discard", write=True) as cursor:
-            changes: Changes = {}
-            for start in range(0, len(message_ids), _CHUNK):
-                chunk = [to_bytes(message_id) for message_id in message_ids[start:start + _CHUNK]]
-                removed = self._remove_rows(cursor, MESSAGES, chunk)
-                _tally(removed, pending=-1, kind=_KIND[kind], into=changes)
-                discarded += len(removed)
-            self._bump(cursor, changes)
-        self._removed(discarded)
-        return discarded
+        self._removed(removed)
+        return removed
 
     def _count_removed(self, message: Message, kind: str) -> None:
         with self._cursor("count", write=True) as cursor:

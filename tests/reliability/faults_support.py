@@ -146,3 +146,12 @@ def tally(saved: Sequence[str], ids: Sequence[str]) -> Tally:
                  duplicated={i: n for i, n in counts.items() if n > 1},
                  unexpected=[i for i in counts if i not in known],
                  in_order=list(ids) == list(saved))
+
+
+def check_drained(pending: int, dead: Sequence[object], saved: Sequence[str], ids: Sequence[str]) -> Tally:
+    """The end of every scenario: the buffer empty, nothing dead-lettered, each saved id once in the stream."""
+    assert pending == 0, f"{pending} messages left in the buffer"
+    assert dead == [], f"{len(dead)} messages dead-lettered"
+    counted = tally(saved, ids)
+    counted.check()
+    return counted

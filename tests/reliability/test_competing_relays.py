@@ -28,6 +28,11 @@ from .test_crashes import read_crash_stream
 HERE = Path(__file__).resolve().parent
 
 
+def fill(url: str, total: int) -> list[str]:
+    with pbuffer.open(url) as buf:
+        return [m.id for m in buf.save_many([f"m{i}".encode() for i in range(total)], subject="crash.test")]
+
+
 def add_stream(server: NatsServer) -> None:
     async def setup() -> None:
         transport = await JetStreamTransport.connect(server.url)
@@ -62,8 +67,7 @@ def report(process: subprocess.Popen[str]) -> tuple[int, int]:
 def test_two_relay_processes_publish_every_message_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/b.db"
     total = 20_000
-    with pbuffer.open(url) as buf:
-        saved = [m.id for m in buf.save_many([f"m{i}".encode() for i in range(total)], subject="crash.test")]
+    saved = fill(url, total)
     with NatsServer() as server:
         add_stream(server)
         one, two = start_relay(url, server), start_relay(url, server)
@@ -83,8 +87,7 @@ def test_two_relay_processes_publish_every_message_once(tmp_path: Path) -> None:
 def test_a_killed_relays_claims_run_out_and_the_other_takes_over(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/b.db"
     total = 20_000
-    with pbuffer.open(url) as buf:
-        saved = [m.id for m in buf.save_many([f"m{i}".encode() for i in range(total)], subject="crash.test")]
+    saved = fill(url, total)
     with NatsServer() as server:
         add_stream(server)
         victim, survivor = start_relay(url, server), start_relay(url, server)
@@ -108,8 +111,7 @@ def test_a_killed_relays_claims_run_out_and_the_other_takes_over(tmp_path: Path)
 def test_relays_on_a_server_database_share_the_queue(server_store_url: str) -> None:
     """PostgreSQL and MariaDB: claims taken with FOR UPDATE SKIP LOCKED, four relays with their own buffers."""
     total = 3_000
-    with pbuffer.open(server_store_url) as buf:
-        saved = [m.id for m in buf.save_many([f"m{i}".encode() for i in range(total)], subject="crash.test")]
+    saved = fill(server_store_url, total)
     with NatsServer() as server:
         add_stream(server)
 

@@ -23,7 +23,7 @@ from pbuffer.jetstream import JetStreamTransport
 from pbuffer.natsserver import NatsServer
 from pbuffer.relay import Relay
 
-from .faults_support import HANG_GUARD, connect_recording, require_nats_server, stream_ids, tally
+from .faults_support import HANG_GUARD, check_drained, connect_recording, require_nats_server, stream_ids
 from .tcp_proxy import TcpProxy
 
 TOTAL = 8_000
@@ -111,10 +111,7 @@ def test_resets_latency_and_blackholes_lose_and_duplicate_nothing(tmp_path: Path
             ids = await stream_ids(check, "NET", "faults.net")
             await check.close()
 
-            assert pending == 0, f"{pending} messages left in the buffer"
-            assert dead == [], f"{len(dead)} messages dead-lettered"
-            counted = tally(saved, ids)
-            counted.check()
+            counted = check_drained(pending, dead, saved, ids)
             longest = max(transport.durations)
             print(f"\n{TOTAL} messages through the proxy ({proxy.accepted} connections accepted, {reconnects} "
                   f"reconnects):")

@@ -16,7 +16,7 @@ from pbuffer.jetstream import JetStreamTransport
 from pbuffer.natsserver import NatsServer, free_port
 from pbuffer.relay import Relay
 
-from .faults_support import HANG_GUARD, connect_recording, require_nats_server, stream_ids, tally
+from .faults_support import HANG_GUARD, check_drained, connect_recording, require_nats_server, stream_ids
 
 KILLS = 12  # the issue asks for at least 10
 # More than KILLS cycles can use (each at most 1,000 acknowledgements plus a window of 500), so every kill is mid-drain.
@@ -71,10 +71,7 @@ def test_server_killed_and_restarted_during_a_drain_with_sync_always(tmp_path: P
             ids = await stream_ids(check, "FAULTS", "faults.server")
             await check.close()
 
-            assert pending == 0, f"{pending} messages left in the buffer"
-            assert dead == [], f"{len(dead)} messages dead-lettered"
-            counted = tally(saved, ids)
-            counted.check()
+            counted = check_drained(pending, dead, saved, ids)
             print(f"\n{TOTAL} messages, {len(kills)} kills -9 of nats-server (sync_interval: always):")
             for line in kills:
                 print(f"  kill: {line}")
