@@ -405,36 +405,45 @@ class Buffer(ABC):
     def _commit_grouped(self, messages: list[Message]) -> None:
         """Commit ``messages`` (one call's, all or nothing), together with other threads' saves waiting meanwhile.
 
-        Leader and followers: a caller that finds no commit running leads: it commits everything queued (its own
-        messages included) in one transaction, then hands the lead to the oldest save that queued meanwhile. The
-        others wait until a leader committed theirs. With an fsync per commit (``durability="power"``) many
-        threads then share each fsync; a lone thread commits at once, as before.
+        Leader and followers: a caller that finds no commit running commits its own messages at once (a lone
+        thread pays two lock round trips, nothing more). Calls that arrive meanwhile queue up; when the running
+        commit ends, the oldest of them leads the next commit, which writes every queued call in one transaction,
+        and the others wait until it is done. With an fsync per commit (``durability="power"``) many threads
+        then share each fsync.
         """
-        mine = _Pending(messages)
+        mine: _Pending | None = None
         with self._group_lock:
-            self._group.append(mine)
-            lead = not self._group_busy
-            self._group_busy = True
-        if not lead:
-            mine.done.wait()
-            if not mine.lead:
-                if mine.error is not None:
-                    raise mine.error
-                return
-        try:
-            with self._group_lock:
-                batch, self._group = self._group, []
-            self._commit_batch(batch, mine)
-        finally:
-            with self._group_lock:
-                if self._group:
-                    following = self._group[0]
-                    following.lead = True  # its own thread commits the next batch
-                    following.done.set()
-                else:
-                    self._group_busy = False
+            if self._group_busy:
+                mine = _Pending(messages)
+                self._group.append(mine)
+            else:
+                self._group_busy = True
+        if mine is None:
+            try:
+                self._insert_when_room(messages)
+            finally:
+                self._hand_over()
+            return
+        mine.done.wait()
+        if mine.lead:
+            try:
+                with self._group_lock:
+                    batch, self._group = self._group, []
+                self._commit_batch(batch, mine)
+            finally:
+                self._hand_over()
         if mine.error is not None:
             raise mine.error
+
+    def _hand_over(self) -> None:
+        """After a commit: the oldest queued call leads the next one, or nobody is committing any more."""
+        with self._group_lock:
+            if self._group:
+                following = self._group[0]
+                following.lead = True  # its own thread commits the next batch
+                following.done.set()
+            else:
+                self._group_busy = False
 
     def _commit_batch(self, batch: list[_Pending], leader: _Pending) -> None:
         try:
