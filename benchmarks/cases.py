@@ -1,25 +1,34 @@
 """The table of cases. A new backend or peer is a new row here; the harness and the report need no change.
 
-Message counts are full-mode / quick-mode sizes before ``--scale``; they keep a full run under about three
-minutes on a 2-core machine. Targets are the issue's, unchanged: a missed one is reported as missed.
+Message counts are full-mode / quick-mode sizes before ``--scale``. Full mode runs every case; quick mode runs the
+cases marked ``headline`` (the targets and one figure of each kind), sized to keep it under a minute on a 2-core
+machine. Targets are the issue's, unchanged: a missed one is reported as missed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
-from . import e2e, peers, workloads
+from . import e2e, peers, processes, servers, workloads
 from .harness import Case, Settings, Target
+from .workloads import MEMORY, SQLITE, SQLITE_POWER, Store
 
 __all__ = ["BACKENDS", "OPS", "build_cases"]
 
-OPS = ("save", "save_many", "pop", "pop_backlog", "drain")
-BACKENDS = ("memory", "sqlite", "nats")
+OPS = ("save", "save_many", "pop", "pop_backlog", "get", "get_all", "delete", "processes", "group_commit", "stats",
+       "drain")
+BACKENDS = ("memory", "sqlite", "postgresql", "mariadb", "nats")
 
 #: The payload-size cases (the 100-byte ones are the cases tagged with the same series).
 PAYLOAD_1KIB = b"x" * 1024
 PAYLOAD_64KIB = b"x" * (64 * 1024)
 SAVE_SERIES = "sqlite save()"
+#: The big backlog (pop backlog, drain.memory, sqlite.stats 1M): the issue's million, fewer in quick mode. One
+#: file of each size is written per run and copied for every repetition of every case that needs it.
+BIG_BACKLOG = 1_000_000
+QUICK_BACKLOG = 50_000
 POP_SERIES = "sqlite pop()"
 
 _PQ_DEFAULTS = (
@@ -56,9 +65,9 @@ def _e2e_counts(settings: Settings) -> str:
 
 def build_cases(settings: Settings) -> list[Case]:
     count = settings.count
-    e2e_n = count(50_000, 20_000)
-    seed_n = count(5_000, 2_000)
-    memory_n = count(1_000_000, 200_000)
+    e2e_n = count(50_000, 10_000)
+    seed_n = count(5_000, 1_000)
+    memory_n = count(BIG_BACKLOG, QUICK_BACKLOG)
     memory_reps = 1 if settings.quick else 3
     memory_note = (
         f"Peak RSS growth of the process running the relay while Relay(batch_size={e2e.BATCH_SIZE}).drain() "
@@ -76,10 +85,10 @@ def build_cases(settings: Settings) -> list[Case]:
     else:
         memory_note += f"; {settings.reps} repetition(s) (--reps)."
     if settings.quick:
-        memory_note += " Quick mode: the backlog is 200,000, not the issue's 1,000,000."
+        memory_note += f" Quick mode: the backlog is {QUICK_BACKLOG:,}, not the issue's {BIG_BACKLOG:,}."
     if settings.scale != 1:
         memory_note += f" Scaled by {settings.scale:g}."
-    big_backlog = count(1_000_000, 200_000)
+    big_backlog = count(BIG_BACKLOG, QUICK_BACKLOG)
     small_backlog = count(1_000)
     backlog_note = (
         f"pop() timed from the front of a buffer holding {big_backlog:,} messages (subject) and {small_backlog:,} "
@@ -87,20 +96,21 @@ def build_cases(settings: Settings) -> list[Case]:
         "opens a fresh copy of a backlog file written once per run with save_many."
     )
     if settings.quick:
-        backlog_note += " Quick mode: the big backlog is 200,000, not the issue's 1,000,000."
+        backlog_note += f" Quick mode: the big backlog is {QUICK_BACKLOG:,}, not the issue's {BIG_BACKLOG:,}."
     if settings.scale != 1:
         backlog_note += f" Scaled by {settings.scale:g}."
 
-    return [
+    cases = [
         Case(
             name="sqlite.save vs sqlite3", op="save", backend="sqlite",
             subject_label="pbuffer sqlite save() [process]", subject=workloads.buffer_save,
             baseline_label="sqlite3 loop", baseline=workloads.sqlite3_loop,
-            count=count(20_000, 8_000),
+            count=count(20_000, 5_000),
             target=Target("sqlite save() >= 0.6x plain sqlite3 loop", "min_ratio", 0.6),
             note="Baseline: python sqlite3, WAL, synchronous=NORMAL, one BEGIN IMMEDIATE; INSERT; COMMIT per "
                  "message into (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL).",
             series=SAVE_SERIES,
+            headline=True,
         ),
         Case(
             name="sqlite.save vs persist-queue", op="save", backend="sqlite",
@@ -112,10 +122,12 @@ def build_cases(settings: Settings) -> list[Case]:
             note=_PQ_DEFAULTS + "For equal durability this case sets synchronous=NORMAL on its connections after "
                  "opening; 'sqlite.save[power] vs persist-queue[default]' compares at its default. " + _PQ_SETUP,
             requires=("persistqueue",), probe=partial(peers.persistqueue_pragmas, synchronous="NORMAL"),
+            headline=True,
         ),
         Case(
             name="sqlite.save[power] vs persist-queue[default]", op="save", backend="sqlite",
-            subject_label="pbuffer sqlite save() [power]", subject=partial(workloads.buffer_save, durability="power"),
+            subject_label="pbuffer sqlite save() [power]",
+            subject=partial(workloads.buffer_save, store=SQLITE_POWER),
             baseline_label="persist-queue put() [default FULL]", baseline=peers.persistqueue_put,
             count=count(3_000, 1_000),
             note=_PQ_DEFAULTS + "Here both sides run with synchronous=FULL (pbuffer durability='power'): an fsync "
@@ -162,6 +174,7 @@ def build_cases(settings: Settings) -> list[Case]:
             note="Batches of 1,000 messages per save_many() call. Baseline (for context; the target is absolute): "
                  "python sqlite3 executemany, one BEGIN IMMEDIATE transaction per 1,000 rows, same pragmas and "
                  "table as the sqlite3 loop.",
+            headline=True,
         ),
         Case(
             name="sqlite.pop vs persist-queue", op="pop", backend="sqlite",
@@ -177,6 +190,7 @@ def build_cases(settings: Settings) -> list[Case]:
                  "count popped. " + _PQ_SETUP,
             requires=("persistqueue",), probe=partial(peers.persistqueue_pragmas, synchronous="NORMAL"),
             series=POP_SERIES,
+            headline=True,
         ),
         Case(
             name="sqlite.pop vs litequeue", op="pop", backend="sqlite",
@@ -204,26 +218,29 @@ def build_cases(settings: Settings) -> list[Case]:
             subject=partial(workloads.buffer_pop_backlog, backlog=big_backlog),
             baseline_label=f"pop() with {small_backlog:,} waiting",
             baseline=partial(workloads.buffer_pop_backlog, backlog=small_backlog),
-            count=count(10_000, 5_000),
+            count=count(10_000, 3_000),
             target=Target(f"sqlite pop() with {big_backlog:,} waiting within 2x of {small_backlog:,} waiting",
                           "max_slowdown", 2.0),
             note=backlog_note + " The target's measure is the slowdown, rate(small)/rate(big).",
+            headline=True,
         ),
         Case(
             name="memory.save", op="save", backend="memory",
-            subject_label="pbuffer memory save()", subject=partial(workloads.buffer_save, backend="memory"),
+            subject_label="pbuffer memory save()", subject=partial(workloads.buffer_save, store=MEMORY),
             count=count(100_000, 40_000),
             target=Target("memory save() >= 250,000 msg/s", "min_rate", 250_000),
+            headline=True,
         ),
         Case(
             name="memory.save_many", op="save_many", backend="memory",
-            subject_label="pbuffer memory save_many()", subject=partial(workloads.buffer_save_many, backend="memory"),
+            subject_label="pbuffer memory save_many()",
+            subject=partial(workloads.buffer_save_many, store=MEMORY),
             count=count(100_000, 40_000),
             note="Batches of 1,000 messages per call. No target; for context.",
         ),
         Case(
             name="memory.pop", op="pop", backend="memory",
-            subject_label="pbuffer memory pop()", subject=partial(workloads.buffer_pop, backend="memory"),
+            subject_label="pbuffer memory pop()", subject=partial(workloads.buffer_pop, store=MEMORY),
             count=count(50_000, 20_000),
             note="No target; for context.",
         ),
@@ -240,6 +257,7 @@ def build_cases(settings: Settings) -> list[Case]:
                  "slow); rates are per message, so the counts may differ. The subject is measured again in "
                  "'drain.e2e vs ceiling', each time paired with that case's baseline." + _e2e_counts(settings),
             skip_if=e2e.nats_missing,
+            headline=True,
         ),
         Case(
             name="drain.e2e vs ceiling", op="drain", backend="nats",
@@ -254,6 +272,7 @@ def build_cases(settings: Settings) -> list[Case]:
                  "4,000, would make it wait for acks part way); no Nats-Msg-Id, default connection options. "
                  f"Both sides move {e2e_n:,} messages per repetition." + _e2e_counts(settings),
             skip_if=e2e.nats_missing,
+            headline=True,
         ),
         Case(
             name="drain.memory", op="drain", backend="nats",
@@ -262,5 +281,229 @@ def build_cases(settings: Settings) -> list[Case]:
             target=Target(f"draining a {memory_n:,}-message backlog grows the process < 100 MB", "below", 100.0),
             note=memory_note,
             skip_if=e2e.nats_missing,
+            headline=True,
         ),
+        ]
+    drain = [case for case in cases if case.op == "drain"]
+    return [*(case for case in cases if case.op != "drain"), *_operation_cases(settings), *_process_cases(settings),
+            *_group_commit_cases(settings), *_stats_cases(settings), *drain]
+
+
+# ------------------------------------------------------------------------------- operations on every backend
+
+
+def _server_stores(settings: Settings) -> list[Store]:
+    return [Store("postgresql", admin_url=settings.postgresql), Store("mariadb", admin_url=settings.mariadb)]
+
+
+def _prefix(store: Store) -> str:
+    """The case-name prefix of a store: ``sqlite`` (durability "process"), ``sqlite[power]``, ``memory``..."""
+    return "sqlite[power]" if store == SQLITE_POWER else store.backend
+
+
+def _server_note(store: Store) -> str:
+    if not store.server:
+        return ""
+    return ("Each repetition runs on a fresh database (CREATE DATABASE, untimed; dropped afterwards) on the "
+            f"{store.backend} server at {servers.public_url(store.admin_url or '')}, in its default configuration: "
+            "a save() is one transaction, kept as durably as the server's commit keeps it. ")
+
+
+def _store_probe(store: Store) -> Any:
+    return partial(servers.describe, store.backend, store.admin_url) if store.server else None
+
+
+def _skip(*checks: Callable[[], str | None]) -> str | None:
+    """The first reason any of ``checks`` gives to skip a case."""
+    for check in checks:
+        reason = check()
+        if reason is not None:
+            return reason
+    return None
+
+
+_OPERATIONS: dict[str, tuple[str, str, Callable[..., float], str]] = {
+    # key: (op, label, workload, what is timed)
+    "save": ("save", "save()", workloads.buffer_save, "save() of each message, one transaction each."),
+    "save_many": ("save_many", "save_many()", workloads.buffer_save_many,
+                  "save_many() in batches of 1,000 messages, one transaction each."),
+    "pop": ("pop", "pop()", workloads.buffer_pop,
+            "pop() of each message from a buffer filled (untimed, save_many) with exactly the messages popped."),
+    "get": ("get", "get()", workloads.buffer_get,
+            "get() called once per message held: each call reads the oldest pending message, which stays. The "
+            "buffer is filled untimed with save_many."),
+    "get_all": ("get_all", "get_all(500, after=...)", workloads.buffer_get_all,
+                f"Every message read as the relay reads its windows: get_all({workloads.WINDOW}, after=<the last id "
+                "of the previous window>) until it returns []. The buffer is filled untimed with save_many."),
+    "delete": ("delete", "delete(id)", workloads.buffer_delete,
+               "delete(id) of each message, oldest first, one transaction each (the buffer filled untimed)."),
+    "delete_many": ("delete", "delete_many()", workloads.buffer_delete_many,
+                    f"delete_many() of {workloads.WINDOW} ids at a time, oldest first (the relay's way after a "
+                    "window's PubAcks), one transaction each."),
+}
+
+
+def _operation_cases(settings: Settings) -> list[Case]:
+    """get/get_all/delete(_many) on memory and sqlite, the write operations at durability "power", and every
+    operation on the database servers. Counts are (full, quick)."""
+    count = settings.count
+    counts: dict[str, dict[str, tuple[int, int]]] = {
+        "memory": {"get": (200_000, 50_000), "get_all": (100_000, 20_000), "delete": (100_000, 40_000),
+                   "delete_many": (200_000, 50_000)},
+        "sqlite": {"get": (20_000, 5_000), "get_all": (200_000, 20_000), "delete": (10_000, 2_000),
+                   "delete_many": (50_000, 20_000)},
+        "sqlite[power]": {"pop": (3_000, 1_000), "delete": (3_000, 1_000), "delete_many": (20_000, 5_000)},
+        "server": {"save": (2_000, 500), "save_many": (20_000, 5_000), "pop": (2_000, 500), "get": (5_000, 1_000),
+                   "get_all": (50_000, 10_000), "delete": (2_000, 500), "delete_many": (20_000, 5_000)},
+    }
+    headline = {("sqlite", "get"), ("sqlite", "get_all"), ("sqlite", "delete")}
+    cases: list[Case] = []
+    for store in (MEMORY, SQLITE, SQLITE_POWER, *_server_stores(settings)):
+        prefix = _prefix(store)
+        if store == SQLITE_POWER:
+            cases += _power_comparisons(settings)
+        for key, (full, quick) in counts["server" if store.server else prefix].items():
+            op, label, workload, what = _OPERATIONS[key]
+            cases.append(Case(
+                name=f"{prefix}.{key}", op=op, backend=store.backend,
+                subject_label=f"pbuffer {store.label} {label}", subject=partial(workload, store=store),
+                count=count(full, quick), note=_server_note(store) + what + " No target; for context.",
+                skip_if=store.unavailable if store.server else None, probe=_store_probe(store),
+                headline=(prefix, key) in headline,
+            ))
+    return cases
+
+
+def _power_comparisons(settings: Settings) -> list[Case]:
+    """save() and save_many() at durability "power" (synchronous=FULL, an fsync per commit), beside the plain
+    sqlite3 floor at FULL too."""
+    count = settings.count
+    cases: list[Case] = []
+    for key, workload, baseline, label, (full, quick) in (
+            ("save", workloads.buffer_save, workloads.sqlite3_loop, "sqlite3 loop [FULL]", (3_000, 1_000)),
+            ("save_many", workloads.buffer_save_many, workloads.sqlite3_executemany, "sqlite3 executemany [FULL]",
+             (20_000, 5_000))):
+        cases.append(Case(
+            name=f"sqlite[power].{key} vs sqlite3[FULL]", op=key, backend="sqlite",
+            subject_label=f"pbuffer sqlite {key}() [power]", subject=partial(workload, store=SQLITE_POWER),
+            baseline_label=label, baseline=partial(baseline, synchronous="FULL"), count=count(full, quick),
+            note=f"As 'sqlite.{'save vs sqlite3' if key == 'save' else 'save_many'}' with durability='power' "
+                 "(synchronous=FULL: an fsync per commit) on both sides, so this measures the disk's flush as much "
+                 "as either. No target; for context.",
+        ))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------ producer processes
+
+
+def _process_cases(settings: Settings) -> list[Case]:
+    """4 and 8 producer processes saving into one store, each beside 1 process (the baseline) in the same
+    repetitions: the ratio is the scaling."""
+    count = settings.count
+    cases: list[Case] = []
+    for store, (full, quick) in ((SQLITE, (20_000, 4_000)),
+                                 *((server, (4_000, 1_000)) for server in _server_stores(settings))):
+        for producers in (4, 8):
+            what = ("one sqlite file (durability='process')" if store == SQLITE
+                    else f"one {store.backend} database")
+            cases.append(Case(
+                name=f"{_prefix(store)}.save {producers} processes vs 1", op="processes", backend=store.backend,
+                subject_label=f"{producers} processes save()", baseline_label="1 process save()",
+                subject=partial(processes.save_processes, processes=producers, store=store),
+                baseline=partial(processes.save_processes, processes=1, store=store),
+                count=count(full, quick),
+                note=_server_note(store) + f"Total msg/s of {producers} producer processes (baseline: 1) saving "
+                     f"into {what}, an even share of the messages each, one save() (one transaction) per message. "
+                     "The producers are started once per case (untimed) and reused; each repetition they open "
+                     "their own buffer on a fresh store (untimed), then the parent times from 'go' until the last "
+                     "one reports done, and checks the store holds every message. No target; for context.",
+                skip_if=store.unavailable if store.server else None,
+                probe=_store_probe(store) if store.server else processes.describe_sqlite,
+                headline=store == SQLITE and producers == 8,
+            ))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------------ group commit
+
+
+def _group_commit_cases(settings: Settings) -> list[Case]:
+    """AsyncBuffer with 64 concurrent producers (group commit) against one save() per message, one after another."""
+    count = settings.count
+    tasks = 64
+    cases: list[Case] = []
+    for store, (full, quick), (base_full, base_quick) in (
+            (SQLITE_POWER, (20_000, 5_000), (3_000, 500)),
+            (SQLITE, (40_000, 10_000), (10_000, 4_000)),
+            *((server, (10_000, 2_000), (2_000, 500)) for server in _server_stores(settings))):
+        durability = f" (durability='{store.durability}')" if store.backend == "sqlite" else ""
+        cases.append(Case(
+            name=f"{_prefix(store)}.aio.save {tasks} tasks vs save()", op="group_commit", backend=store.backend,
+            subject_label=f"AsyncBuffer.save() x{tasks} tasks [group commit]",
+            subject=partial(workloads.aio_save, store=store, tasks=tasks),
+            baseline_label="save() one at a time", baseline=partial(workloads.buffer_save, store=store),
+            count=count(full, quick), baseline_count=count(base_full, base_quick),
+            target=(Target(f"{tasks} async producers with group commit >= 6x a commit per message (power)",
+                           "min_ratio", 6.0) if store == SQLITE_POWER else None),
+            note=_server_note(store) + f"Subject: pbuffer.AsyncBuffer(buffer) on {store.label}{durability} with "
+                 f"group commit (the default), {tasks} asyncio tasks each awaiting save() after save(), the messages "
+                 "shared evenly; saves made while a commit runs go into the next one, and each returns only once "
+                 "its own commit is done. Baseline: the synchronous Buffer.save() loop on the same store, one "
+                 "transaction per message. Rates are per message, so the counts may differ." +
+                 (" The concurrency issue's target (>= 6x) is judged on durability='power', where each commit "
+                  "is an fsync." if store == SQLITE_POWER else " No target; for context."),
+            skip_if=store.unavailable if store.server else None, probe=_store_probe(store),
+            headline=store == SQLITE_POWER,
+        ))
+    threads = 16
+    cases.append(Case(
+        name=f"sqlite[power].save {threads} threads vs save()", op="group_commit", backend="sqlite",
+        subject_label=f"Buffer.save() from {threads} threads [group commit]",
+        subject=partial(workloads.thread_save, store=SQLITE_POWER, threads=threads),
+        baseline_label="save() one at a time", baseline=partial(workloads.buffer_save, store=SQLITE_POWER),
+        count=count(20_000, 4_000), baseline_count=count(3_000, 500),
+        note=f"Subject: {threads} threads calling the synchronous Buffer.save() on one sqlite buffer "
+             "(durability='power', an fsync per commit); calls that arrive while a commit runs are written by the "
+             "next one. Baseline: one thread's save() loop on the same kind of store. No target; for context.",
+    ))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------------------- stats
+
+
+def _stats_cases(settings: Settings) -> list[Case]:
+    """Buffer.stats() on buffers of growing size: milliseconds per call. Skipped where stats() does not exist."""
+    count = settings.count
+    calls = 3 if settings.quick else 5
+    # (store, label, full size, quick size); the sqlite sizes reuse the backlog files of 'sqlite.pop backlog'.
+    sizes: list[tuple[Store, str, int, int]] = [
+        (SQLITE, "1k", 1_000, 1_000), (SQLITE, "100k", 100_000, 20_000), (SQLITE, "1M", BIG_BACKLOG, QUICK_BACKLOG),
+        (MEMORY, "1M", 1_000_000, 100_000),
+        *((server, "100k", 100_000, 10_000) for server in _server_stores(settings)),
     ]
+    cases: list[Case] = []
+    for store, label, full, quick in sizes:
+        n = count(full, quick)
+        where = ("a fresh copy (each repetition) of a sqlite file (durability='process') written once per run "
+                 "with save_many" if store == SQLITE else
+                 "one store filled once per case with save_many and shared by its repetitions (stats() only reads)")
+        skip = partial(_skip, workloads.stats_missing, store.unavailable)
+        cases.append(Case(
+            name=f"{_prefix(store)}.stats {label}", op="stats", backend=store.backend,
+            subject_label=f"stats() with {n:,} pending", subject=partial(workloads.buffer_stats, store=store,
+                                                                          calls=calls),
+            count=n, unit="ms", warmup=False,
+            note=(_server_note(store) if store.server else "") + f"Milliseconds per Buffer.stats() call on a "
+                 f"buffer holding {n:,} pending messages (no dead letters): {where}. Each repetition opens it, "
+                 f"calls stats() once untimed (checked: pending == {n:,} and every field is there), then times "
+                 f"{calls} calls and reports the mean. No warm-up run (the untimed call is the warm-up). Lower is "
+                 "better." + (" The concurrency issue's target: under 10 ms on 1,000,000 messages, judged on the "
+                              "worst repetition." if store == SQLITE and label == "1M" else " No target; for context.")
+                 + (" Quick mode: fewer messages than full mode's." if settings.quick and full != quick else ""),
+            target=(Target("stats() < 10 ms on a 1,000,000-message sqlite buffer", "below", 10.0)
+                    if store == SQLITE and label == "1M" else None),
+            skip_if=skip, probe=_store_probe(store), headline=store == SQLITE and label == "1M",
+        ))
+    return cases

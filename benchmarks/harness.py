@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import os
 import shutil
 import statistics
 import tempfile
@@ -26,7 +27,9 @@ __all__ = [
     "Settings",
     "Target",
     "Workload",
+    "new_record",
     "run_case",
+    "skip_reason",
     "summarize",
     "timed",
     "timed_async",
@@ -42,11 +45,22 @@ RATE = "msg/s"
 TargetKind = Literal["min_ratio", "min_rate", "max_slowdown", "below"]
 
 
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
 @dataclass(frozen=True)
 class Settings:
     quick: bool = False
     scale: float = 1.0
     reps: int | None = None
+    #: The untimed warm-up run per side before the repetitions (``--no-warmup`` turns it off: a smoke test).
+    warmup: bool = True
+    #: Admin URLs of the database servers the postgresql and mariadb cases create their databases on.
+    postgresql: str = field(default_factory=lambda: _env(
+        "PBUFFER_BENCH_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    mariadb: str = field(default_factory=lambda: _env(
+        "PBUFFER_BENCH_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"))
 
     @property
     def repetitions(self) -> int:
@@ -117,6 +131,8 @@ class Case:
     #: Cases sharing a series (e.g. "sqlite save()") measure the same operation at different payload sizes; the
     #: plots draw them as one line against ``payload_bytes``.
     series: str | None = None
+    #: Run in quick mode (a headline figure); the rest run in full mode, or in quick mode with ``--all``.
+    headline: bool = False
 
 
 @dataclass
@@ -139,12 +155,20 @@ class Context:
             shutil.rmtree(path, ignore_errors=True)
 
     def template(self, key: str, build: Callable[[Path], None]) -> Path:
-        """A directory built by ``build`` the first time ``key`` is asked for, then reused (copy it, never
-        change it)."""
+        """A directory built by ``build`` the first time ``key`` is asked for in this run, then reused (copy it,
+        never change it). Kept on disk under the run's root, so the process of a later case reuses it too: it is
+        built under a temporary name and renamed once complete."""
         if key not in self._templates:
             path = self.root / "templates" / key
-            path.mkdir(parents=True)
-            build(path)
+            if not path.is_dir():
+                partial = path.with_name(f"{key}.partial-{os.getpid()}")
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+                try:
+                    build(partial)
+                    partial.rename(path)
+                finally:
+                    shutil.rmtree(partial, ignore_errors=True)
             self._templates[key] = path
         return self._templates[key]
 
@@ -188,10 +212,17 @@ def summarize(rates: list[float]) -> dict[str, float]:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "q1": q1, "q3": q3}
 
 
-def run_case(case: Case, settings: Settings, context: Context,
-             log: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
-    """Measure one case and return its JSON record (never raises for a failing or skipped case)."""
-    record: dict[str, Any] = {
+def skip_reason(case: Case) -> str | None:
+    """Why ``case`` cannot run here (a peer not installed, a service missing), or ``None``."""
+    missing = [module for module in case.requires if importlib.util.find_spec(module) is None]
+    if missing:
+        return f"skipped: not installed ({', '.join(missing)})"
+    return case.skip_if() if case.skip_if is not None else None
+
+
+def new_record(case: Case, settings: Settings) -> dict[str, Any]:
+    """A case's JSON record before anything is measured (status ``ok``, no figures)."""
+    return {
         "name": case.name, "op": case.op, "backend": case.backend, "messages_per_rep": case.count,
         "payload_bytes": case.payload_bytes, "series": case.series,
         "reps": settings.repetitions_for(case), "unit": case.unit, "note": case.note,
@@ -199,14 +230,17 @@ def run_case(case: Case, settings: Settings, context: Context,
         "baseline": None if case.baseline is None else {
             "label": case.baseline_label, "messages_per_rep": _baseline_count(case)},
         "ratio": None, "ratios": [], "target": _target_record(case.target, None, case.unit), "status": "ok",
+        "headline": case.headline, "memory": None,
     }
-    missing = [module for module in case.requires if importlib.util.find_spec(module) is None]
-    if missing:
-        record["status"] = f"skipped: not installed ({', '.join(missing)})"
-        log(f"{case.name}: {record['status']}")
-        return record
+
+
+def run_case(case: Case, settings: Settings, context: Context,
+             log: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
+    """Measure one case in this process and return its JSON record (never raises for a failing or skipped
+    case). :func:`.isolation.run_isolated` runs it in a process of its own and adds its peak RSS."""
+    record = new_record(case, settings)
     try:
-        reason = case.skip_if() if case.skip_if is not None else None
+        reason = skip_reason(case)
         if reason is not None:
             record["status"] = reason
             log(f"{case.name}: {record['status']}")
@@ -237,7 +271,7 @@ def _measure(case: Case, settings: Settings, context: Context, record: dict[str,
     sides: list[tuple[str, Workload, int]] = [("subject", case.subject, case.count)]
     if case.baseline is not None:
         sides.append(("baseline", case.baseline, _baseline_count(case)))
-    if case.warmup:
+    if case.warmup and settings.warmup:
         # Warm-up: imports, sqlite's first file creation, page cache, templates; its timings are discarded.
         for _, workload, count in sides:
             with context.fresh_dir() as directory:
@@ -262,7 +296,7 @@ def _measure(case: Case, settings: Settings, context: Context, record: dict[str,
         record["ratio"] = statistics.median(record["ratios"])
     record["target"] = _target_record(case.target, record, case.unit)
     line = (f"{case.name}: {subject['median']:,.0f} msg/s" if case.unit == RATE
-            else f"{case.name}: {subject['median']:,.1f} {case.unit} (max {subject['max']:,.1f})")
+            else f"{case.name}: {subject['median']:.3g} {case.unit} (max {subject['max']:.3g})")
     if record["ratio"] is not None:
         line += f", {record['ratio']:.2f}x {case.baseline_label}"
     log(line)

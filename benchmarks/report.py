@@ -31,9 +31,11 @@ def markdown(document: dict[str, Any]) -> str:
         "each in a fresh temp directory; baseline and subject alternate within each repetition; ratio = median "
         f"of the per-repetition subject/baseline ratios; total {document['duration_s']:.0f} s",
         "- msg/s unless a cell names another unit; a case may set its own repetitions (its note says so)",
+        _memory_line(document),
         "",
-        "| case | msg/s (median) | spread (min-max) | baseline | baseline msg/s | ratio | target | result |",
-        "|---|---:|---:|---|---:|---:|---|---|",
+        "| case | msg/s (median) | spread (min-max) | baseline | baseline msg/s | ratio | target | result "
+        "| peak RSS MB |",
+        "|---|---:|---:|---|---:|---:|---|---|---:|",
     ]
     notes: list[str] = []
     for case in document["cases"]:
@@ -58,8 +60,26 @@ def _row(case: dict[str, Any]) -> str:
         f"{case['ratio']:.2f}x" if case["ratio"] is not None else "-",
         _target_text(target),
         _result(case),
+        _memory(case.get("memory")),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _memory_line(document: dict[str, Any]) -> str:
+    if not document.get("isolated", False):
+        return "- run in one process (--in-process): no peak RSS per case"
+    return ("- peak RSS: of the process that ran the case (one per case, forked from the harness after its imports): "
+            "setup, warm-up and every repetition of both sides; in brackets, the largest of the processes the case "
+            "started (producers, the drain child, nats-server); MB of 10^6 bytes")
+
+
+def _memory(memory: dict[str, Any] | None) -> str:
+    if not memory:
+        return "-"
+    text = f"{memory['peak_rss_mb']:,.0f}"
+    if memory.get("children_peak_rss_mb"):
+        text += f" ({memory['children_peak_rss_mb']:,.0f})"
+    return text
 
 
 def _rate(value: float) -> str:
@@ -74,8 +94,11 @@ def _spread(side: dict[str, Any], unit: str) -> str:
 
 
 def _value(value: float, unit: str) -> str:
-    """A rate as a bare number (the column's unit); any other unit is named in the cell."""
-    return _rate(value) if unit == "msg/s" else f"{value:,.1f} {unit}"
+    """A rate as a bare number (the column's unit); any other unit is named in the cell (3 significant digits
+    below 100: a stats() call may take a few hundredths of a millisecond)."""
+    if unit == "msg/s":
+        return _rate(value)
+    return f"{value:,.1f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
 
 
 def _target_text(target: dict[str, Any] | None) -> str:

@@ -1,27 +1,50 @@
-"""Workloads for pbuffer itself and for the plain-sqlite3 baselines (see :data:`.harness.Workload`)."""
+"""Workloads for pbuffer itself and for the plain-sqlite3 baselines (see :data:`.harness.Workload`).
+
+A pbuffer workload runs on a :class:`Store`: where its buffer lives (memory, a sqlite file with a durability, or a
+database server), fresh and empty for every repetition.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 import pbuffer
 
-from .harness import Context, timed
+from . import servers
+from .harness import Context, timed, timed_async
 
 __all__ = [
+    "MEMORY",
     "PAYLOAD",
+    "SQLITE",
+    "SQLITE_POWER",
     "SUBJECT",
+    "Store",
+    "aio_save",
+    "buffer_delete",
+    "buffer_delete_many",
+    "buffer_get",
+    "buffer_get_all",
     "buffer_pop",
     "buffer_pop_backlog",
     "buffer_save",
     "buffer_save_many",
+    "buffer_stats",
     "copy_backlog",
     "fill",
     "open_buffer",
     "sqlite3_executemany",
     "sqlite3_loop",
+    "stats_missing",
 ]
 
 PAYLOAD = b"x" * 100
@@ -29,7 +52,70 @@ SUBJECT = "bench.x"
 #: Messages per save_many call when a backlog is filled (untimed); bounds memory for a million messages.
 FILL_CHUNK = 10_000
 FILL_BYTES = 16 * 1024 * 1024
+#: Messages per get_all() window and per delete_many() call: the relay's default window.
+WINDOW = 500
 _PLAIN_TABLE = "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL)"
+#: What Buffer.stats() returns must have (checked after each stats case; see :func:`stats_missing`).
+STATS_FIELDS = ("pending", "pending_bytes", "dead", "dead_bytes", "oldest_age", "dropped", "expired")
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where a workload's buffer lives. ``backend``: ``memory``, ``sqlite``, ``postgresql`` or ``mariadb``;
+    ``durability``: sqlite's (``process`` or ``power``); ``admin_url``: a server's (see :mod:`.servers`)."""
+
+    backend: str = "sqlite"
+    durability: str = "process"
+    admin_url: str | None = None
+
+    @property
+    def server(self) -> bool:
+        return self.backend in servers.SERVERS
+
+    @property
+    def label(self) -> str:
+        return f"sqlite [{self.durability}]" if self.backend == "sqlite" else self.backend
+
+    def options(self) -> dict[str, Any]:
+        return {"durability": self.durability} if self.backend == "sqlite" else {}
+
+    def unavailable(self) -> str | None:
+        """Why this store cannot be used here (a server not reachable, its driver missing), or ``None``."""
+        if self.server:
+            return servers.unreachable(self.backend, self._admin())
+        return None
+
+    def _admin(self) -> str:
+        if self.admin_url is None:
+            raise ValueError(f"a {self.backend} store needs an admin URL")
+        return self.admin_url
+
+    @contextmanager
+    def url(self, directory: Path) -> Iterator[str]:
+        """The URL of an empty store, removed afterwards (a server's database is dropped)."""
+        if self.backend == "memory":
+            yield "memory://"  # private: goes with its buffer (a named store would stay for the process's life)
+        elif self.backend == "sqlite":
+            yield f"sqlite:///{directory / 'buffer.db'}"
+        else:
+            with servers.fresh_database(self._admin()) as url:
+                yield url
+
+    @contextmanager
+    def open(self, directory: Path) -> Iterator[pbuffer.Buffer]:
+        """A buffer on a fresh, empty store; closed (and the store removed) afterwards."""
+        with self.url(directory) as url:
+            buffer = pbuffer.open(url, **self.options())
+            try:
+                len(buffer)  # untimed: a first query, so no timed call pays for connecting to a server
+                yield buffer
+            finally:
+                buffer.close()
+
+
+MEMORY = Store("memory")
+SQLITE = Store("sqlite")
+SQLITE_POWER = Store("sqlite", "power")
 
 
 def _open(directory: Path, backend: str, durability: str) -> pbuffer.Buffer:
@@ -39,10 +125,20 @@ def _open(directory: Path, backend: str, durability: str) -> pbuffer.Buffer:
 
 
 def _fill(buffer: pbuffer.Buffer, count: int, payload: bytes = PAYLOAD) -> None:
+    """Save ``count`` messages (untimed) in chunks."""
     # Chunks hold at most FILL_BYTES of payload too, so a 64 KiB fill does not hold 600 MB at once.
     chunk = max(1, min(FILL_CHUNK, FILL_BYTES // max(1, len(payload))))
     for start in range(0, count, chunk):
         buffer.save_many([payload] * min(chunk, count - start), subject=SUBJECT)
+
+
+def _fill_ids(buffer: pbuffer.Buffer, count: int) -> list[str]:
+    """:func:`_fill`, returning the ids, oldest first (for the cases that need them: not a million)."""
+    ids: list[str] = []
+    for start in range(0, count, FILL_CHUNK):
+        ids += [message.id for message in buffer.save_many([PAYLOAD] * min(FILL_CHUNK, count - start),
+                                                           subject=SUBJECT)]
+    return ids
 
 
 #: For the other workload modules (e2e.py): the same buffers and fill as here.
@@ -56,10 +152,9 @@ def _expect(condition: bool, what: str) -> None:
         raise RuntimeError(f"benchmark sanity check failed: {what}")
 
 
-def buffer_save(context: Context, directory: Path, n: int, *, backend: str = "sqlite",
-                durability: str = "process", payload: bytes = PAYLOAD) -> float:
-    buffer = _open(directory, backend, durability)
-    try:
+def buffer_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
+                payload: bytes = PAYLOAD) -> float:
+    with store.open(directory) as buffer:
         save = buffer.save
 
         def run() -> None:
@@ -69,14 +164,38 @@ def buffer_save(context: Context, directory: Path, n: int, *, backend: str = "sq
         seconds = timed(run)
         _expect(len(buffer) == n, f"{n} messages saved")
         return seconds
-    finally:
-        buffer.close()
 
 
-def buffer_save_many(context: Context, directory: Path, n: int, *, backend: str = "sqlite",
-                     durability: str = "process", batch: int = 1_000) -> float:
-    buffer = _open(directory, backend, durability)
-    try:
+def thread_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE_POWER,
+                threads: int = 16) -> float:
+    """``threads`` threads calling the synchronous save() on one buffer, ``n`` messages in all: saves that arrive
+    while a commit runs share the next transaction (the Buffer's own group commit)."""
+    with store.open(directory) as buffer:
+        counts = [n // threads + (1 if thread < n % threads else 0) for thread in range(threads)]
+        start = threading.Barrier(threads + 1)
+
+        def producer(count: int) -> None:
+            start.wait()
+            for _ in range(count):
+                buffer.save(PAYLOAD, subject=SUBJECT)
+
+        workers = [threading.Thread(target=producer, args=(count,)) for count in counts]
+        for worker in workers:
+            worker.start()
+
+        def run() -> None:
+            start.wait()
+            for worker in workers:
+                worker.join()
+
+        seconds = timed(run)
+        _expect(len(buffer) == n, f"{n} messages saved")
+        return seconds
+
+
+def buffer_save_many(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
+                     batch: int = 1_000) -> float:
+    with store.open(directory) as buffer:
         save_many = buffer.save_many
         batches = [[PAYLOAD] * min(batch, n - start) for start in range(0, n, batch)]
 
@@ -87,14 +206,11 @@ def buffer_save_many(context: Context, directory: Path, n: int, *, backend: str 
         seconds = timed(run)
         _expect(len(buffer) == n, f"{n} messages saved")
         return seconds
-    finally:
-        buffer.close()
 
 
-def buffer_pop(context: Context, directory: Path, n: int, *, backend: str = "sqlite",
-               durability: str = "process", payload: bytes = PAYLOAD) -> float:
-    buffer = _open(directory, backend, durability)
-    try:
+def buffer_pop(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
+               payload: bytes = PAYLOAD) -> float:
+    with store.open(directory) as buffer:
         _fill(buffer, n, payload)
         pop = buffer.pop
 
@@ -105,6 +221,155 @@ def buffer_pop(context: Context, directory: Path, n: int, *, backend: str = "sql
         seconds = timed(run)
         _expect(len(buffer) == 0, f"{n} messages popped")
         return seconds
+
+
+def buffer_get(context: Context, directory: Path, n: int, *, store: Store = SQLITE) -> float:
+    """``n`` calls of get() on a buffer holding ``n`` messages: each reads the oldest, which stays."""
+    with store.open(directory) as buffer:
+        first = _fill_ids(buffer, n)[0]
+        get = buffer.get
+        last: list[pbuffer.Message | None] = [None]
+
+        def run() -> None:
+            for _ in range(n):
+                last[0] = get()
+
+        seconds = timed(run)
+        found = last[0]
+        _expect(found is not None and found.id == first and len(buffer) == n, f"{n} gets of the oldest message")
+        return seconds
+
+
+def buffer_get_all(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
+                   window: int = WINDOW) -> float:
+    """Read all ``n`` messages as a relay does: get_all(limit=window, after=<last id of the previous window>)."""
+    with store.open(directory) as buffer:
+        ids = _fill_ids(buffer, n)
+        get_all = buffer.get_all
+        read: list[str] = []
+
+        def run() -> None:
+            after: str | None = None
+            while True:
+                messages = get_all(window, after=after)
+                if not messages:
+                    break
+                after = messages[-1].id
+                read.append(after)
+
+        seconds = timed(run)
+        _expect(len(read) == -(-n // window) and read[-1] == ids[-1], f"{n} messages read in windows of {window}")
+        return seconds
+
+
+def buffer_delete(context: Context, directory: Path, n: int, *, store: Store = SQLITE) -> float:
+    """delete(id) of each of ``n`` messages, oldest first (what a relay does after each PubAck, one at a time)."""
+    with store.open(directory) as buffer:
+        ids = _fill_ids(buffer, n)
+        delete = buffer.delete
+        deleted: list[bool] = []
+
+        def run() -> None:
+            deleted.extend(delete(message_id) for message_id in ids)
+
+        seconds = timed(run)
+        _expect(all(deleted) and len(deleted) == n and len(buffer) == 0, f"{n} messages deleted")
+        return seconds
+
+
+def buffer_delete_many(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
+                       window: int = WINDOW) -> float:
+    """delete_many() of ``n`` messages in windows of ``window`` ids, oldest first (the relay's way)."""
+    with store.open(directory) as buffer:
+        ids = _fill_ids(buffer, n)
+        windows = [ids[start:start + window] for start in range(0, n, window)]
+        delete_many = buffer.delete_many
+        deleted: list[int] = []
+
+        def run() -> None:
+            deleted.extend(delete_many(chunk) for chunk in windows)
+
+        seconds = timed(run)
+        _expect(sum(deleted) == n and len(buffer) == 0, f"{n} messages deleted")
+        return seconds
+
+
+def aio_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE_POWER, tasks: int = 64,
+             group_commit: bool = True) -> float:
+    """``tasks`` concurrent producers (asyncio tasks) on one :class:`pbuffer.AsyncBuffer`, each awaiting its saves
+    one after another, ``n`` messages in all; with group commit, saves made while a commit runs share the next."""
+
+    async def main(buffer: pbuffer.Buffer) -> float:
+        facade = pbuffer.AsyncBuffer(buffer, group_commit=group_commit)
+        try:
+            _expect(facade.group_commit == (group_commit and buffer.blocking), "group commit as asked")
+            counts = [n // tasks + (1 if task < n % tasks else 0) for task in range(tasks)]
+
+            async def producer(count: int) -> None:
+                for _ in range(count):
+                    await facade.save(PAYLOAD, subject=SUBJECT)
+
+            async def run() -> None:
+                await asyncio.gather(*(producer(count) for count in counts if count))
+
+            return await timed_async(run)
+        finally:
+            await facade.close(close_buffer=False)
+
+    with store.open(directory) as buffer:
+        seconds = asyncio.run(main(buffer))
+        _expect(len(buffer) == n, f"{n} messages saved")
+        return seconds
+
+
+class _WithStats(Protocol):
+    def stats(self) -> object: ...
+
+
+def stats_missing() -> str | None:
+    """Why the stats cases cannot run here (``None`` if they can): ``Buffer.stats()`` is newer than this harness."""
+    if callable(getattr(pbuffer.Buffer, "stats", None)):
+        return None
+    return "skipped: Buffer.stats() is not in this pbuffer"
+
+
+@contextmanager
+def _held(store: Store, n: int) -> Iterator[str]:
+    """The URL of a store holding ``n`` messages, filled once (for a read-only case's repetitions to share); the
+    filling buffer stays open meanwhile. memory: a named store, so the repetitions' buffers share it (it stays
+    until the case's process ends)."""
+    with store.url(Path(".")) as fresh:
+        url = f"memory://bench-held-{uuid.uuid4().hex}" if fresh == "memory://" else fresh
+        buffer = pbuffer.open(url, **store.options())
+        try:
+            _fill(buffer, n)
+            yield url
+        finally:
+            buffer.close()
+
+
+def buffer_stats(context: Context, directory: Path, n: int, *, store: Store = SQLITE, calls: int = 5) -> float:
+    """Milliseconds per ``stats()`` call (the mean of ``calls`` calls, after one untimed call) on a buffer holding
+    ``n`` messages. sqlite: a fresh copy of a backlog file written once per run; memory and servers: one store
+    filled once per case, shared by its repetitions (stats() only reads)."""
+    if store.backend == "sqlite":
+        url = f"sqlite:///{copy_backlog(context, directory, n)}"
+    else:
+        url = context.resource(f"held-{store.backend}-{n}", lambda: _held(store, n))
+    buffer = pbuffer.open(url, **store.options())
+    try:
+        stats = cast(_WithStats, buffer).stats
+        first = stats()
+        missing = [name for name in STATS_FIELDS if not hasattr(first, name)]
+        _expect(not missing, f"stats() has {', '.join(STATS_FIELDS)} (missing: {', '.join(missing)})")
+        pending = getattr(first, "pending", None)
+        _expect(pending == n, f"stats().pending == {n} (got {pending})")
+
+        def run() -> None:
+            for _ in range(calls):
+                stats()
+
+        return timed(run) / calls * 1000
     finally:
         buffer.close()
 
