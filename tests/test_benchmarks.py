@@ -39,7 +39,8 @@ OPERATIONS = {
     **dict.fromkeys(SERVERS, ("save", "save_many", "pop", "get", "get_all", "delete", "delete_many")),
 }
 PROCESS_CASES = {f"{prefix}.save {n} processes vs 1" for prefix in ("sqlite", *SERVERS) for n in (4, 8)}
-GROUP_COMMIT_CASES = {f"{prefix}.aio.save 64 tasks vs save()" for prefix in ("sqlite[power]", "sqlite", *SERVERS)}
+GROUP_COMMIT_CASES = {*(f"{prefix}.aio.save 64 tasks vs save()" for prefix in ("sqlite[power]", "sqlite", *SERVERS)),
+                      "sqlite[power].save 16 threads vs save()"}
 STATS_CASES = {"sqlite.stats 1k", "sqlite.stats 100k", "sqlite.stats 1M", "memory.stats 1M",
                "postgresql.stats 100k", "mariadb.stats 100k"}
 DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.memory"}
@@ -89,6 +90,8 @@ EXPECTED_TARGETS = {
     "sqlite.pop vs persist-queue",
     "sqlite.pop backlog",
     "memory.save",
+    "sqlite[power].aio.save 64 tasks vs save()",
+    "sqlite.stats 1M",
     *DRAIN_CASES,
 }
 
