@@ -17,8 +17,8 @@ from .workloads import MEMORY, SQLITE, SQLITE_POWER, Store
 
 __all__ = ["BACKENDS", "OPS", "build_cases"]
 
-OPS = ("save", "save_many", "pop", "pop_backlog", "get", "get_all", "delete", "processes", "group_commit", "stats",
-       "drain")
+OPS = ("save", "save_many", "pop", "pop_backlog", "backlog", "get", "get_all", "delete", "processes", "group_commit",
+       "stats", "drain")
 BACKENDS = ("memory", "sqlite", "postgresql", "mariadb", "nats")
 
 #: The payload-size cases (the 100-byte ones are the cases tagged with the same series).
@@ -286,7 +286,7 @@ def build_cases(settings: Settings) -> list[Case]:
         ]
     drain = [case for case in cases if case.op == "drain"]
     return [*(case for case in cases if case.op != "drain"), *_operation_cases(settings), *_process_cases(settings),
-            *_group_commit_cases(settings), *_stats_cases(settings), *drain]
+            *_group_commit_cases(settings), *_stats_cases(settings), *_backlog_cases(settings), *drain]
 
 
 # ------------------------------------------------------------------------------- operations on every backend
@@ -467,6 +467,31 @@ def _group_commit_cases(settings: Settings) -> list[Case]:
              "(durability='power', an fsync per commit); calls that arrive while a commit runs are written by the "
              "next one. Baseline: one thread's save() loop on the same kind of store. No target; for context.",
     ))
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------------- backlog
+
+
+def _backlog_cases(settings: Settings) -> list[Case]:
+    """save() and pop() on sqlite buffers already holding 1,000 to 1,000,000 messages: the cost as the buffer
+    grows (drawn in backlog.png)."""
+    count = settings.count
+    sizes = [(1_000, "1k"), (10_000, "10k"), (100_000, "100k"), (BIG_BACKLOG, "1M")]
+    cases: list[Case] = []
+    for op, workload, series in (("save", workloads.buffer_save_backlog, "sqlite save() behind a backlog"),
+                                 ("pop", workloads.buffer_pop_backlog, "sqlite pop() from a backlog")):
+        for size, label in sizes:
+            backlog = count(size, min(size, QUICK_BACKLOG))
+            cases.append(Case(
+                name=f"sqlite.{op} with {label} waiting", op="backlog", backend="sqlite",
+                subject_label=f"{op}() with {backlog:,} waiting", subject=partial(workload, backlog=backlog),
+                count=count(5_000, 2_000), backlog=backlog, series=series,
+                note=f"{op}() one message at a time (a transaction each, durability='process') on a fresh copy of a "
+                     f"sqlite buffer written once per run with {backlog:,} messages"
+                     + (" (pops beyond the backlog run in rounds, refilled untimed)" if op == "pop" else "")
+                     + ". No baseline and no target: one point of the cost curve in backlog.png.",
+            ))
     return cases
 
 

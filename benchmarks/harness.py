@@ -133,6 +133,9 @@ class Case:
     series: str | None = None
     #: Run in quick mode (a headline figure); the rest run in full mode, or in quick mode with ``--all``.
     headline: bool = False
+    #: Messages already waiting when the timed operation starts; cases of one series at several backlogs are
+    #: drawn as the cost curve as the buffer grows.
+    backlog: int | None = None
 
 
 @dataclass
@@ -224,7 +227,7 @@ def new_record(case: Case, settings: Settings) -> dict[str, Any]:
     """A case's JSON record before anything is measured (status ``ok``, no figures)."""
     return {
         "name": case.name, "op": case.op, "backend": case.backend, "messages_per_rep": case.count,
-        "payload_bytes": case.payload_bytes, "series": case.series,
+        "payload_bytes": case.payload_bytes, "series": case.series, "backlog": case.backlog,
         "reps": settings.repetitions_for(case), "unit": case.unit, "note": case.note,
         "subject": {"label": case.subject_label, "messages_per_rep": case.count},
         "baseline": None if case.baseline is None else {

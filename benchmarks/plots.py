@@ -47,7 +47,8 @@ def plot(document: dict[str, Any], directory: Path) -> list[Path]:
 
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name, draw in (("throughput.png", _throughput), ("payload.png", _payload), ("drain.png", _drain)):
+    for name, draw in (("throughput.png", _throughput), ("payload.png", _payload), ("backlog.png", _backlog),
+                       ("drain.png", _drain)):
         figure = draw(plt, document)
         if figure is None:
             continue
@@ -85,6 +86,33 @@ def _throughput(plt: Any, document: dict[str, Any]) -> Any:
     axes.set_title(_title(document, "throughput by case"), fontsize=10)
     axes.legend(loc="lower right", fontsize=8)
     axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _backlog(plt: Any, document: dict[str, Any]) -> Any:
+    """(b2) The cost as the buffer grows: msg/s of each backlog series against the messages already waiting."""
+    series: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for case in _measured(document):
+        if case.get("backlog") and case.get("series"):
+            series[case["series"]][int(case["backlog"])] = case
+    series = {name: by_size for name, by_size in series.items() if len(by_size) >= 2}
+    if not series:
+        return None
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for name, by_size in series.items():
+        xs = sorted(by_size)
+        medians = [float(by_size[x]["subject"]["median"]) for x in xs]
+        low = [m - float(by_size[x]["subject"]["min"]) for m, x in zip(medians, xs, strict=True)]
+        high = [float(by_size[x]["subject"]["max"]) - m for m, x in zip(medians, xs, strict=True)]
+        axes.errorbar(xs, medians, yerr=[low, high], fmt="-o", capsize=3, label=name)
+    axes.set_xscale("log")
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("messages already in the buffer")
+    axes.set_ylabel("msg/s (median; bars: min-max)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    axes.set_title(_title(document, "cost as the backlog grows"), fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -424,6 +424,24 @@ def buffer_pop_backlog(context: Context, directory: Path, n: int, *, backlog: in
         buffer.close()
 
 
+def buffer_save_backlog(context: Context, directory: Path, n: int, *, backlog: int) -> float:
+    """Save ``n`` messages, one transaction each, into a sqlite buffer already holding ``backlog`` messages."""
+    copy_backlog(context, directory, backlog)
+    buffer = _open(directory, "sqlite", "process")
+    try:
+        save = buffer.save
+
+        def run() -> None:
+            for _ in range(n):
+                save(PAYLOAD, subject=SUBJECT)
+
+        seconds = timed(run)
+        _expect(len(buffer) == backlog + n, f"{n} messages saved behind {backlog:,}")
+        return seconds
+    finally:
+        buffer.close()
+
+
 def _plain(directory: Path, synchronous: str) -> sqlite3.Connection:
     connection = sqlite3.connect(directory / "plain.db", isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")

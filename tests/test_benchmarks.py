@@ -44,6 +44,7 @@ GROUP_COMMIT_CASES = {*(f"{prefix}.aio.save 64 tasks vs save()" for prefix in ("
 STATS_CASES = {"sqlite.stats 1k", "sqlite.stats 100k", "sqlite.stats 1M", "memory.stats 1M",
                "postgresql.stats 100k", "mariadb.stats 100k"}
 DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.memory"}
+BACKLOG_CASES = {f"sqlite.{op} with {size} waiting" for op in ("save", "pop") for size in ("1k", "10k", "100k", "1M")}
 EXPECTED_CASES = {
     "sqlite.save vs sqlite3",
     "sqlite.save vs persist-queue",
@@ -67,6 +68,7 @@ EXPECTED_CASES = {
     *PROCESS_CASES,
     *GROUP_COMMIT_CASES,
     *STATS_CASES,
+    *BACKLOG_CASES,
     *DRAIN_CASES,
 }
 #: Quick mode without --all: the figures the README's speed section reports.
@@ -81,7 +83,7 @@ PAYLOAD_CASES = {
     "sqlite.pop 1KiB": 1024,
     "sqlite.pop 64KiB": 64 * 1024,
 }
-PLOTS = {"throughput.png", "payload.png", "drain.png"}
+PLOTS = {"throughput.png", "payload.png", "backlog.png", "drain.png"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXPECTED_TARGETS = {
     "sqlite.save vs sqlite3",
