@@ -113,6 +113,16 @@ def build_cases(settings: Settings) -> list[Case]:
             headline=True,
         ),
         Case(
+            name="sqlite[power].save vs seed buffer", op="save", backend="sqlite",
+            subject_label="pbuffer sqlite save() [power]", subject=partial(workloads.buffer_save, store=SQLITE_POWER),
+            baseline_label="the seed's Buffer.save(): sqlite3 defaults", baseline=workloads.seed_buffer_save,
+            count=count(3_000, 500),
+            note="Baseline: the original design's approach, python sqlite3 with sqlite's defaults (rollback journal, "
+                 "synchronous=FULL: several fsyncs per commit) and a commit per message into (id INTEGER PRIMARY "
+                 "KEY AUTOINCREMENT, subject, payload). Equal durability: both survive power loss, so pbuffer runs "
+                 "with durability='power' (WAL, synchronous=FULL: one fsync per commit). No target; for context.",
+        ),
+        Case(
             name="sqlite.save vs persist-queue", op="save", backend="sqlite",
             subject_label="pbuffer sqlite save() [process]", subject=workloads.buffer_save,
             baseline_label="persist-queue put() [NORMAL]",

@@ -454,6 +454,29 @@ def _count(connection: sqlite3.Connection) -> int:
     return int(connection.execute("SELECT count(*) FROM messages").fetchone()[0])
 
 
+def seed_buffer_save(context: Context, directory: Path, n: int, *, payload: bytes = PAYLOAD) -> float:
+    """The original design's Buffer.save(): python's sqlite3 with sqlite's defaults (a rollback journal,
+    synchronous=FULL) and a commit per message, into a table of the subject and the payload in save order."""
+    connection = sqlite3.connect(directory / "seed.db")
+    try:
+        connection.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT NOT NULL, "
+                           "payload BLOB NOT NULL)")
+        connection.commit()
+        execute, commit = connection.execute, connection.commit
+        insert = "INSERT INTO messages (subject, payload) VALUES (?, ?)"
+
+        def run() -> None:
+            for _ in range(n):
+                execute(insert, (SUBJECT, payload))
+                commit()
+
+        seconds = timed(run)
+        _expect(_count(connection) == n, f"{n} rows inserted")
+        return seconds
+    finally:
+        connection.close()
+
+
 def sqlite3_loop(context: Context, directory: Path, n: int, *, synchronous: str = "NORMAL",
                  payload: bytes = PAYLOAD) -> float:
     """The floor under save(): python's sqlite3, one BEGIN IMMEDIATE transaction per message."""

@@ -47,6 +47,7 @@ DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.memory"}
 BACKLOG_CASES = {f"sqlite.{op} with {size} waiting" for op in ("save", "pop") for size in ("1k", "10k", "100k", "1M")}
 EXPECTED_CASES = {
     "sqlite.save vs sqlite3",
+    "sqlite[power].save vs seed buffer",
     "sqlite.save vs persist-queue",
     "sqlite.save vs persist-queue[default]",
     "sqlite.save[power] vs persist-queue[default]",
