@@ -118,14 +118,20 @@ def check_scenario(path: Path, size: int) -> None:
         assert main > 4 * MiB and wal > 1000 * (4096 + 24), (main, wal)
 
 
+def disk_with_filler(small_fs: Callable[[int], Path], size: tuple[int, int]) -> tuple[Path, Path]:
+    """A small filesystem of size[0] bytes holding a filler file of size[1] bytes (deleted to free room), and the
+    path of a buffer on it."""
+    root = small_fs(size[0])
+    filler = root / "filler"
+    filler.write_bytes(b"\0" * size[1])
+    return root / "b.db", filler
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_full_disk_loses_nothing_and_saving_resumes(small_fs: Callable[[int], Path], size: tuple[int, int]) -> None:
     """Filled to ENOSPC: the failing save raises StorageFullError, everything saved before is there (ids and
     payloads, in order), saving works again once room is freed, and the file is sound."""
-    root = small_fs(size[0])
-    filler = root / "filler"
-    filler.write_bytes(b"\0" * size[1])
-    path = root / "b.db"
+    path, filler = disk_with_filler(small_fs, size)
     saved: list[Message] = []
     with pbuffer.open(url(path)) as buf:
         fill(buf, 0, saved)
@@ -147,10 +153,7 @@ def test_full_disk_fails_every_call_cleanly_while_full(small_fs: Callable[[int],
     """While the disk stays full: every save and save_many raises StorageFullError and stores nothing, reading
     works, a new buffer (a relay restarting) can open the file and read it, a delete either works or raises
     StorageFullError having removed nothing; after room is freed saving resumes and nothing was lost."""
-    root = small_fs(size[0])
-    filler = root / "filler"
-    filler.write_bytes(b"\0" * size[1])
-    path = root / "b.db"
+    path, filler = disk_with_filler(small_fs, size)
     saved: list[Message] = []
     with pbuffer.open(url(path)) as buf:
         fill(buf, 0, saved)
