@@ -30,6 +30,7 @@ from .errors import (
     StorageFullError,
     ValidationError,
 )
+from .limits import BufferStats, Limits
 from .message import DeadLetter, Message, Outgoing
 from .registry import default_url, known_schemes, open_buffer
 from .relay import Relay, RelayStats, send
@@ -41,9 +42,11 @@ __all__ = [
     "BackendError",
     "Buffer",
     "BufferFullError",
+    "BufferStats",
     "ConfigurationError",
     "CorruptDatabaseError",
     "DeadLetter",
+    "Limits",
     "Message",
     "NotABufferDatabaseError",
     "Outgoing",
@@ -79,7 +82,8 @@ def open(url: str | None = None, **options: Any) -> Buffer:
     ``memory://`` (in-process), ``sqlite:///path/to/buffer.db``, ``postgresql+psycopg://...``,
     ``mysql+pymysql://...``, or a scheme a plug-in registered under the ``pbuffer.backends`` entry points.
     Without a URL: ``$PBUFFER_URL``, else ``buffer.db`` in the user's data directory. Options (``subject``,
-    ``durability``, ``busy_timeout``, ...) may be keyword arguments or URL query parameters.
+    ``durability``, ``max_messages``, ``ttl``, ...; see the README's options table) may be keyword arguments or URL
+    query parameters.
     """
     return open_buffer(url, **options)
 
