@@ -159,6 +159,18 @@ def make_state_machine(make_empty_buffer: Callable[[], Buffer],
             assert len(self.buffer) == len(self.model.pending)
             assert len(self.view) == sum(m.subject == "a.b" for _, m in self.model.pending)
 
+        @invariant()
+        def counters(self) -> None:
+            # stats() reads counters kept by every write; after any sequence of operations they must agree with
+            # the messages themselves, for the whole store and for the scoped view.
+            for buffer, subject in ((self.buffer, None), (self.view, "a.b")):
+                pending = [m for _, m in self.model.pending if subject in (None, m.subject)]
+                dead = [m for m, _, _ in self.model.dead.values() if subject in (None, m.subject)]
+                stats = buffer.stats()
+                assert (stats.pending, stats.pending_bytes, stats.dead, stats.dead_bytes) == (
+                    len(pending), sum(len(m.payload) for m in pending), len(dead), sum(len(m.payload) for m in dead))
+                assert (stats.oldest_age is None) == (not pending)
+
     return BufferMachine
 
 
