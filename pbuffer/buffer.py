@@ -157,7 +157,9 @@ class Buffer(ABC):
     def delete(self, message_id: str) -> bool:
         """Delete a message, pending or dead. ``False`` if there was none with that id (in this scope)."""
         self._check_open()
-        return self._freed(int(self._delete(_check_id(message_id)))) > 0
+        deleted = self._delete(_check_id(message_id))
+        self._freed(int(deleted))
+        return deleted
 
     def delete_many(self, message_ids: Iterable[str]) -> int:
         """Delete many messages (pending or dead) in one transaction; returns how many existed."""
@@ -186,8 +188,9 @@ class Buffer(ABC):
         check_reason(reason)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
             raise ValidationError("attempts must be a non-negative int")
-        return self._freed(int(self._mark_dead(_check_id(message_id), reason, attempts,
-                                               time.time_ns() // 1000))) > 0
+        moved = self._mark_dead(_check_id(message_id), reason, attempts, time.time_ns() // 1000)
+        self._freed(int(moved))
+        return moved
 
     def requeue(self, message_id: str) -> bool:
         """Make a dead letter pending again, at the back of the queue; ``False`` if it is not dead."""

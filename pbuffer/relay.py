@@ -175,11 +175,13 @@ class Relay:
                     await deleting
                 deleting = (asyncio.ensure_future(self.buffer.delete_many(acknowledged)) if acknowledged
                             else None)
-                if retry or len(window) < self.batch_size:
-                    # Start again from the oldest unacknowledged message (or, for a short window, look for
-                    # messages saved meanwhile), once the deletes are done so they are not read again. The
+                following = await prefetch
+                prefetch = None
+                if retry or len(window) < self.batch_size or not following:
+                    # Start again from the oldest unacknowledged message (after a failure; for a short window,
+                    # to find messages saved meanwhile; with nothing behind this window, because other relays
+                    # may hold claims there), once the deletes are done so they are not read again. An unused
                     # read-ahead window stays claimed: this relay's next claim takes it again.
-                    await prefetch
                     if deleting is not None:
                         await deleting
                         deleting = None
@@ -190,15 +192,7 @@ class Relay:
                     window = await self._read_from_oldest(stats)
                 else:
                     self._backoff = 0.0
-                    window = await prefetch
-                    if not window:
-                        # Nothing behind this window for us; look from the oldest again (other relays may hold
-                        # claims there) once this window's deletes are done, so they are not claimed again.
-                        if deleting is not None:
-                            await deleting
-                            deleting = None
-                        window = await self._read_from_oldest(stats)
-                prefetch = None
+                    window = following
         finally:
             if prefetch is not None and not prefetch.done():
                 prefetch.cancel()
