@@ -31,7 +31,7 @@ from . import sqlite_file, versioning
 from .errors import map_driver_error
 from .schema import VERSION_TABLE
 
-__all__ = ["Database", "SUPPORTED"]
+__all__ = ["SUPPORTED", "Database", "sqlite_path"]
 
 _log = logging.getLogger("pbuffer.backends.database")
 
@@ -40,6 +40,15 @@ SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
 _PG_LOCK_KEY = 0x70627566  # "pbuf"
 _MYSQL_LOCK_NAME = "pbuffer_schema"
 _DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def sqlite_path(url: URL) -> Path:
+    """The file a ``sqlite:///`` URL names, absolute; refuses URLs that name no file (``:memory:``, ``file:``)."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise ConfigurationError("a sqlite buffer needs a file path (sqlite:///path/to/buffer.db); "
+                                 "for a buffer in memory use memory://")
+    return Path(database).expanduser().absolute()
 
 
 class Database:
@@ -62,7 +71,7 @@ class Database:
             durability = "process" if durability is None else durability
             if durability not in sqlite_file.DURABILITY_SYNCHRONOUS:
                 raise ConfigurationError(f"durability must be 'process' or 'power', not {durability!r}")
-            self.path = self._sqlite_path()
+            self.path = sqlite_path(self.url)
         elif durability is not None:
             raise ConfigurationError(
                 f"durability is set by the {self.dialect_name} server (its commit settings), not by pbuffer")
@@ -71,13 +80,6 @@ class Database:
         self._engine: Engine | None = None
         #: Held around schema transactions when set (sqlite's one-writer mode, see sqlite_file.WriteLock).
         self.write_lock: AbstractContextManager[object] = nullcontext()
-
-    def _sqlite_path(self) -> Path:
-        database = self.url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            raise ConfigurationError("a sqlite buffer needs a file path (sqlite:///path/to/buffer.db); "
-                                     "for a buffer in memory use memory://")
-        return Path(database).expanduser().absolute()
 
     @property
     def engine(self) -> Engine:

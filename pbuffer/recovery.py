@@ -70,9 +70,10 @@ def sqlite_path(url: str) -> Path | None:
         raise ConfigurationError(f"not a buffer URL: {url!r}") from exc
     if parsed.get_backend_name() != "sqlite":
         return None
-    if not parsed.database or parsed.database == ":memory:":
-        raise ConfigurationError(f"{url!r} names no sqlite file")
-    return Path(parsed.database).expanduser().absolute()
+    from .backends.database import sqlite_path as path_of  # the one place a sqlite URL becomes a file path
+
+    path: Path = path_of(parsed)
+    return path
 
 
 def verify(url: str, *, page: int = 1000) -> VerifyReport:
