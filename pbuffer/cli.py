@@ -19,22 +19,22 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 import pbuffer
 
 from .buffer import Buffer
 from .errors import PBufferError
 from .message import Message
+from .registry import display_url
+from .terminal import escape, make_console, print_table
 from .validation import check_headers, check_subject
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 URL = click.option("--url", envvar="PBUFFER_URL", default=None, metavar="URL",
                    help="Buffer URL [env PBUFFER_URL; default: buffer.db in your data directory].")
@@ -99,7 +99,7 @@ def friendly(fn: F) -> F:
         except (PBufferError, OSError, ValueError) as exc:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -210,21 +210,19 @@ def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> N
     age = data["oldest_age_seconds"]
     removed = (f"; {data['dropped']:,} dropped, {data['expired']:,} expired" if data["dropped"] or data["expired"]
                else "")
-    console.print(f"[bold]{url or pbuffer.default_url()}[/]: {data['pending']:,} pending ({data['bytes']:,} bytes), "
-                  f"{data['dead']:,} dead; oldest {'-' if age is None else f'{age:,.1f} s'} old{removed}")
+    console.print(f"[bold]{escape(display_url(url or pbuffer.default_url()))}[/]: {data['pending']:,} pending "
+                  f"({data['bytes']:,} bytes), {data['dead']:,} dead; "
+                  f"oldest {'-' if age is None else f'{age:,.1f} s'} old{removed}")
     if data["subjects"]:
-        table = Table("subject", "pending")
-        for subject, count in data["subjects"].items():
-            table.add_row(subject, f"{count:,}")
-        console.print(table)
+        print_table(console, [(subject, f"{count:,}") for subject, count in data["subjects"].items()],
+                    headers=("subject", "pending"))
     for title, rows in (("pending", data.get("messages")), ("dead letters", data.get("dead_letters"))):
         if rows:
-            table = Table("id", "subject", "size", "payload", *(["reason", "attempts"] if title != "pending"
-                                                               else []), title=title)
-            for row in rows:
-                extra = [row["reason"], str(row["attempts"])] if title != "pending" else []
-                table.add_row(row["id"], row["subject"], str(row["size"]), row["payload"], *extra)
-            console.print(table)
+            dead = title != "pending"
+            print_table(console, [(row["id"], row["subject"], str(row["size"]), row["payload"],
+                                   *([row["reason"], str(row["attempts"])] if dead else [])) for row in rows],
+                        headers=("id", "subject", "size", "payload", *(("reason", "attempts") if dead else ())),
+                        title=title)
 
 
 # ------------------------------------------------------------------------------------------------------ drain
@@ -332,7 +330,7 @@ def send(subject: str, data: str, url: str | None, servers: str, headers: Sequen
             await transport.close()
 
     message = asyncio.run(run())
-    console.print(f"sent {message.id} on {message.subject}")
+    console.print(f"sent {message.id} on {escape(message.subject)}")
 
 
 # ---------------------------------------------------------------------------------------------- dead letters
@@ -382,8 +380,8 @@ def purge(url: str | None, which: str | None, yes: bool) -> None:
             console.print("nothing to purge")
             return
         if not yes:
-            click.confirm(f"Delete {len(ids):,} message(s) from {url or pbuffer.default_url()} for good?",
-                          abort=True)
+            target = display_url(url or pbuffer.default_url())
+            click.confirm(f"Delete {len(ids):,} message(s) from {target} for good?", abort=True)
         deleted = sum(buf.delete_many(ids[i:i + 1000]) for i in range(0, len(ids), 1000))
     console.print(f"deleted {deleted:,} message(s)")
 
@@ -401,7 +399,7 @@ def db() -> None:
 @friendly
 def db_upgrade(url: str | None, revision: str) -> None:
     """Upgrade the schema (a sqlite file is backed up first). Example: pbuffer db upgrade --url URL"""
-    console.print(f"at revision {pbuffer.upgrade(url or pbuffer.default_url(), revision)}")
+    console.print(f"at revision {escape(str(pbuffer.upgrade(url or pbuffer.default_url(), revision)))}")
 
 
 @db.command("downgrade")
@@ -413,8 +411,8 @@ def db_downgrade(url: str | None, revision: str, yes: bool) -> None:
     """Downgrade the schema. Example: pbuffer db downgrade --url URL --revision base"""
     target = url or pbuffer.default_url()
     if not yes:
-        click.confirm(f"Downgrade {target} to {revision}? A downgrade can drop data.", abort=True)
-    console.print(f"at revision {pbuffer.downgrade(target, revision)}")
+        click.confirm(f"Downgrade {display_url(target)} to {revision}? A downgrade can drop data.", abort=True)
+    console.print(f"at revision {escape(str(pbuffer.downgrade(target, revision)))}")
 
 
 @db.command("current")
@@ -422,7 +420,7 @@ def db_downgrade(url: str | None, revision: str, yes: bool) -> None:
 @friendly
 def db_current(url: str | None) -> None:
     """The database's schema revision. Example: pbuffer db current --url URL"""
-    console.print(pbuffer.current(url or pbuffer.default_url()) or "base (empty)")
+    console.print(escape(pbuffer.current(url or pbuffer.default_url()) or "base (empty)"))
 
 
 @db.command("history")
@@ -432,7 +430,7 @@ def db_history(url: str | None) -> None:
     """Every revision this pbuffer knows; the database's own is marked. Example: pbuffer db history"""
     for revision in pbuffer.history(url):
         marks = " ".join(m for m, on in (("(head)", revision.is_head), ("(current)", revision.is_current)) if on)
-        console.print(f"{revision.id}  {revision.description} {marks}".rstrip())
+        console.print(escape(f"{revision.id}  {revision.description} {marks}".rstrip()))
 
 
 @db.command("check")
@@ -442,7 +440,7 @@ def db_check(url: str | None) -> None:
     """Compare the database with this pbuffer's model. Example: pbuffer db check --url URL"""
     differences = pbuffer.check(url or pbuffer.default_url())
     for difference in differences:
-        console.print(difference, highlight=False)
+        console.print(escape(str(difference)))
     if differences:
         sys.exit(1)
     console.print("the schema matches this pbuffer")
@@ -469,12 +467,12 @@ def db_verify(url: str | None, as_json: bool) -> None:
         click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:
         if report.integrity:
-            console.print(f"integrity_check: {'; '.join(report.integrity[:20])}", highlight=False, soft_wrap=True)
+            console.print(escape(f"integrity_check: {'; '.join(report.integrity[:20])}"))
         console.print(f"checked {report.pending:,} pending message(s) and {report.dead:,} dead letter(s)")
         for message_id in report.damaged:
-            console.print(f"damaged: {message_id}", highlight=False)
+            console.print(escape(f"damaged: {message_id}"))
         for problem in report.problems:
-            console.print(f"problem: {problem}", highlight=False, soft_wrap=True)
+            console.print(escape(f"problem: {problem}"))
         console.print("ok" if report.ok else "[bold red]NOT OK[/]")
     if not report.ok:
         sys.exit(1)
@@ -496,7 +494,7 @@ def db_quarantine(url: str | None) -> None:
     from .recovery import quarantine
 
     for old, new in quarantine(url or pbuffer.default_url()):
-        console.print(f"moved {old} -> {new}", highlight=False, soft_wrap=True)
+        console.print(escape(f"moved {old} -> {new}"))
 
 
 # ------------------------------------------------------------------------------------------------- passthrough

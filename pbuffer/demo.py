@@ -17,7 +17,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 import pbuffer
 
@@ -25,7 +24,9 @@ from .echo import ensure_stream, reply_subject, serve
 from .echo_pb2 import EchoRequest, EchoResponse
 from .jetstream import JetStreamTransport
 from .natsserver import NatsServer
+from .registry import display_url
 from .relay import Relay, RelayStats
+from .terminal import escape, make_console, print_table
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -53,7 +54,7 @@ class DemoResult:
 
 async def run_demo(messages: int = 2000, servers: str | None = None, console: Console | None = None,
                    timeout: float = 60.0) -> DemoResult:
-    console = console or Console()
+    console = console or make_console()
     result = DemoResult()
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -62,11 +63,12 @@ async def run_demo(messages: int = 2000, servers: str | None = None, console: Co
         if servers is None:
             server = stack.enter_context(NatsServer(store_dir=workdir / "nats"))
             url = server.url
-            console.print(f"[bold]nats-server[/] with JetStream started at {url} (store {workdir / 'nats'})")
+            store = escape(str(workdir / "nats"))
+            console.print(f"[bold]nats-server[/] with JetStream started at {url} (store {store})")
         else:
             url = servers
-            console.print(f"using the NATS server at {url} (no outage can be played on it: messages are saved "
-                          "before the relay starts instead)")
+            console.print(f"using the NATS server at {escape(display_url(url))} (no outage can be played on it: "
+                          "messages are saved before the relay starts instead)")
         transport = await JetStreamTransport.connect(url, reconnect_time_wait=0.2, timeout=3.0, name="pbuffer-demo")
         await ensure_stream(transport.js, SUBJECT, STREAM)
         await transport.js.purge_stream(STREAM)
@@ -177,9 +179,8 @@ async def _stream_ids(transport: JetStreamTransport, stream: str, subject: str) 
 
 
 def _summary(console: Console, result: DemoResult) -> None:
-    table = Table(title="pbuffer demo", show_header=False)
     rate = result.published / result.drain_seconds if result.drain_seconds else 0.0
-    for name, value in (
+    rows = [
         ("saved (while the server was down)", f"{result.saved:,}"),
         ("published", f"{result.published:,}"),
         ("duplicates suppressed by JetStream", f"{result.duplicates:,}"),
@@ -190,9 +191,8 @@ def _summary(console: Console, result: DemoResult) -> None:
         ("from the server's return to the last publish", f"{result.drain_seconds:.2f} s ({rate:,.0f} msg/s, "
                                                           "reconnecting included)"),
         ("total time", f"{result.seconds:.1f} s"),
-    ):
-        table.add_row(name, value)
-    console.print(table)
+    ]
+    print_table(console, rows, title="pbuffer demo")
     for note in result.notes:
-        console.print(f"[yellow]{note}[/]")
+        console.print(f"[yellow]{escape(note)}[/]")
     console.print("[bold green]nothing lost, nothing duplicated[/]" if result.ok else "[bold red]check failed[/]")

@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .buffer import Buffer
 from .errors import BackendError, ConfigurationError, CorruptDatabaseError, PBufferError, ValidationError
-from .registry import open_buffer, parse_options
+from .registry import display_url, open_buffer, parse_options
 
 __all__ = ["VerifyReport", "quarantine", "sqlite_path", "verify"]
 
@@ -90,7 +90,7 @@ def verify(url: str, *, page: int = 1000) -> VerifyReport:
     checked (reported in ``problems``).
     """
     path = sqlite_path(url)
-    report = VerifyReport(url=_display(url))
+    report = VerifyReport(url=display_url(url))
     options: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
@@ -119,13 +119,6 @@ def verify(url: str, *, page: int = 1000) -> VerifyReport:
     finally:
         buf.close()
     return report
-
-
-def _display(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return url
 
 
 def _integrity_check(path: Path) -> list[str]:

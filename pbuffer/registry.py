@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 from .buffer import Buffer
 from .errors import ConfigurationError
 
-__all__ = ["ENTRY_POINT_GROUP", "default_url", "known_schemes", "open_buffer", "parse_options"]
+__all__ = ["ENTRY_POINT_GROUP", "default_url", "display_url", "known_schemes", "open_buffer", "parse_options"]
 
 ENTRY_POINT_GROUP = "pbuffer.backends"
 
@@ -62,6 +62,21 @@ def default_url() -> str:
     from platformdirs import user_data_path
 
     return f"sqlite:///{Path(user_data_path('pbuffer')) / 'buffer.db'}"
+
+
+def display_url(url: str) -> str:
+    """``url`` fit to print or log: a password in it is shown as ``***``."""
+    # Split by hand rather than through SQLAlchemy's URL parser: this must work on any text a user typed (a password
+    # with an unescaped "/" or "@" included), and a sqlite path may hold characters that parser rejects.
+    scheme, sep, rest = url.partition("://")
+    if not sep or _scheme(url) in ("sqlite", "memory"):
+        return url
+    address, question, query = rest.partition("?")
+    at = address.rfind("@")
+    user, colon, _password = address[:max(at, 0)].partition(":")
+    if at < 0 or not colon:
+        return url
+    return f"{scheme}://{user}:***{address[at:]}{question}{query}"
 
 
 def _scheme(url: str) -> str:

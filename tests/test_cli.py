@@ -322,3 +322,80 @@ def test_db_quarantine_refuses_a_buffer_in_use(tmp_path: Path) -> None:
                               ("memory://", "sqlite files only")):
         code, out = invoke("db", "quarantine", "--url", mistake)
         assert code == 1 and expected in out
+
+
+# ------------------------------------------------------------------------- output that survives a pipe and hostile text
+
+LONG = "a-directory-name-that-is-deliberately-rather-long-to-shift-every-path"
+
+
+def run_pbuffer(*args: str, columns: int = 40) -> subprocess.CompletedProcess[str]:
+    """The real command with stdout and stderr piped, as under `| grep`, on a narrow 'terminal'."""
+    env = {**os.environ, "COLUMNS": str(columns), "LINES": "10"}
+    return subprocess.run([*PBUFFER, *args], capture_output=True, text=True, timeout=60, check=False, env=env)
+
+
+def test_piped_output_keeps_every_logical_line_whole(tmp_path: Path) -> None:
+    deep = tmp_path / LONG / LONG
+    deep.mkdir(parents=True)
+    url = f"sqlite:///{deep / 'buf.db'}"
+    with pbuffer.open(url) as buf:
+        kept = buf.save(b"hello world, a payload wrapped at forty columns", subject="orders.created")
+        dead = buf.save(b"x", subject="orders.failed")
+        buf.mark_dead(dead.id, "a reason that is rather long and would certainly be wrapped", attempts=3)
+    for columns in (40, 80, 300):
+        run = run_pbuffer("inspect", "--url", url, "--list", columns=columns)
+        assert run.returncode == 0, run.stderr
+        summary = [line for line in run.stdout.splitlines() if "pending (" in line]
+        assert summary == [f"{url}: 1 pending (47 bytes), 1 dead; oldest {summary[0].split('oldest ')[1]}"]
+        # Tables become one tab-separated line per row.
+        assert "orders.created\t1" in run.stdout.splitlines()
+        assert (f"{kept.id}\torders.created\t47\thello world, a payload wrapped at forty columns"
+                in run.stdout.splitlines())
+        assert (f"{dead.id}\torders.failed\t1\tx\ta reason that is rather long and would certainly be wrapped\t3"
+                in run.stdout.splitlines())
+    run = run_pbuffer("db", "verify", "--url", url)
+    assert run.returncode == 0 and "checked 1 pending message(s) and 1 dead letter(s)" in run.stdout.splitlines()
+    assert run_pbuffer("db", "current", "--url", url).stdout == "0002\n"
+    missing = f"sqlite:///{deep / 'missing.db'}"
+    run = run_pbuffer("inspect", "--url", missing)
+    assert run.returncode == 1 and run.stderr == f"error: no buffer at {deep / 'missing.db'}\n"
+    run = run_pbuffer("send", "a b", "x", "--url", url, "-s", "nats://127.0.0.1:1")
+    assert run.returncode == 1 and len(run.stderr.splitlines()) == 1 and "subject" in run.stderr
+
+
+def test_text_from_a_buffer_or_a_user_is_never_markup(tmp_path: Path) -> None:
+    directory = tmp_path / "odd[/]dir [bold]x"
+    directory.mkdir(parents=True)  # "odd[" / "]dir [bold]x": the path holds "[/]"
+    url = f"sqlite:///{directory / 'buf.db'}"
+    with pbuffer.open(url) as buf:
+        buf.save(b"[red]secret[/red]", subject="orders.[/]")
+    run = run_pbuffer("inspect", "--url", url, "--list")
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert f"{url}: 1 pending" in run.stdout
+    assert "orders.[/]\t1" in run.stdout and "[red]secret[/red]" in run.stdout
+    run = run_pbuffer("send", "a [/]", "x", "--url", url, "-s", "nats://127.0.0.1:1")
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "'a [/]'" in run.stderr
+    assert len(run.stderr.splitlines()) == 1
+
+
+def test_passwords_in_urls_are_never_printed(tmp_path: Path) -> None:
+    for url in ("postgresql+psycopg://postgres:S3CRETPW@127.0.0.1:1/test", "mysql+pymysql://root:S3CRETPW@127.0.0.1:1/t",
+                "postgresql+psycopg://postgres:S3CR/ET@PW@127.0.0.1:1/test"):
+        for args in (["inspect", "--url", url], ["db", "current", "--url", url], ["db", "verify", "--url", url],
+                     ["purge", "--url", url, "--yes"], ["db", "downgrade", "--url", url, "--revision", "base"]):
+            run = run_pbuffer(*args)
+            assert run.returncode != 0, args
+            assert "S3CR" not in run.stdout + run.stderr, (args, run.stdout + run.stderr)
+            assert "Traceback" not in run.stderr, run.stderr
+
+
+def test_display_url_masks_only_the_password() -> None:
+    from pbuffer.registry import display_url
+
+    assert display_url("postgresql://u:pw@h:5432/db?sslmode=require") == "postgresql://u:***@h:5432/db?sslmode=require"
+    assert display_url("postgresql://u:p/w@d@h/db") == "postgresql://u:***@h/db"
+    assert display_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert display_url("sqlite:////tmp/a:b@c.db") == "sqlite:////tmp/a:b@c.db"
+    assert display_url("memory://") == "memory://"
