@@ -1,26 +1,35 @@
-"""The JetStream transport over nats-py: pipelined publishes, every ack awaited with a timeout, and nats-py's
-exceptions mapped once, here, into transient or permanent failures."""
+"""The JetStream transport over nats-py: pipelined publishes, every ack awaited with a timeout and read here, and
+nats-py's exceptions and the server's replies mapped once, here, into transient or permanent failures.
+
+Publishes go out as core NATS publishes with a reply subject under one inbox prefix of this transport; one
+subscription on that prefix reads every reply and parses it itself. nats-py's own ``publish_async`` is not used: its
+reply handler raises on a publish error reply (nats.py issue #985), so the server's "400: maximum message size
+exceeded" or "503: maximum messages exceeded" never reached the relay and every try ended as a 5 s timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from .errors import PublishError
 from .message import Message
 from .transport import PublishResult, Transport
 
-__all__ = ["JetStreamTransport", "classify"]
+__all__ = ["JetStreamTransport", "classify", "parse_reply"]
 
 _log = logging.getLogger("pbuffer.jetstream")
 
@@ -65,17 +74,35 @@ class JetStreamTransport(Transport):
     """Publishes to JetStream through a nats-py connection.
 
     Build it with :meth:`connect` (pbuffer owns the connection) or from an existing ``nats.aio.client.Client``
-    (the caller owns it). Each ``publish`` sends the whole batch with ``publish_async`` (many in flight) and waits
-    for every ack at most ``timeout`` seconds; a missing ack is a transient failure whose outcome is unknown.
+    (the caller owns it). Each ``publish`` sends the whole batch (many in flight) and waits for every reply at most
+    ``timeout`` seconds; a missing reply is a transient failure whose outcome is unknown. Every reply is read here:
+    a PubAck (stored or duplicate), a JetStream error (400: permanent, dead-lettered with the server's
+    description; anything else: transient), the no-responders status (no stream, transient), or anything that is
+    not a PubAck (permanent: whatever answered is not a stream).
+
+    A message whose payload plus headers exceeds the server's ``max_payload`` (read from the connection's INFO at
+    every publish, so a reconnect to another server is seen) is failed permanently before it is sent: the server
+    would drop the whole connection for it. A connection nats-py closed for good (a server ``-ERR``, refused
+    credentials, reconnect attempts used up) is opened again with the same options when pbuffer owns it, with a
+    WARNING naming the cause at most once a minute while it cannot be.
     """
+
+    #: Opens a new connection with the options :meth:`connect` was given (None: the caller owns the connection).
+    _reopen: Callable[[], Awaitable[Client]] | None = None
 
     def __init__(self, nc: Client, *, timeout: float = 5.0, owns_connection: bool = False) -> None:
         self.nc = nc
-        self.js = nc.jetstream(timeout=timeout, publish_async_max_pending=1_000_000)
+        self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
         self._owns_connection = owns_connection
         #: Publishes of the windows being awaited (sent, their window not settled yet).
         self.in_flight = 0
+        self._inbox = ""
+        self._replies: Any = None  # the subscription on <inbox>.*
+        self._waiting: dict[str, asyncio.Future[PublishResult]] = {}
+        self._tokens = itertools.count()
+        self._warned_closed = -1e9
+        self._jetstream_checked = (-1e9, True)  # (when, whether $JS.API.INFO answered)
 
     @classmethod
     async def connect(
@@ -101,33 +128,11 @@ class JetStreamTransport(Transport):
         """Connect to NATS: ``connect_attempts`` tries per server (at least 2), then
         :class:`~pbuffer.PublishError`; refused credentials or an untrusted certificate fail at once. Once
         connected it never stops reconnecting by default (``max_reconnect_attempts=-1``): a relay outlives
-        outages, and its messages wait in the buffer meanwhile.
+        outages, and its messages wait in the buffer meanwhile. Should nats-py close the connection for good anyway,
+        the transport opens a new one with the same options at its next publish.
 
         Credentials are passed to nats-py as given and never logged.
         """
-        holder: list[Client] = []
-
-        async def on_disconnected() -> None:
-            # nats-py replays publishes it still held when the connection dropped once it reconnects. Such a
-            # stale copy of a later message could be stored before the earlier ones the relay republishes from
-            # the buffer, reordering the stream: drop them; the relay republishes them itself, in order.
-            if holder:
-                _drop_unsent_publishes(holder[0])
-            await _on_disconnected()
-
-        first_errors: list[Exception] = []
-
-        async def on_error(exc: Exception) -> None:
-            # nats-py retries every failure of the first connect: a refusal no retry can fix (wrong credentials,
-            # an untrusted certificate) is raised out of its loop instead, and after a failed TLS upgrade nats-py
-            # would hang in its own close (nats.py issue #718).
-            if not holder:
-                reason = _refusal(exc)
-                if reason is not None:
-                    raise _Refused(reason) from exc
-                first_errors[:] = [exc]
-            await _on_error(exc)
-
         options: dict[str, Any] = {
             "servers": [servers] if isinstance(servers, str) else list(servers),
             "name": name,
@@ -142,9 +147,6 @@ class JetStreamTransport(Transport):
             # (0 would mean "no limit" to nats-py, so at least two attempts are made.)
             "max_reconnect_attempts": max(connect_attempts - 1, 1),
             "connect_timeout": connect_timeout,
-            "error_cb": on_error,
-            "disconnected_cb": on_disconnected,
-            "reconnected_cb": _on_reconnected,
             "allow_reconnect": True,
         }
         for key, value in (("user_credentials", creds), ("user", user), ("password", password),
@@ -152,64 +154,69 @@ class JetStreamTransport(Transport):
                            ("tls_hostname", tls_hostname)):
             if value is not None:
                 options[key] = value
-        nc = Client()
-        where = _safe_servers(options["servers"])
-        try:
-            await nc.connect(**options)
-        except _Refused as exc:
-            await _abandon(nc)
-            raise PublishError(f"cannot connect to NATS at {where}: {exc}") from exc.__cause__
-        except Exception as exc:  # nats-py raises several types (NoServersError, OSError, auth errors...)
-            last = first_errors[-1] if first_errors else None
-            detail = f" (last error: {type(last).__name__}: {last})" if last is not None and last is not exc else ""
-            await _abandon(nc)
-            raise PublishError(f"cannot connect to NATS at {where}: {type(exc).__name__}: {exc}{detail}") from exc
-        nc.options["max_reconnect_attempts"] = max_reconnect_attempts
-        holder.append(nc)
-        return cls(nc, timeout=timeout, owns_connection=True)
+
+        async def open_client() -> Client:
+            return await _open_client(options, max_reconnect_attempts)
+
+        transport = cls(await open_client(), timeout=timeout, owns_connection=True)
+        transport._reopen = open_client
+        return transport
 
     async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
+        if self.nc.is_closed:
+            reason = await self._open_again()
+            if reason is not None:
+                return [PublishResult.failed(reason, transient=True) for _ in messages]
         if not self.nc.is_connected:
             # Nothing is queued while disconnected (see connect): the whole window waits in the buffer.
             return [PublishResult.failed("not connected to NATS", transient=True) for _ in messages]
-        pending: list[asyncio.Future[Any] | PublishResult] = []
-        publish_async = self.js.publish_async
-        sent = 0
+        try:
+            await self._subscribe_replies()
+        except Exception as exc:  # the connection went away between the check and the subscribe
+            return [classify(exc, message) for message in messages]
+        max_payload = self.nc.max_payload
+        publish = self.nc.publish
+        loop = asyncio.get_running_loop()
+        pending: list[asyncio.Future[PublishResult] | PublishResult] = []
+        tokens: list[str] = []
         for message in messages:
+            headers = {**message.headers, "Nats-Msg-Id": message.id}
+            size = len(message.payload) + _header_size(headers)
+            if size > max_payload:
+                pending.append(PublishResult.failed(
+                    f"MaxPayload: payload plus headers are {size:,} bytes, over the server's max_payload of "
+                    f"{max_payload:,} bytes (the server would drop the connection for it)", transient=False))
+                continue
+            token = str(next(self._tokens))
+            future: asyncio.Future[PublishResult] = loop.create_future()
+            self._waiting[token] = future
             try:
-                # No wait_stall: with one, nats-py wraps every publish in asyncio.wait_for, which yields to the
-                # loop each time and turns a pipelined window into a trickle. The window size bounds the
-                # pending publishes instead (publish_async_max_pending is set far above it).
-                future = await publish_async(message.subject, message.payload,
-                                             headers={**message.headers, "Nats-Msg-Id": message.id})
-            except Exception as exc:  # not connected any more, max_payload...: this message only
+                await publish(message.subject, message.payload, reply=f"{self._inbox}.{token}", headers=headers)
+            except Exception as exc:  # not connected any more, a bad header...: this message only
+                del self._waiting[token]
                 pending.append(classify(exc, message))
             else:
-                sent += 1
+                tokens.append(token)
                 self.in_flight += 1
                 pending.append(future)
         futures = [f for f in pending if isinstance(f, asyncio.Future)]
         try:
             if futures:
-                # nats-py's futures have no timeout of their own, and a server error can leave one unresolved
-                # (nats.py issue #985): wait a bounded time, then give the rest up as "unknown".
                 _done, late = await asyncio.wait(futures, timeout=self.timeout)
                 for future in late:
-                    future.cancel()  # frees nats-py's slot; the message is retried with the same id
+                    future.cancel()
         finally:
-            self.in_flight -= sent
+            self.in_flight -= len(futures)
+            for token in tokens:
+                self._waiting.pop(token, None)
         results = []
         for message, item in zip(messages, pending, strict=True):
             if isinstance(item, PublishResult):
                 results.append(item)
             elif item.cancelled():
                 results.append(classify(asyncio.TimeoutError(), message))
-            elif item.exception() is not None:
-                results.append(classify(item.exception(), message))  # type: ignore[arg-type]
             else:
-                ack = item.result()
-                results.append(PublishResult.duplicate(ack.stream, ack.seq) if ack.duplicate
-                               else PublishResult.stored(ack.stream, ack.seq))
+                results.append(await self._explain(item.result(), message))
         return results
 
     async def duplicate_window(self, subject: str) -> float | None:
@@ -222,11 +229,155 @@ class JetStreamTransport(Transport):
         return float(window) if window is not None else None
 
     async def close(self) -> None:
+        if self._replies is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._replies.unsubscribe()
+        self._replies = None
         if self._owns_connection and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), self.timeout)
             except Exception:
                 await self.nc.close()
+
+    # ------------------------------------------------------------------------------------------------ internals
+
+    async def _subscribe_replies(self) -> None:
+        """One subscription for every reply; nats-py re-subscribes it by itself after a reconnect."""
+        if self._replies is not None:
+            return
+        self._inbox = self.nc.new_inbox()
+        # Generous pending limits: a reply dropped as a "slow consumer" would cost a timeout and a retry.
+        self._replies = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply, pending_msgs_limit=-1,
+                                                pending_bytes_limit=-1)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject.rpartition(".")[2], None)
+        if future is not None and not future.done():
+            future.set_result(parse_reply(msg.data, msg.headers))
+
+    async def _explain(self, result: PublishResult, message: Message) -> PublishResult:
+        """Name the subject in a no-stream failure, and say so when the cause is JetStream being off."""
+        if result.failure is None or not result.failure.no_stream:
+            return result
+        if not await self._jetstream_enabled():
+            return PublishResult.failed(f"JetStream is not enabled on the NATS server, so no stream can take subject "
+                                        f"{message.subject!r} (start nats-server with JetStream: -js)",
+                                        transient=True, no_stream=True)
+        return classify(nats.errors.NoRespondersError(), message)
+
+    async def _jetstream_enabled(self) -> bool:
+        """Whether $JS.API.INFO answers, asked at most every 30 s (only after a no-responders reply)."""
+        asked, enabled = self._jetstream_checked
+        if time.monotonic() - asked < 30:
+            return enabled
+        try:
+            await self.nc.request("$JS.API.INFO", b"", timeout=min(self.timeout, 2.0))
+            enabled = True
+        except nats.errors.NoRespondersError:
+            enabled = False
+        except Exception:  # a timeout or a disconnect says nothing either way
+            enabled = True
+        self._jetstream_checked = (time.monotonic(), enabled)
+        return enabled
+
+    async def _open_again(self) -> str | None:
+        """Open a new connection for one nats-py closed for good; None when connected again, else why not."""
+        cause = self.nc.last_error
+        why = f"{type(cause).__name__}: {cause}" if cause is not None else "closed"
+        if self._reopen is None:
+            reason = (f"the NATS connection is closed ({why}) and belongs to the caller: open a new one; "
+                      "messages stay buffered")
+        else:
+            try:
+                nc = await self._reopen()
+            except PublishError as exc:
+                reason = f"the NATS connection was closed ({why}) and cannot be opened again: {exc}"
+            else:
+                self.nc, self.js = nc, nc.jetstream(timeout=self.timeout)
+                self._replies = None
+                _log.warning("the NATS connection was closed (%s); opened a new one", why)
+                self._warned_closed = -1e9
+                return None
+        if time.monotonic() - self._warned_closed >= 60:  # a WARNING a minute: never silent, never a flood
+            self._warned_closed = time.monotonic()
+            _log.warning("%s", reason)
+        return reason
+
+
+def parse_reply(data: bytes, headers: dict[str, str] | None) -> PublishResult:
+    """A publish's reply as a result: the one place the server's answers are read."""
+    status = headers.get("Status") if headers else None
+    if status is not None and not data:
+        if status == "503":  # no responders: no stream covers the subject, or its stream has no leader
+            return PublishResult.failed("no stream responded", transient=True, no_stream=True)
+        return PublishResult.failed(f"status {status} {headers.get('Description', '') if headers else ''}".strip(),
+                                    transient=True)
+    try:
+        ack = json.loads(data)
+    except ValueError:
+        ack = None
+    if isinstance(ack, dict):
+        error = ack.get("error")
+        if isinstance(error, dict):
+            code = error.get("code")
+            # A 400 is the stream refusing this message (a rule it breaks); anything else may pass on retry.
+            return PublishResult.failed(f"JetStream error {code} ({error.get('err_code')}): "
+                                        f"{error.get('description')}", transient=code != 400)
+        stream, seq = ack.get("stream"), ack.get("seq")
+        if isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool):
+            return PublishResult.duplicate(stream, seq) if ack.get("duplicate") else PublishResult.stored(stream, seq)
+    # Something answered that is not a stream (a service on that subject, a $-subject API...): retrying would
+    # only make it act again.
+    return PublishResult.failed(f"the reply is not a JetStream PubAck: {bytes(data[:200])!r}", transient=False)
+
+
+def _header_size(headers: dict[str, str]) -> int:
+    """Bytes of the header block nats-py writes for ``headers`` (the server counts them with the payload)."""
+    # "NATS/1.0\r\n", then "Name: value\r\n" per header, then "\r\n".
+    return 12 + sum(len(k.strip().encode()) + len(v.strip().encode()) + 4 for k, v in headers.items())
+
+
+async def _open_client(options: dict[str, Any], max_reconnect_attempts: int) -> Client:
+    """A connected nats-py client, or :class:`~pbuffer.PublishError` saying why not."""
+    holder: list[Client] = []
+
+    async def on_disconnected() -> None:
+        # nats-py replays publishes it still held when the connection dropped once it reconnects. Such a
+        # stale copy of a later message could be stored before the earlier ones the relay republishes from
+        # the buffer, reordering the stream: drop them; the relay republishes them itself, in order.
+        if holder:
+            _drop_unsent_publishes(holder[0])
+        await _on_disconnected()
+
+    first_errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py retries every failure of the first connect: a refusal no retry can fix (wrong credentials,
+        # an untrusted certificate) is raised out of its loop instead, and after a failed TLS upgrade nats-py
+        # would hang in its own close (nats.py issue #718).
+        if not holder:
+            reason = _refusal(exc)
+            if reason is not None:
+                raise _Refused(reason) from exc
+            first_errors[:] = [exc]
+        await _on_error(exc)
+
+    nc = Client()
+    where = _safe_servers(options["servers"])
+    try:
+        await nc.connect(**options, error_cb=on_error, disconnected_cb=on_disconnected,
+                         reconnected_cb=_on_reconnected)
+    except _Refused as exc:
+        await _abandon(nc)
+        raise PublishError(f"cannot connect to NATS at {where}: {exc}") from exc.__cause__
+    except Exception as exc:  # nats-py raises several types (NoServersError, OSError, auth errors...)
+        last = first_errors[-1] if first_errors else None
+        detail = f" (last error: {type(last).__name__}: {last})" if last is not None and last is not exc else ""
+        await _abandon(nc)
+        raise PublishError(f"cannot connect to NATS at {where}: {type(exc).__name__}: {exc}{detail}") from exc
+    nc.options["max_reconnect_attempts"] = max_reconnect_attempts
+    holder.append(nc)
+    return nc
 
 
 def _drop_unsent_publishes(nc: Client) -> None:

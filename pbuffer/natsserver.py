@@ -63,11 +63,12 @@ def free_ports(count: int) -> list[int]:
 
 class NatsServer:
     """One nats-server process. ``config`` is extra configuration text (auth, TLS, cluster, jetstream limits);
-    ``jetstream`` goes inside the ``jetstream {}`` block (say ``sync_interval: always``); ``monitor_port`` opens the
+    ``jetstream`` goes inside the ``jetstream {}`` block (say ``sync_interval: always``; None: JetStream off);
+    ``monitor_port`` opens the
     HTTP monitoring endpoint (``/healthz``, ``/varz``, ``/jsz``) read by :meth:`monitor` and :meth:`healthy`."""
 
     def __init__(self, *, port: int | None = None, store_dir: str | Path | None = None, config: str = "",
-                 jetstream: str = "", name: str | None = None, monitor_port: int | None = None) -> None:
+                 jetstream: str | None = "", name: str | None = None, monitor_port: int | None = None) -> None:
         self.port = port or free_port()
         self._tmp = None if store_dir is not None else tempfile.TemporaryDirectory(prefix="pbuffer-nats-")
         self.store_dir = Path(store_dir) if store_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
@@ -88,7 +89,8 @@ class NatsServer:
         path.write_text(
             f'server_name: "{self.name}"\n'
             f"listen: 127.0.0.1:{self.port}\n"
-            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n  {self.jetstream}\n}}\n'
+            + (f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n  {self.jetstream}\n}}\n'
+               if self.jetstream is not None else "")
             + (f"http: 127.0.0.1:{self.monitor_port}\n" if self.monitor_port is not None else "")
             + f"{self.config}\n"
         )

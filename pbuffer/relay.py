@@ -315,8 +315,7 @@ class Relay:
             now = time.monotonic()
             if now - self._warned_no_stream.get(message.subject, -1e9) >= 60:
                 self._warned_no_stream[message.subject] = now
-                _log.warning("no JetStream stream responded for subject %r (no stream covers it, or its stream has "
-                             "no leader right now): its messages stay buffered and are retried", message.subject)
+                _log.warning("%s: its messages stay buffered and are retried", failure.reason)
         else:
             _log.info("publish of message %s on %r failed (attempt %d), will retry: %s", message.id,
                       message.subject, attempts, failure.reason)

@@ -159,18 +159,17 @@ def test_kill_and_restart_the_server_five_times_during_a_drain(tmp_path: Path) -
             armed = asyncio.Event()
             killed = asyncio.Event()
             in_flight_at_kill: list[int] = []
-            original = transport.js.publish_async
+            original = transport.nc.publish
 
-            async def publish_async(*args: object, **kwargs: object) -> object:
-                future = await original(*args, **kwargs)  # type: ignore[arg-type]
+            async def publish_and_kill(*args: object, **kwargs: object) -> None:
+                await original(*args, **kwargs)  # type: ignore[arg-type]
                 if armed.is_set() and transport.in_flight + 1 >= 1000:
                     in_flight_at_kill.append(transport.in_flight + 1)
                     server.kill()
                     armed.clear()
                     killed.set()
-                return future
 
-            transport.js.publish_async = publish_async  # type: ignore[method-assign]
+            transport.nc.publish = publish_and_kill  # type: ignore[method-assign]
             # Draining has resumed when the server acknowledges publishes again.
             resumed = asyncio.Event()
             original_publish = transport.publish

@@ -1,0 +1,183 @@
+"""The relay one step off the happy path, against a real nats-server: what the server refuses, what it answers that
+is not a PubAck, and connections nats-py gives up on. Each of these once stopped delivery for good or cost a
+timeout per try."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+from nats.js.api import DiscardPolicy
+
+import pbuffer
+from pbuffer.jetstream import JetStreamTransport
+from pbuffer.natsserver import NatsServer
+from pbuffer.relay import Relay
+from pbuffer.transport import Outcome
+
+MIB = 1024 * 1024
+# A relay that is stuck fails the test here instead of hanging it; a healthy one needs a second or two.
+HANG_GUARD = 30
+
+
+@pytest.fixture
+def server() -> Iterator[NatsServer]:
+    with NatsServer() as running:
+        yield running
+
+
+async def connect(server: NatsServer, **options: object) -> JetStreamTransport:
+    return await JetStreamTransport.connect(server.url, reconnect_time_wait=0.1, **options)  # type: ignore[arg-type]
+
+
+async def stream_ids(transport: JetStreamTransport, stream: str) -> list[str]:
+    info = await transport.js.stream_info(stream)
+    subscription = await transport.js.pull_subscribe(info.config.subjects[0], stream=stream)
+    ids: list[str] = []
+    while len(ids) < info.state.messages:
+        for msg in await subscription.fetch(min(100, info.state.messages - len(ids)), timeout=10):
+            ids.append(msg.headers["Nats-Msg-Id"])
+            await msg.ack()
+    await subscription.unsubscribe()
+    return ids
+
+
+def test_payload_plus_headers_over_max_payload_is_dead_lettered_and_the_connection_kept(server: NatsServer) -> None:
+    """1 MiB is the server's default max_payload: nats-py lets exactly 1 MiB through (it counts the payload only),
+    the server counts the headers too and drops the connection, and nats-py then closes for good."""
+
+    async def scenario() -> None:
+        transport = await connect(server)
+        await transport.js.add_stream(name="ORDERS", subjects=["orders.>"], max_msg_size=-1)
+        buf = pbuffer.open("memory://")
+        first = buf.save(b"first", subject="orders.a")
+        exact = buf.save(b"x" * MIB, subject="orders.a")  # payload alone fits; with Nats-Msg-Id it does not
+        header = buf.save(b"y", subject="orders.a", headers={"Big": "v" * (MIB - 10)})
+        fits = buf.save(b"z" * (MIB - 200), subject="orders.a")  # with its headers, just under the limit
+        last = buf.save(b"last", subject="orders.a")
+        async with Relay(buf, transport, close_transport=False) as relay:
+            stats = await asyncio.wait_for(relay.drain(), HANG_GUARD)
+        assert await stream_ids(transport, "ORDERS") == [first.id, fits.id, last.id]
+        assert stats.dead_lettered == 2 and len(buf) == 0
+        letters = {d.message.id: d.reason for d in buf.dead_letters()}
+        assert set(letters) == {exact.id, header.id}
+        assert all("max_payload of 1,048,576 bytes" in reason for reason in letters.values()), letters
+        assert transport.nc.is_connected and transport.nc.stats["reconnects"] == 0
+        await transport.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_closed_for_good_is_opened_again(server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        transport = await connect(server, max_reconnect_attempts=1)
+        await transport.js.add_stream(name="ORDERS", subjects=["orders.>"])
+        buf = pbuffer.open("memory://")
+        saved = [buf.save(b"before", subject="orders.a")]
+        async with Relay(buf, transport, close_transport=False, backoff_max=0.2) as relay:
+            await asyncio.wait_for(relay.drain(), HANG_GUARD)
+            # 1. nats-py closed the connection for good (as it does after a server -ERR or refused credentials).
+            original = transport.nc
+            await original.close()
+            saved.append(buf.save(b"after the close", subject="orders.a"))
+            await asyncio.wait_for(relay.drain(), HANG_GUARD)
+            assert transport.nc is not original and len(buf) == 0
+            # 2. Reconnect attempts used up while the server is down: closed for good, and back when it is.
+            second = transport.nc
+            server.kill()
+            for _ in range(200):
+                if second.is_closed:
+                    break
+                await asyncio.sleep(0.05)
+            assert second.is_closed
+            saved.append(buf.save(b"during the outage", subject="orders.a"))
+            drain = asyncio.ensure_future(relay.drain())
+            await asyncio.sleep(1.0)
+            assert not drain.done() and len(buf) == 1  # waits, retried, never dropped
+            await asyncio.to_thread(server.start)
+            await asyncio.wait_for(drain, HANG_GUARD)
+        assert len(buf) == 0 and buf.dead_letters() == []
+        assert await stream_ids(transport, "ORDERS") == [m.id for m in saved]
+        await transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="pbuffer"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("pbuffer")]
+    assert any("closed" in w and "opened a new one" in w for w in warnings), warnings
+    assert any("cannot be opened again" in w for w in warnings), warnings  # while the server was down
+
+
+def test_error_replies_are_read_at_once_and_classified(server: NatsServer) -> None:
+    """nats-py 2.16's publish_async never resolved these: each try ended as a timeout after `timeout` seconds."""
+
+    async def scenario() -> None:
+        transport = await connect(server, timeout=60.0)  # a reply missed would hang the test, not pass it
+        await transport.js.add_stream(name="SMALL", subjects=["small.>"], max_msg_size=100)
+        await transport.js.add_stream(name="FULL", subjects=["full.>"], max_msgs=1, discard=DiscardPolicy.NEW)
+        await transport.js.add_stream(name="ORDERS", subjects=["orders.>"])
+        buf = pbuffer.open("memory://")
+        too_big = buf.save(b"x" * 200, subject="small.a")
+        wrong_stream = buf.save(b"w", subject="orders.a", headers={"Nats-Expected-Stream": "OTHER"})
+        kept, refused = buf.save_many([b"1", b"2"], subject="full.a")
+        results = await asyncio.wait_for(transport.publish([too_big, wrong_stream, kept, refused]), HANG_GUARD)
+        assert [r.outcome for r in results] == [Outcome.FAILED, Outcome.FAILED, Outcome.STORED, Outcome.FAILED]
+        big_failure, stream_failure, _, full_failure = (r.failure for r in results)
+        assert big_failure is not None and not big_failure.transient and "400" in big_failure.reason
+        assert "message size exceeds maximum" in big_failure.reason
+        assert stream_failure is not None and not stream_failure.transient and "expected stream" in \
+            stream_failure.reason.lower()
+        assert full_failure is not None and full_failure.transient and "maximum messages" in full_failure.reason
+        # Through the relay: the 400s are dead-lettered with the server's description, and drain() returns.
+        buf.delete_many([kept.id, refused.id])
+        async with Relay(buf, transport, close_transport=False) as relay:
+            stats = await asyncio.wait_for(relay.drain(), HANG_GUARD)
+        assert stats.dead_lettered == 2 and len(buf) == 0
+        assert {d.message.id for d in buf.dead_letters()} == {too_big.id, wrong_stream.id}
+        await transport.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_reply_that_is_not_a_puback_is_a_dead_letter_never_a_retry(server: NatsServer) -> None:
+    """Whatever answers on a subject without being a stream (a service, a $-API) would act again on every retry."""
+
+    async def scenario() -> None:
+        transport = await connect(server)
+        calls = {"svc.text": 0, "svc.json": 0}
+
+        async def respond(msg: object) -> None:
+            subject = msg.subject  # type: ignore[attr-defined]
+            calls[subject] += 1
+            body = b"hello" if subject == "svc.text" else b'{"type":"purge_response","success":true,"purged":6}'
+            await msg.respond(body)  # type: ignore[attr-defined]
+
+        subscriptions = [await transport.nc.subscribe(subject, cb=respond) for subject in calls]
+        buf = pbuffer.open("memory://")
+        text, jsonish = buf.save(b"a", subject="svc.text"), buf.save(b"b", subject="svc.json")
+        async with Relay(buf, transport, close_transport=False, backoff_max=0.1) as relay:
+            stats = await asyncio.wait_for(relay.drain(), HANG_GUARD)
+        assert stats.dead_lettered == 2 and stats.retried == 0 and calls == {"svc.text": 1, "svc.json": 1}
+        reasons = {d.message.id: d.reason for d in buf.dead_letters()}
+        assert set(reasons) == {text.id, jsonish.id}
+        assert all("not a JetStream PubAck" in reason for reason in reasons.values())
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+        await transport.close()
+
+    asyncio.run(scenario())
+
+
+def test_jetstream_switched_off_is_named_as_the_cause() -> None:
+    with NatsServer(jetstream=None) as server:
+        async def scenario() -> None:
+            transport = await connect(server)
+            buf = pbuffer.open("memory://")
+            message = buf.save(b"a", subject="orders.a")
+            (result,) = await asyncio.wait_for(transport.publish([message]), HANG_GUARD)
+            assert result.failure is not None and result.failure.transient and result.failure.no_stream
+            assert "JetStream is not enabled" in result.failure.reason and "'orders.a'" in result.failure.reason
+            await transport.close()
+
+        asyncio.run(scenario())
