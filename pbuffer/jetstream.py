@@ -350,6 +350,7 @@ async def _open_client(options: dict[str, Any], max_reconnect_attempts: int) -> 
         await _on_disconnected()
 
     first_errors: list[Exception] = []
+    log_error = _ErrorLog()
 
     async def on_error(exc: Exception) -> None:
         # nats-py retries every failure of the first connect: a refusal no retry can fix (wrong credentials,
@@ -360,7 +361,7 @@ async def _open_client(options: dict[str, Any], max_reconnect_attempts: int) -> 
             if reason is not None:
                 raise _Refused(reason) from exc
             first_errors[:] = [exc]
-        await _on_error(exc)
+        await log_error(exc)
 
     nc = Client()
     where = _safe_servers(options["servers"])
@@ -423,8 +424,23 @@ def _safe_servers(servers: Sequence[str]) -> str:
     return ", ".join(shown)
 
 
-async def _on_error(exc: Exception) -> None:
-    _log.warning("NATS connection error: %s: %s", type(exc).__name__, exc)
+class _ErrorLog:
+    """One WARNING per cause a minute, for one connection: nats-py reports every failed reconnect (an
+    "Authorization Violation" a try while a password is wrong); the repeats go to DEBUG."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    async def __call__(self, exc: Exception) -> None:
+        cause = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._last.get(cause, -1e9) < 60:
+            _log.debug("NATS connection error: %s", cause)
+            return
+        if len(self._last) > 100:  # causes can carry varying text: keep the memory bounded
+            self._last.clear()
+        self._last[cause] = now
+        _log.warning("NATS connection error: %s (logged again at most once a minute)", cause)
 
 
 async def _on_disconnected() -> None:

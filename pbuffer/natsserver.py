@@ -135,6 +135,13 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def reload(self) -> None:
+        """Rewrite the configuration file from ``config``/``jetstream`` and have the running server re-read it
+        (SIGHUP, as ``nats-server --signal reload`` does)."""
+        self._config_file()
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGHUP)
+
     def restart(self, timeout: float = 20) -> NatsServer:
         self.kill()
         return self.start(timeout)

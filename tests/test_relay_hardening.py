@@ -181,3 +181,51 @@ def test_jetstream_switched_off_is_named_as_the_cause() -> None:
             await transport.close()
 
         asyncio.run(scenario())
+
+
+def test_a_relay_resumes_after_its_password_was_changed_and_restored(caplog: pytest.LogCaptureFixture) -> None:
+    """A config reload that changes the user's password drops the relay's connection, and every reconnect is
+    refused; once the password is restored, the relay delivers again by itself, and said why it could not."""
+    from tests.nats_auth_support import user_password_server_config
+
+    good, changed = "pw-one-7d1f", "pw-two-93ab"
+    with NatsServer(config=user_password_server_config("relay", good)) as server:
+        async def scenario() -> None:
+            transport = await connect(server, user="relay", password=good)
+            await transport.js.add_stream(name="ORDERS", subjects=["orders.>"])
+            buf = pbuffer.open("memory://")
+            saved = [buf.save(b"before", subject="orders.a")]
+            async with Relay(buf, transport, close_transport=False, backoff_max=0.3) as relay:
+                run = asyncio.ensure_future(relay.run())
+                for _ in range(100):
+                    if len(buf) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                server.config = user_password_server_config("relay", changed)
+                server.reload()
+                for _ in range(200):  # the server drops the client whose credentials no longer hold
+                    if not transport.nc.is_connected:
+                        break
+                    await asyncio.sleep(0.05)
+                assert not transport.nc.is_connected
+                saved.append(buf.save(b"while refused", subject="orders.a"))
+                await asyncio.sleep(2.0)
+                assert len(buf) == 1 and not run.done()  # waits in the buffer, never dropped
+                server.config = user_password_server_config("relay", good)
+                server.reload()
+                for _ in range(HANG_GUARD * 20):
+                    if len(buf) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert len(buf) == 0, "the relay did not resume after the password was restored"
+                relay.stop()
+                await asyncio.wait_for(run, HANG_GUARD)
+            assert await stream_ids(transport, "ORDERS") == [m.id for m in saved]
+            await transport.close()
+
+        with caplog.at_level(logging.WARNING, logger="pbuffer"):
+            asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("pbuffer")]
+    refusals = [w for w in warnings if "authorization violation" in w.lower()]
+    assert len(refusals) == 1, warnings  # said once (a minute), not once per reconnect attempt
+    assert good not in " ".join(warnings) and changed not in " ".join(warnings)
