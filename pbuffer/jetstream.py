@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 
 from .errors import PublishError
 from .message import Message
+from .natscompat import check_client, drop_unsent_publishes
 from .transport import PublishResult, Transport
 
 __all__ = ["JetStreamTransport", "classify", "parse_reply"]
@@ -91,6 +92,10 @@ class JetStreamTransport(Transport):
     _reopen: Callable[[], Awaitable[Client]] | None = None
 
     def __init__(self, nc: Client, *, timeout: float = 5.0, owns_connection: bool = False) -> None:
+        if not isinstance(nc, Client):
+            raise TypeError(f"JetStreamTransport takes a connected nats.aio.client.Client, not {type(nc).__name__}"
+                            " (a JetStream context is made from the client)")
+        check_client(nc)
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
@@ -346,7 +351,7 @@ async def _open_client(options: dict[str, Any], max_reconnect_attempts: int) -> 
         # stale copy of a later message could be stored before the earlier ones the relay republishes from
         # the buffer, reordering the stream: drop them; the relay republishes them itself, in order.
         if holder:
-            _drop_unsent_publishes(holder[0])
+            drop_unsent_publishes(holder[0])
         await _on_disconnected()
 
     first_errors: list[Exception] = []
@@ -379,15 +384,6 @@ async def _open_client(options: dict[str, Any], max_reconnect_attempts: int) -> 
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts
     holder.append(nc)
     return nc
-
-
-def _drop_unsent_publishes(nc: Client) -> None:
-    """Forget PUB/HPUB commands nats-py buffered but never wrote (private state: nats-py has no API for it)."""
-    pending = getattr(nc, "_pending", None)
-    if pending:
-        kept = [cmd for cmd in pending if not bytes(cmd[:5]).startswith((b"PUB ", b"HPUB "))]
-        nc._pending = kept
-        nc._pending_data_size = sum(len(cmd) for cmd in kept)
 
 
 class _Refused(Exception):
