@@ -261,7 +261,8 @@ class Relay:
                     return  # the rest of this subject waits for the next window, in order
 
         await asyncio.gather(*(one_subject(messages) for messages in by_subject.values()))
-        not_sent = PublishResult.failed("not sent: an earlier message of its subject failed", transient=True)
+        not_sent = PublishResult.failed("not sent: an earlier message of its subject failed", transient=True,
+                                        attempted=False)
         return [results.get(message.id, not_sent) for message in batch]
 
     async def _settle(self, batch: Sequence[Message], results: Sequence[PublishResult],
@@ -289,7 +290,7 @@ class Relay:
             if not failure.transient:
                 await self._dead_letter(message, failure.reason, attempts, stats)
                 continue
-            if failure.reason.startswith("not sent:"):
+            if not failure.attempted:
                 continue  # never published: not an attempt
             retry = True
             self._attempts[message.id] = attempts

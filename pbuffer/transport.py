@@ -35,6 +35,9 @@ class Failure:
     transient: bool
     # A subject no stream covers: retried, with a rate-limited warning naming the subject.
     no_stream: bool = False
+    # False: the message was never handed to the server (held back behind an earlier failure), so this was no
+    # attempt: it counts as no retry and raises no warning.
+    attempted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,9 @@ class PublishResult:
         return cls(Outcome.DUPLICATE, stream, sequence)
 
     @classmethod
-    def failed(cls, reason: str, *, transient: bool, no_stream: bool = False) -> PublishResult:
-        return cls(Outcome.FAILED, failure=Failure(reason, transient, no_stream))
+    def failed(cls, reason: str, *, transient: bool, no_stream: bool = False, attempted: bool = True
+               ) -> PublishResult:
+        return cls(Outcome.FAILED, failure=Failure(reason, transient, no_stream, attempted))
 
 
 class Transport(ABC):
