@@ -31,7 +31,7 @@ from . import sqlite_file, versioning
 from .errors import map_driver_error
 from .schema import VERSION_TABLE
 
-__all__ = ["SUPPORTED", "Database", "sqlite_path"]
+__all__ = ["MAX_BUSY_TIMEOUT", "SUPPORTED", "Database", "sqlite_path"]
 
 _log = logging.getLogger("pbuffer.backends.database")
 
@@ -40,15 +40,26 @@ SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
 _PG_LOCK_KEY = 0x70627566  # "pbuf"
 _MYSQL_LOCK_NAME = "pbuffer_schema"
 _DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+#: The longest busy_timeout, in seconds (about 24 days): sqlite takes it in milliseconds as a 32-bit int.
+MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
 
 
 def sqlite_path(url: URL) -> Path:
-    """The file a ``sqlite:///`` URL names, absolute; refuses URLs that name no file (``:memory:``, ``file:``)."""
+    """The file a ``sqlite:///`` URL names, absolute with symlinks resolved; refuses URLs that name no file
+    (``:memory:``, ``file:``).
+
+    Resolved because everything beside the file is found by name: the write lock file, the backup before a
+    migration, what quarantine moves. A buffer opened through a symlink and through its real path must find the
+    same ones (two lock files would let two writers run at once).
+    """
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         raise ConfigurationError("a sqlite buffer needs a file path (sqlite:///path/to/buffer.db); "
                                  "for a buffer in memory use memory://")
-    return Path(database).expanduser().absolute()
+    try:
+        return Path(database).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise ConfigurationError(f"cannot resolve the sqlite path {database!r}: {exc}") from exc
 
 
 class Database:
@@ -63,8 +74,11 @@ class Database:
         if self.dialect_name not in SUPPORTED:
             raise ConfigurationError(f"unsupported database {self.dialect_name!r}: pbuffer supports "
                                      f"{', '.join(SUPPORTED)}")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
-            raise ConfigurationError(f"busy_timeout must be a non-negative number of seconds, not {busy_timeout!r}")
+        # Bounded by what sqlite's busy_timeout (a C int of milliseconds) holds; nan and inf fail the test too.
+        if (isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float))
+                or not 0 <= busy_timeout <= MAX_BUSY_TIMEOUT):
+            raise ConfigurationError(f"busy_timeout must be a number of seconds from 0 to {MAX_BUSY_TIMEOUT}, "
+                                     f"not {busy_timeout!r}")
         self.busy_timeout = float(busy_timeout)
         self.sqlite = self.dialect_name == "sqlite"
         if self.sqlite:
@@ -106,8 +120,10 @@ class Database:
             engine = sa.create_engine(url, **options)
         except ImportError as exc:
             extra = _DRIVER_EXTRAS.get(self.dialect_name, "dev")
+            # mysql:// alone means MySQLdb to SQLAlchemy; pbuffer's driver (the [mysql] extra) is PyMySQL.
+            use = f"use {url.drivername}+pymysql:// and " if url.drivername in ("mysql", "mariadb") else ""
             raise ConfigurationError(f"the driver for {url.drivername} is not installed: "
-                                     f"pip install 'pbuffer[{extra}]' ({exc})") from exc
+                                     f"{use}pip install 'pbuffer[{extra}]' ({exc})") from exc
         except sa.exc.ArgumentError as exc:
             raise ConfigurationError(f"bad database URL: {exc}") from exc
         if self.sqlite:
@@ -196,9 +212,7 @@ class Database:
                 return
             if not auto_upgrade:
                 raise SchemaTooOldError(
-                    f"{self.display_url} is at schema revision {revision}, this pbuffer needs {head}: run "
-                    f"`pbuffer db upgrade {self.display_url}` (or pbuffer.upgrade(url)), or open it with "
-                    "auto_upgrade=True")
+                    f"{versioning.too_old(self.display_url, revision, head)}, or open it with auto_upgrade=True")
             backup = self._migrate(conn, revision, head, upgrade=True)
         self._drop_backup(backup)
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from pbuffer.buffer import Buffer
-from pbuffer.errors import ConfigurationError, CorruptDatabaseError, PBufferError
+from pbuffer.errors import BackendError, ConfigurationError, CorruptDatabaseError, PBufferError
 from pbuffer.ids import from_bytes, to_bytes
 from pbuffer.limits import BufferStats
 from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
@@ -31,6 +31,8 @@ __all__ = ["SQLBuffer"]
 
 _log = logging.getLogger("pbuffer.backends.sql")
 
+#: Bytes of a MariaDB/MySQL insert statement besides its escaped payload and headers (SQL text, id, subject...).
+_STATEMENT_ROOM = 64 * 1024
 _COLUMNS = "id, subject, payload, headers, created_us, checksum"
 _SEQ_COLUMNS = ("seq", *_COLUMNS.split(", "))
 # Ids per DELETE ... IN (...): well under every backend's limit on bound parameters.
@@ -51,6 +53,8 @@ _SHARDS = 16
 _DROPPED, _EXPIRED = 4, 5
 _KIND = {"dropped": _DROPPED, "expired": _EXPIRED}
 Changes = dict[str, list[int]]
+# Most idle connections a buffer may keep: far above any useful thread count; more is a typo.
+_MAX_POOL_SIZE = 10_000
 
 
 class SQLBuffer(Buffer):
@@ -64,14 +68,20 @@ class SQLBuffer(Buffer):
         durability: sqlite only. ``"process"`` (default): a saved message survives a crash or kill -9 of the
             process (WAL, ``synchronous=NORMAL``). ``"power"``: it also survives power loss or an OS crash
             (``synchronous=FULL``, an fsync per commit). Server databases keep what their commit keeps.
-        busy_timeout: seconds to wait for a lock held by another connection or process before failing.
-        pool_size: idle connections kept open for reuse (about the number of threads using the buffer at once).
+        busy_timeout: seconds (0 to 2147483) to wait for a lock held by another connection or process before
+            failing with :class:`~pbuffer.BackendError`; bounds the wait for the one-writer lock file too.
+        pool_size: idle connections kept open for reuse (about the number of threads using the buffer at once;
+            1 to 10000).
         integrity_check: sqlite only; run ``PRAGMA quick_check`` when an existing file is opened.
         auto_upgrade: upgrade an older schema at open. Default: yes for sqlite (after a backup), no for server
             databases, which raise :class:`~pbuffer.SchemaTooOldError` naming the command to run.
         serialize_writes: sqlite only; one writer at a time across processes (a lock file beside the database),
             so checkpoints never overlap another connection's write. Default: on when the sqlite library has the
             WAL-reset bug (3.7.0-3.51.2 except 3.50.7+ and 3.44.6+), off otherwise.
+
+    A sqlite path is used with its symlinks resolved (the lock file and backups sit beside the real file). A
+    permission problem with the file, its directory or the files beside it raises
+    :class:`~pbuffer.StoragePermissionError` naming the path and the permission.
     """
 
     schemes = ("sqlite", "postgresql", "mysql", "mariadb")
@@ -80,8 +90,8 @@ class SQLBuffer(Buffer):
                  pool_size: int = 8, integrity_check: bool = True, auto_upgrade: bool | None = None,
                  serialize_writes: bool | None = None, **options: Any) -> None:
         super().__init__(**options)
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ConfigurationError(f"pool_size must be a positive int, not {pool_size!r}")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or not 1 <= pool_size <= _MAX_POOL_SIZE:
+            raise ConfigurationError(f"pool_size must be an int from 1 to {_MAX_POOL_SIZE}, not {pool_size!r}")
         database = Database(url, durability=durability, busy_timeout=busy_timeout)
         self.url, self.durability, self.busy_timeout = database.url, database.durability, database.busy_timeout
         self._sqlite = database.sqlite
@@ -90,10 +100,13 @@ class SQLBuffer(Buffer):
         self._write_lock: AbstractContextManager[object] = nullcontext()
         if database.sqlite:
             self.path = database.path
+            lock_file = self.path.with_name(self.path.name + ".lock") if self.serialize_writes else None
+            # A permission problem gets its own error here; sqlite would report it as damage or worse.
+            sqlite_file.check_access(self.path, lock_file)
             sqlite_file.create_private_file(self.path)
             sqlite_file.inspect_existing_file(self.path, integrity_check)
             if self.serialize_writes:
-                self._write_lock = database.write_lock = sqlite_file.WriteLock(self.path)
+                self._write_lock = database.write_lock = sqlite_file.WriteLock(self.path, database.busy_timeout)
         try:
             # A sqlite file belongs to this program and is upgraded (after a backup); a server database may be
             # shared with older clients, so upgrading it is an explicit decision.
@@ -109,6 +122,21 @@ class SQLBuffer(Buffer):
         self._connections = _Connections(self._engine, keep=pool_size)
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
         self._removed_since_check = 0
+        if self._engine.dialect.name in ("mysql", "mariadb"):
+            self._limit_to_packet_size()
+
+    def _limit_to_packet_size(self) -> None:
+        """MariaDB/MySQL take one statement of at most ``max_allowed_packet`` bytes, and the driver sends a payload
+        escaped inside the statement's text, up to twice its size: a larger one failed at save with "packet bigger
+        than max_allowed_packet" or "server has gone away". Refuse it at save, naming the setting, instead."""
+        with self._cursor("open", write=False) as cursor:
+            cursor.execute("SELECT @@max_allowed_packet")
+            packet = int(cursor.fetchone()[0])
+        self._max_message_bytes = max((packet - _STATEMENT_ROOM) // 2, 0)
+        self._max_message_reason = (
+            f"this MariaDB/MySQL server takes in one statement: max_allowed_packet is {packet:,} bytes and a payload "
+            f"may need twice its size there, so messages up to {self._max_message_bytes:,} bytes fit (raise "
+            "max_allowed_packet on the server, then open the buffer again, or send smaller messages)")
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLBuffer:
@@ -126,8 +154,10 @@ class SQLBuffer(Buffer):
         sqlite: writes start with BEGIN IMMEDIATE (take the write lock first, so the busy timeout applies);
         a lone read runs in sqlite's autocommit mode. Server databases open transactions implicitly.
         """
-        conn = self._connections.take(where)
+        # A writer takes its connection under the write lock and gives it back there: a connection made for it
+        # runs pragmas that may write, and one closed on the way back may checkpoint.
         with self._write_lock if write else nullcontext():
+            conn = self._connections.take(where)
             try:
                 cursor = conn.cursor()
                 if write and self._sqlite:
@@ -136,7 +166,7 @@ class SQLBuffer(Buffer):
                 conn.commit()
             except BaseException as exc:
                 self._failed(conn, exc, where)
-        self._connections.give_back(conn)
+            self._connections.give_back(conn)
 
     def _failed(self, conn: Any, exc: BaseException, where: str) -> NoReturn:
         """After a failed transaction: drop the connection and raise the error, mapped if the driver's.
@@ -154,8 +184,8 @@ class SQLBuffer(Buffer):
     def _insert(self, messages: list[Message]) -> None:
         # The hot path of save(): the same steps as _cursor, spelled out to spare a generator per message.
         rows = [_row(message) for message in messages]
-        conn = self._connections.take("save")
         with self._write_lock:
+            conn = self._connections.take("save")
             try:
                 cursor = conn.cursor()
                 if self._sqlite:
@@ -172,7 +202,7 @@ class SQLBuffer(Buffer):
                 conn.commit()
             except BaseException as exc:
                 self._failed(conn, exc, "save")
-        self._connections.give_back(conn)
+            self._connections.give_back(conn)
 
     def _make_room(self, cursor: Any, messages: list[Message]) -> None:
         """Inside a save's transaction: apply the size limits (raise, or drop the oldest pending messages)."""
@@ -353,14 +383,14 @@ class SQLBuffer(Buffer):
         released = 0
         while released < free:
             step = min(_RECLAIM_STEP, free - released)
-            conn = self._connections.take("reclaim")
-            try:
-                with self._write_lock:
+            with self._write_lock:
+                conn = self._connections.take("reclaim")
+                try:
                     # executescript steps the pragma to completion; a cursor's execute frees one page per call.
                     conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step)}); COMMIT;")
-            except BaseException as exc:
-                self._failed(conn, exc, "reclaim")
-            self._connections.give_back(conn)
+                except BaseException as exc:
+                    self._failed(conn, exc, "reclaim")
+                self._connections.give_back(conn)
             released += step
         # Let the released pages leave the main file now rather than at the next automatic checkpoint; under
         # the write lock (when there is one), so the checkpoint overlaps no write.
@@ -411,11 +441,19 @@ class SQLBuffer(Buffer):
             return True
 
     def _close(self) -> None:
-        with self._write_lock:  # closing the last connection checkpoints
+        try:
+            with self._write_lock:  # closing the last connection checkpoints
+                self._connections.close()
+                self._database.dispose()
+        except PBufferError as exc:
+            # The write lock stayed held by another process (stopped, hung): close anyway, rather than leave the
+            # connections to be closed (and checkpointed) at exit just the same.
+            _log.warning("closing %s without the write lock: %s", self, exc)
             self._connections.close()
             self._database.dispose()
-        if isinstance(self._write_lock, sqlite_file.WriteLock):
-            self._write_lock.close()
+        finally:
+            if isinstance(self._write_lock, sqlite_file.WriteLock):
+                self._write_lock.close()
 
 
 def _row(message: Message) -> dict[str, Any]:
@@ -473,6 +511,9 @@ class _Connections:
         self._closed = False
 
     def take(self, where: str) -> Any:
+        if self._closed:
+            # A call that passed the buffer's open check before another thread closed it: refused, nothing done.
+            raise BackendError(f"{where}: the buffer was closed (by another thread); nothing was written")
         try:
             return self._idle.pop()
         except IndexError:

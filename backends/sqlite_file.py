@@ -3,19 +3,29 @@ writing a byte, and the pragmas every connection gets."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
+import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from pbuffer.errors import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError
+from pbuffer.errors import (
+    BackendError,
+    ConfigurationError,
+    CorruptDatabaseError,
+    NotABufferDatabaseError,
+    SchemaTooNewError,
+    StoragePermissionError,
+)
 
 from . import versioning
 from .schema import VERSION_TABLE
 
-__all__ = ["DURABILITY_SYNCHRONOUS", "WriteLock", "configure_connection", "create_private_file",
+__all__ = ["DURABILITY_SYNCHRONOUS", "WriteLock", "check_access", "configure_connection", "create_private_file",
            "inspect_existing_file", "wal_reset_bug"]
 
 #: ``durability`` option -> ``PRAGMA synchronous`` in WAL mode (sqlite.org/pragma.html#pragma_synchronous).
@@ -26,7 +36,21 @@ def create_private_file(path: Path) -> None:
     """Create ``path`` empty with mode 0600 (and missing parent directories with 0700) if it does not exist.
 
     sqlite's -wal and -shm files copy the main file's permissions, so this makes all of them private.
+    Raises :class:`~pbuffer.StoragePermissionError` (or another :class:`~pbuffer.BackendError`), never a raw
+    ``OSError``.
     """
+    try:
+        _create_private_file(path)
+    except PermissionError as exc:
+        raise StoragePermissionError(f"permission denied: cannot create {path} ({exc.strerror}); fix the "
+                                     "permissions of its directory or choose another path") from exc
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise StoragePermissionError(f"cannot create {path}: its filesystem is mounted read-only") from exc
+        raise BackendError(f"cannot create {path}: {exc.strerror or exc}") from exc
+
+
+def _create_private_file(path: Path) -> None:
     if path.exists():
         return
     missing = [parent for parent in reversed(path.parents) if not parent.exists()]
@@ -94,10 +118,61 @@ def inspect_existing_file(path: Path, integrity_check: bool) -> bool:
         text = str(exc)
         if "not a database" in text:
             raise NotABufferDatabaseError(f"{path} is not a sqlite database; it was left unchanged") from exc
+        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _NOT_DAMAGE:  # the primary code of the extended one
+            # sqlite could not open or lock a file beside it (permissions, a vanished directory): nothing says the
+            # file is damaged, and calling it damaged would send the reader to quarantine a healthy buffer.
+            raise BackendError(f"{path}: sqlite could not open it to check it ({text}); this is not damage: check "
+                               "the permissions of the file, its directory and its -wal/-shm files") from exc
         raise CorruptDatabaseError(f"{path} is damaged: {text}") from exc
     finally:
         conn.close()
     return False
+
+
+# sqlite result codes that say a file could not be opened or written, not that it is damaged: SQLITE_PERM,
+# SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_AUTH (sqlite.org/rescode.html; Python 3.11+ names them, and only
+# Python 3.11+ gives an error its code).
+_NOT_DAMAGE = {3, 8, 14, 23}
+
+
+def check_access(path: Path, lock_file: Path | None = None) -> None:
+    """Before sqlite touches ``path``: refuse, with a message naming the path and the permission, what sqlite
+    would misreport (as damage, "not a database" or "disk I/O error").
+
+    A sqlite buffer in WAL mode needs to read and write its file, its ``-wal`` and ``-shm`` files and the lock
+    file when there is one, and to create files in its directory (sqlite creates and removes ``-wal`` and
+    ``-shm`` there). Raises :class:`~pbuffer.ConfigurationError` when the path is a directory and
+    :class:`~pbuffer.StoragePermissionError` for a permission this process lacks; changes nothing.
+    """
+    if path.is_dir():
+        raise ConfigurationError(f"{path} is a directory; a sqlite buffer needs a file path "
+                                 "(sqlite:///path/to/buffer.db)")
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent  # create_private_file makes the missing ones in here
+    if not directory.is_dir():
+        raise ConfigurationError(f"{directory} is not a directory, so {path} cannot be created in it")
+    _need(directory, os.W_OK | os.X_OK, "write to the directory",
+          f"sqlite creates {path.name}-wal and {path.name}-shm beside the buffer there")
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), *([lock_file] if lock_file else [])):
+        if file.exists():
+            _need(file, os.R_OK | os.W_OK, "read and write",
+                  "the buffer's files are read and written by every process that opens it")
+
+
+def _need(target: Path, mode: int, verb: str, why: str) -> None:
+    effective = os.access in os.supports_effective_ids
+    if os.access(target, mode, effective_ids=effective):
+        return
+    try:
+        info = target.stat()
+        held = f"mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}"
+    except OSError:
+        held = "its mode cannot be read"
+    raise StoragePermissionError(
+        f"permission denied: this process (uid {os.geteuid()}) cannot {verb} {target} ({held}, or a read-only "
+        f"filesystem); {why}. This is a permission problem, not damage: nothing was changed; fix the permissions "
+        "or run as the buffer's owner")
 
 
 def _revision(conn: sqlite3.Connection) -> str | None:
@@ -146,28 +221,74 @@ class WriteLock:
     checkpoint, which runs at a commit) and every connection close (which may checkpoint) happens under it, so
     no checkpoint ever overlaps another connection's write. flock belongs to the open file, not the process,
     so two buffers on one database in one process exclude each other too; a buffer must not be shared across a
-    fork.
+    fork. ``database`` must be the real path (symlinks resolved): two names of one file must share one lock.
+
+    Waiting is bounded by ``timeout`` (the buffer's busy_timeout): a holder that hangs or is stopped makes the
+    others fail with a :class:`~pbuffer.BackendError` naming the lock file instead of blocking for ever.
     """
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, timeout: float = 30.0) -> None:
         self.path = database.with_name(database.name + ".lock")
+        self.timeout = timeout
         create_private_file(self.path)
         # The lock file is never the database: opening and closing it cannot drop sqlite's own locks.
-        self._fd = os.open(self.path, os.O_RDWR)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR)
+        except PermissionError as exc:
+            raise StoragePermissionError(f"permission denied: cannot open the write lock file {self.path} for "
+                                         f"reading and writing ({exc.strerror}); every process that opens the "
+                                         "buffer needs to; fix its permissions") from exc
+        except OSError as exc:
+            raise BackendError(f"cannot open the write lock file {self.path}: {exc.strerror or exc}") from exc
+        # Guards the descriptor too: close() takes it, so the descriptor is never closed under a holder (whose
+        # unlock would then fail after its commit) nor locked after it was closed (or reused for another file).
         self._thread_lock = threading.Lock()
+        self._closed = False
 
     def __enter__(self) -> WriteLock:
-        self._thread_lock.acquire()
+        deadline = time.monotonic() + self.timeout
+        if not self._thread_lock.acquire(timeout=self.timeout):
+            raise BackendError(f"another thread held the write lock {self.path} past busy_timeout={self.timeout} s; "
+                               "nothing was written")
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if self._closed:
+                raise BackendError("the buffer was closed (by another thread); nothing was written")
+            self._lock_file(deadline)
         except BaseException:
             self._thread_lock.release()
             raise
         return self
 
+    def _lock_file(self, deadline: float) -> None:
+        # flock cannot time out by itself: poll a non-blocking attempt, backing off up to a few milliseconds.
+        delay = 0.0002
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendError(
+                    f"another process held the write lock {self.path} past busy_timeout={self.timeout} s (it may be "
+                    "stopped or hung); nothing was written")
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _LOCK_POLL_MAX)
+
     def __exit__(self, *exc_info: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._thread_lock.release()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close the lock file, after any holder is done; later attempts to take the lock raise. Idempotent."""
+        with self._thread_lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
+
+
+# Longest pause, in seconds, between two attempts at a write lock another process holds.
+_LOCK_POLL_MAX = 0.005

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any, TypeVar
 
 from .buffer import Buffer
@@ -23,6 +25,8 @@ class AsyncBuffer:
 
     Blocking backends run each call in a small thread pool owned by this object; non-blocking ones
     (``memory://``) run inline. :meth:`wait_for_messages` lets a relay in the same process sleep until a save.
+    One object may be used from several event loops (each in its own thread): every loop groups its own saves
+    and is woken by its own listener, since an asyncio future or event belongs to one loop.
     """
 
     def __init__(self, buffer: Buffer, *, max_workers: int = 4, group_commit: bool = True) -> None:
@@ -30,13 +34,14 @@ class AsyncBuffer:
         # Concurrent saves wait for one transaction together: with an fsync per commit (durability="power")
         # that is the difference between a few thousand saves a second and many times that.
         self.group_commit = group_commit and buffer.blocking
-        self._waiting: list[tuple[Message, asyncio.Future[Message]]] = []
-        self._committer: asyncio.Future[None] | None = None
+        # Per event loop: the saves waiting for the next group commit, present while that loop's committer runs.
+        # Each loop touches only its own entry, from its own thread.
+        self._groups: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
         self._executor = (ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pbuffer")
                           if buffer.blocking else None)
-        self._event: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._listener: Callable[[], object] | None = None
+        # Per event loop: the event a save sets (through the buffer's listener) for wait_for_messages.
+        self._wakers: dict[asyncio.AbstractEventLoop, tuple[asyncio.Event, Callable[[], object]]] = {}
+        self._wakers_lock = threading.Lock()
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._executor is None:
@@ -55,15 +60,29 @@ class AsyncBuffer:
         if not self.group_commit:
             return await self._run(self.buffer.save, payload, subject=subject, headers=headers)
         message = self.buffer.prepare(payload, subject=subject, headers=headers)  # bad input raises here
-        done: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._waiting.append((message, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.ensure_future(self._commit_waiting())
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Message] = loop.create_future()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = _LoopGroup()
+            group.committer = loop.create_task(self._commit_waiting(loop, group))
+        group.waiting.append((message, done))
         return await done
 
-    async def _commit_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
+    async def _commit_waiting(self, loop: asyncio.AbstractEventLoop, group: _LoopGroup) -> None:
+        try:
+            await self._commit_group(group)
+        finally:
+            # No await between the last look at group.waiting and this: a save arriving later starts a new group.
+            if self._groups.get(loop) is group:
+                del self._groups[loop]
+            for _, done in group.waiting:  # only if the committer itself was cancelled
+                if not done.done():
+                    done.cancel()
+
+    async def _commit_group(self, group: _LoopGroup) -> None:
+        while group.waiting:
+            batch, group.waiting = group.waiting, []
             try:
                 try:
                     await self._run(self.buffer.commit, [message for message, _ in batch])
@@ -157,25 +176,30 @@ class AsyncBuffer:
 
     def _ensure_listener(self) -> asyncio.Event:
         loop = asyncio.get_running_loop()
-        if self._event is None or self._loop is not loop:
-            self._remove_listener()
-            event = asyncio.Event()
+        with self._wakers_lock:
+            for old in [other for other in self._wakers if other.is_closed()]:  # loops that ended
+                self.buffer.remove_listener(self._wakers.pop(old)[1])
+            waker = self._wakers.get(loop)
+            if waker is None:
+                event = asyncio.Event()
 
-            def listener() -> None:
-                loop.call_soon_threadsafe(event.set)
+                def listener() -> None:
+                    with suppress(RuntimeError):  # the loop was closed meanwhile: nobody is waiting on it
+                        loop.call_soon_threadsafe(event.set)
 
-            self._event, self._loop, self._listener = event, loop, listener
-            self.buffer.add_listener(listener)
-        return self._event
+                waker = self._wakers[loop] = (event, listener)
+                self.buffer.add_listener(listener)
+        return waker[0]
 
-    def _remove_listener(self) -> None:
-        if self._listener is not None:
-            self.buffer.remove_listener(self._listener)
-            self._listener = None
+    def _remove_listeners(self) -> None:
+        with self._wakers_lock:
+            for _, listener in self._wakers.values():
+                self.buffer.remove_listener(listener)
+            self._wakers.clear()
 
     async def close(self, *, close_buffer: bool = True) -> None:
         """Stop this facade's threads and, unless ``close_buffer`` is false, close the wrapped buffer too."""
-        self._remove_listener()
+        self._remove_listeners()
         if close_buffer:
             await self._run(self.buffer.close)
         if self._executor is not None:
@@ -190,3 +214,13 @@ class AsyncBuffer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class _LoopGroup:
+    """One event loop's saves waiting for their group commit, and the task committing them."""
+
+    __slots__ = ("committer", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Message, asyncio.Future[Message]]] = []
+        self.committer: asyncio.Task[None] | None = None  # referenced here so the task is not collected

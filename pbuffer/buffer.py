@@ -14,7 +14,7 @@ from . import ids
 from .errors import BackendError, BufferFullError, ValidationError
 from .limits import BufferStats, Limits, Overflow
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
-from .validation import check_headers, check_payload, check_reason, check_subject
+from .validation import check_headers, check_payload, check_reason, check_subject, check_subject_prefixes
 
 __all__ = ["Buffer"]
 
@@ -61,7 +61,13 @@ class Buffer(ABC):
     counters kept in the same transactions as the messages.
 
     **Subjects.** Every message has a NATS subject, given at save or by the buffer's scope: a buffer opened with
-    ``subject=...`` saves to that subject by default and sees only that subject's messages.
+    ``subject=...`` saves to that subject by default and sees only that subject's messages. System subjects
+    (beginning with ``$``: ``$JS.``, ``$KV.``, ``$O.``, ``$SYS.``...) and inboxes (``_INBOX.``) are refused with
+    :class:`~pbuffer.ValidationError`, since the server acts on them (a buffered ``$JS.API.STREAM.PURGE.X`` would
+    purge a stream), unless the buffer is opened with ``allow_subject_prefixes=("$KV.orders.",)``: whole-token
+    prefixes (``"$KV.orders."`` allows ``$KV.orders.<key>``; ``"$"`` does not allow every system subject). An
+    opt-in covering ``$JS.API``, ``$JS.ACK``, ``$JS.FC``, ``$JSC`` or ``$SYS`` raises
+    :class:`~pbuffer.ConfigurationError` (:func:`pbuffer.validation.check_subject_prefixes`).
 
     **Integrity.** Backends that store bytes keep a checksum per message and verify it on every read; a damaged
     message raises :class:`~pbuffer.CorruptDatabaseError` naming its id and is never returned.
@@ -76,11 +82,18 @@ class Buffer(ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: Whether storage calls block on I/O; the async facade runs blocking calls in a thread.
     blocking: ClassVar[bool] = True
+    #: The largest message (payload plus header names and values, in bytes) the storage takes in one row, and the
+    #: limit's explanation for the error; None: no limit beyond memory. Set by a backend whose server has one.
+    _max_message_bytes: int | None = None
+    _max_message_reason = ""
 
     def __init__(self, *, subject: str | None = None, max_messages: int | None = None,
                  max_bytes: int | None = None, overflow: Overflow = "reject", ttl: float | None = None,
-                 block_timeout: float = 30.0, group_commit: bool = True) -> None:
-        self.subject = None if subject is None else check_subject(subject)
+                 block_timeout: float = 30.0, group_commit: bool = True,
+                 allow_subject_prefixes: Iterable[str] = ()) -> None:
+        #: System subject prefixes (``$KV.orders.``...) this buffer may save to; see Subjects above.
+        self.allow_subject_prefixes = check_subject_prefixes(allow_subject_prefixes)
+        self.subject = None if subject is None else check_subject(subject, self.allow_subject_prefixes)
         #: Whether saves from several threads share transactions (storage that blocks only; see _commit_grouped).
         self.group_commit = bool(group_commit) and self.blocking
         self.limits = Limits(max_messages, max_bytes, overflow, ttl, block_timeout)
@@ -186,8 +199,9 @@ class Buffer(ABC):
         """Move a pending message to the dead letters with ``reason``; ``False`` if it is not pending."""
         self._check_open()
         check_reason(reason)
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-            raise ValidationError("attempts must be a non-negative int")
+        # The dead-letter column is a 32-bit INTEGER on PostgreSQL and MariaDB: every backend takes the same range.
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= _MAX_ATTEMPTS:
+            raise ValidationError(f"attempts must be an int from 0 to {_MAX_ATTEMPTS}, not {attempts!r}")
         moved = self._mark_dead(_check_id(message_id), reason, attempts, time.time_ns() // 1000)
         self._freed(int(moved))
         return moved
@@ -288,10 +302,16 @@ class Buffer(ABC):
     # ------------------------------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Release connections and files. Idempotent; the buffer cannot be used afterwards."""
-        if not self._closed:
+        """Release connections and files. Idempotent; the buffer cannot be used afterwards.
+
+        Calls racing it from other threads either complete (a save that returns is committed) or raise a
+        :class:`~pbuffer.BackendError` having written nothing.
+        """
+        with self._group_lock:  # two threads closing at once: one of them closes
+            if self._closed:
+                return
             self._closed = True
-            self._close()
+        self._close()
 
     @property
     def closed(self) -> bool:
@@ -394,8 +414,13 @@ class Buffer(ABC):
         elif subject != self.subject:
             if self.subject is not None:
                 raise ValidationError(f"this buffer is scoped to subject {self.subject!r}, not {subject!r}")
-            check_subject(subject)
+            check_subject(subject, self.allow_subject_prefixes)
         checked = NO_HEADERS if headers is None else check_headers(headers)
+        if self._max_message_bytes is not None:
+            size = len(data) + sum(len(k.encode()) + len(v.encode()) for k, v in checked.items())
+            if size > self._max_message_bytes:
+                raise ValidationError(f"a message of {size:,} bytes (payload and headers) is over what "
+                                      f"{self._max_message_reason}; nothing was written")
         return Message(message_id, subject, data, checked, created_us)
 
     def _commit_call(self, messages: list[Message]) -> None:
@@ -563,6 +588,8 @@ _EXPIRE_PAGE = 500
 _BLOCK_POLL = 0.05
 # Seconds between warnings about removed (dropped or expired) messages.
 _LOG_EVERY = 10.0
+# The largest attempts count mark_dead() takes (the dead-letter table's 32-bit INTEGER column).
+_MAX_ATTEMPTS = 2**31 - 1
 
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -578,4 +605,5 @@ def _check_limit(limit: object) -> int | None:
         return None
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise ValidationError(f"limit must be a non-negative int or None, not {limit!r}")
-    return limit
+    # No buffer holds 2**62 messages; a larger limit would overflow the databases' 64-bit LIMIT.
+    return min(limit, 2**62)

@@ -18,6 +18,7 @@ always available as ``__cause__``.
     ├── SchemaTooNewError         the database was written by a newer pbuffer (left untouched)
     ├── PublishError              the transport could not publish
     └── BackendError              any other failure of the storage backend (unreachable, locked, ...)
+        └── StoragePermissionError  a file or directory the buffer needs may not be read or written
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "SchemaTooNewError",
     "SchemaTooOldError",
     "StorageFullError",
+    "StoragePermissionError",
     "ValidationError",
 ]
 
@@ -83,3 +85,8 @@ class PublishError(PBufferError):
 
 class BackendError(PBufferError):
     """The storage backend failed for a reason not covered above (unreachable server, lock timeout, ...)."""
+
+
+class StoragePermissionError(BackendError):
+    """This process may not read or write a file or directory the buffer needs (the message names it and the
+    permission). A permission problem, not damage: nothing was written and the files were left unchanged."""
