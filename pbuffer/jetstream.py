@@ -29,6 +29,7 @@ from .errors import PublishError
 from .message import Message
 from .natscompat import check_client, drop_unsent_publishes
 from .transport import PublishResult, Transport
+from .validation import is_server_api_subject
 
 __all__ = ["JetStreamTransport", "classify", "parse_reply"]
 
@@ -187,6 +188,11 @@ class JetStreamTransport(Transport):
         for message in messages:
             headers = {**message.headers, "Nats-Msg-Id": message.id}
             size = len(message.payload) + _header_size(headers)
+            if is_server_api_subject(message.subject):
+                pending.append(PublishResult.failed(
+                    f"refused: {message.subject!r} is a NATS server API subject; publishing there would make the "
+                    "server act (purge, delete...), not store a message", transient=False))
+                continue
             if size > max_payload:
                 pending.append(PublishResult.failed(
                     f"MaxPayload: payload plus headers are {size:,} bytes, over the server's max_payload of "

@@ -13,13 +13,19 @@ from typing import Literal, TypeVar
 
 from .errors import BufferFullError, ConfigurationError
 
-__all__ = ["OVERFLOW_POLICIES", "BufferStats", "Limits", "Overflow"]
+__all__ = ["MAX_LIMIT", "MAX_SECONDS", "OVERFLOW_POLICIES", "BufferStats", "Limits", "Overflow"]
 
 Overflow = Literal["reject", "drop_oldest", "block"]
 #: ``reject``: raise BufferFullError, nothing written (the default). ``drop_oldest``: drop (and count) the oldest
 #: pending messages to make room, as Fluent Bit does. ``block``: wait until the relay frees room, up to
 #: ``block_timeout`` seconds, then raise BufferFullError.
 OVERFLOW_POLICIES: tuple[Overflow, ...] = ("reject", "drop_oldest", "block")
+
+#: The largest ``max_messages`` and ``max_bytes`` (the databases' 64-bit counters hold them).
+MAX_LIMIT = 2**63 - 1
+#: The longest ``ttl`` and ``block_timeout``, in seconds (about 31 years): finite, so time arithmetic cannot
+#: overflow, and beyond any real use.
+MAX_SECONDS = 1e9
 
 K = TypeVar("K")
 
@@ -56,14 +62,20 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_messages", "max_bytes"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"{name} must be a positive int or None, not {value!r}")
-        if self.overflow not in OVERFLOW_POLICIES:
+            # Below 2**63: the counters they are compared with are 64-bit integers in every database.
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_LIMIT):
+                raise ConfigurationError(f"{name} must be an int from 1 to {MAX_LIMIT} or None, not {value!r}")
+        if not isinstance(self.overflow, str) or self.overflow not in OVERFLOW_POLICIES:
             raise ConfigurationError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {self.overflow!r}")
         for name in ("ttl", "block_timeout"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+            # Finite and bounded: NaN compares false with everything (a block_timeout of NaN waited forever, a ttl
+            # of NaN never expired anything), and infinity is what None (ttl) or a large number already says.
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value <= MAX_SECONDS):
+                raise ConfigurationError(f"{name} must be a number of seconds above 0 and at most {MAX_SECONDS:g}, "
+                                         f"not {value!r}")
 
     @property
     def bounded(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 from collections.abc import Callable, Mapping
 from importlib import import_module
@@ -25,6 +27,12 @@ _BUILTIN = {
     "mysql": "pbuffer.backends.sql:SQLBuffer",
     "mariadb": "pbuffer.backends.sql:SQLBuffer",
 }
+# Other spellings of a built-in scheme: postgres:// is what Heroku, libpq and many tools write (SQLAlchemy dropped
+# it in 1.4). The URL is rewritten before anything reads it, so the driver is the one postgresql:// gets.
+_ALIASES = {"postgres": "postgresql"}
+# Schemes whose URLs carry nothing for a database driver: any query parameter that is not a pbuffer option is a
+# mistake (a typo, or an unescaped "?" in a file name) and is refused rather than ignored.
+_NO_DRIVER_OPTIONS = ("memory", "sqlite")
 
 
 def _truthy(text: str) -> bool:
@@ -36,11 +44,24 @@ def _truthy(text: str) -> bool:
     raise ValueError(f"expected true or false, not {text!r}")
 
 
-#: Options a URL's query may carry, with how each is parsed. Any other query parameter goes to the driver.
+def _seconds(text: str) -> float:
+    # float() takes "nan", "inf" and "1e400": none is a number of seconds (NaN passes every "< 0" check).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number of seconds, not {text!r}")
+    return value
+
+
+def _prefixes(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+#: Options a URL's query may carry, with how each is parsed. Any other query parameter goes to the driver of a
+#: PostgreSQL or MariaDB URL (``sslmode=require``, ``charset=utf8mb4``); memory:// and sqlite:// URLs refuse it.
 URL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "subject": str,
     "durability": str,
-    "busy_timeout": float,
+    "busy_timeout": _seconds,
     "pool_size": int,
     "integrity_check": _truthy,
     "auto_upgrade": _truthy,
@@ -48,9 +69,10 @@ URL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "max_messages": int,
     "max_bytes": int,
     "overflow": str,
-    "ttl": float,
-    "block_timeout": float,
+    "ttl": _seconds,
+    "block_timeout": _seconds,
     "group_commit": _truthy,
+    "allow_subject_prefixes": _prefixes,  # comma-separated: ?allow_subject_prefixes=$KV.orders.,$KV.users.
 }
 
 
@@ -81,7 +103,16 @@ def display_url(url: str) -> str:
 
 def _scheme(url: str) -> str:
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    return scheme.split("+", 1)[0].lower()
+    base = scheme.split("+", 1)[0].lower()
+    return _ALIASES.get(base, base)
+
+
+def _unalias(url: str) -> str:
+    """``url`` with an alias scheme (``postgres://``, ``postgres+psycopg://``) spelled the canonical way."""
+    scheme, sep, rest = url.partition("://")
+    base, plus, driver = scheme.partition("+")
+    canonical = _ALIASES.get(base.lower()) if sep else None
+    return f"{canonical}{plus}{driver}://{rest}" if canonical else url
 
 
 def _backend_entry_points() -> dict[str, str]:
@@ -105,9 +136,14 @@ def _load(target: str) -> type[Buffer]:
 
 
 def parse_options(url: str) -> tuple[str, dict[str, Any]]:
-    """Split pbuffer's options out of ``url``'s query; return the remaining URL and the parsed options."""
+    """Split pbuffer's options out of ``url``'s query; return the remaining URL and the parsed options.
+
+    An alias scheme is rewritten (``postgres://`` becomes ``postgresql://``). A memory:// or sqlite:// URL whose
+    query holds anything but pbuffer's options raises :class:`ConfigurationError` naming it; other URLs pass
+    the rest of their query on to the database driver.
+    """
     # Only the query is touched: re-assembling a parsed URL would mangle forms like sqlite:////absolute/path.
-    base, _, query = url.partition("?")
+    base, _, query = _unalias(url).partition("?")
     options: dict[str, Any] = {}
     rest = []
     for name, value in parse_qsl(query, keep_blank_values=True):
@@ -119,7 +155,20 @@ def parse_options(url: str) -> tuple[str, dict[str, Any]]:
             options[name] = parse(value)
         except ValueError as exc:
             raise ConfigurationError(f"URL option {name}={value!r}: {exc}") from exc
+    scheme = _scheme(url)
+    if rest and scheme in _NO_DRIVER_OPTIONS:
+        raise ConfigurationError(_unknown_options(scheme, [name for name, _ in rest]))
     return (f"{base}?{urlencode(rest)}" if rest else base), options
+
+
+def _unknown_options(scheme: str, names: list[str]) -> str:
+    unknown = ", ".join(repr(name) for name in names)
+    close = {match for name in names for match in difflib.get_close_matches(name, URL_OPTIONS, n=1)}
+    guess = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+    hint = (" A '?' that belongs to the file name must be percent-encoded as %3F (sqlite:///what%3F.db)."
+            if scheme == "sqlite" else "")
+    return (f"unknown option(s) {unknown} in a {scheme}:// URL{guess}; known options: "
+            f"{', '.join(sorted(URL_OPTIONS))}.{hint}")
 
 
 def open_buffer(url: str | None = None, **options: Any) -> Buffer:

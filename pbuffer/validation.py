@@ -2,18 +2,32 @@
 
 nats-py does not validate subjects or header values (a CR/LF in either would inject into the NATS protocol), so
 pbuffer refuses them at ``save()``: a message that cannot be published must never enter the buffer.
+
+System subjects (any subject beginning with ``$``: ``$JS.API.``, ``$KV.``, ``$O.``, ``$SYS.``..., and inboxes,
+``_INBOX.``) are refused too unless the buffer allows their prefix: a buffered ``$JS.API.STREAM.DELETE.X`` would
+otherwise be "published" by the relay and delete a stream. See :func:`check_subject_prefixes`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from .errors import ValidationError
+from .errors import ConfigurationError, ValidationError
 from .message import NO_HEADERS
 
-__all__ = ["MAX_SUBJECT_LENGTH", "RESERVED_HEADERS", "check_headers", "check_payload", "check_reason", "check_subject"]
+__all__ = [
+    "MAX_SUBJECT_LENGTH",
+    "NEVER_ALLOWED_PREFIXES",
+    "RESERVED_HEADERS",
+    "check_headers",
+    "check_payload",
+    "check_reason",
+    "check_subject",
+    "check_subject_prefixes",
+    "is_system_subject",
+]
 
 #: Longest subject accepted, in characters (the database column is sized for it).
 MAX_SUBJECT_LENGTH = 512
@@ -25,8 +39,13 @@ RESERVED_HEADERS = frozenset({"nats-msg-id"})
 _SUBJECT_BAD = re.compile(r"[\s\x00-\x1f\x7f-\x9f*>]")
 # RFC 7230 token characters: the header names NATS and HTTP agree on.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Control characters other than horizontal tab.
-_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters (C0 other than horizontal tab, DEL, C1): the README promises they are refused, and a C1 such
+# as NEL (\x85) is a line break to some parsers.
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: Subjects the server itself acts on when anything publishes to them (the JetStream API, acks and flow control,
+#: cluster-internal and system-account requests). No stream can hold them, so a buffer has no use for them, and
+#: :func:`check_subject_prefixes` refuses an opt-in that would allow any of them.
+NEVER_ALLOWED_PREFIXES = ("$JS.API", "$JS.ACK", "$JS.FC", "$JSC", "$SYS")
 
 
 def check_payload(payload: object) -> bytes:
@@ -43,11 +62,69 @@ _valid_subjects: set[str] = set()
 _VALID_SUBJECTS_KEPT = 4096
 
 
-def check_subject(subject: object) -> str:
-    """Return ``subject`` if it is a valid NATS subject to publish to, else raise :class:`ValidationError`."""
+def is_system_subject(subject: str) -> bool:
+    """Whether ``subject`` is a system subject (``$...``) or an inbox (``_INBOX.``)."""
+    return subject.startswith(("$", "_INBOX."))
+
+
+def is_server_api_subject(subject: str) -> bool:
+    """Whether ``subject`` reaches the server's own APIs (``$JS.API``, ``$SYS``...): never published, whatever the
+    buffer allows (a message saved before pbuffer refused these is dead-lettered by the relay instead)."""
+    return any(_covers(prefix, subject) for prefix in NEVER_ALLOWED_PREFIXES)
+
+
+def _covers(prefix: str, subject: str) -> bool:
+    """Whether the token prefix ``prefix`` (no trailing dot) covers ``subject``: equal, or followed by a dot."""
+    return subject == prefix or subject.startswith(prefix + ".")
+
+
+def check_subject_prefixes(prefixes: object) -> tuple[str, ...]:
+    """Check a buffer's ``allow_subject_prefixes`` opt-in; return it as a tuple of prefixes without trailing dots.
+
+    Each prefix is one or more whole subject tokens (``"$KV.orders."`` and ``"$KV.orders"`` are the same: they
+    allow ``$KV.orders.<key>``, never ``$KV.orders2.x``) that begins with ``$`` or ``_INBOX.``: other subjects
+    need no opt-in. Matching is by token, so ``"$"`` allows only subjects whose first token is ``$`` itself, never
+    every system subject. A prefix that would allow any of :data:`NEVER_ALLOWED_PREFIXES` (``"$JS"``,
+    ``"$JS.API.STREAM."``, ``"$SYS"``...) raises :class:`ConfigurationError`: nothing can open a buffer that
+    sends JetStream API requests.
+    """
+    if isinstance(prefixes, str):
+        # A lone string would otherwise be taken as a sequence of one-character prefixes.
+        prefixes = (prefixes,)
+    if isinstance(prefixes, (bytes, bytearray, Mapping)) or not isinstance(prefixes, Iterable):
+        raise ConfigurationError("allow_subject_prefixes must be a sequence of str (e.g. ('$KV.orders.',)), not "
+                                 f"{type(prefixes).__name__}")
+    checked: list[str] = []
+    for prefix in prefixes:
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"allow_subject_prefixes holds {prefix!r}: each prefix must be a str")
+        bare = prefix[:-1] if prefix.endswith(".") else prefix
+        bad = _SUBJECT_BAD.search(bare)
+        if not bare or bad or "" in bare.split(".") or len(bare) > MAX_SUBJECT_LENGTH:
+            raise ConfigurationError(f"allow_subject_prefixes: {prefix!r} is not a subject prefix (whole tokens, no "
+                                     "whitespace, control characters or wildcards)")
+        if not is_system_subject(bare + "."):
+            raise ConfigurationError(f"allow_subject_prefixes: {prefix!r} is not a system prefix; only subjects "
+                                     "beginning with '$' or '_INBOX.' need allowing")
+        for never in NEVER_ALLOWED_PREFIXES:
+            if _covers(bare, never) or _covers(never, bare):
+                raise ConfigurationError(f"allow_subject_prefixes: {prefix!r} would allow {never}.* subjects, which "
+                                         "the server acts on (JetStream API, acks, system requests); a buffer "
+                                         "never sends them")
+        checked.append(bare)
+    return tuple(dict.fromkeys(checked))
+
+
+def check_subject(subject: object, allowed_prefixes: tuple[str, ...] = ()) -> str:
+    """Return ``subject`` if it is a valid NATS subject to publish to, else raise :class:`ValidationError`.
+
+    A system subject (``$...``, ``_INBOX.``) passes only when one of ``allowed_prefixes`` (as returned by
+    :func:`check_subject_prefixes`) covers it.
+    """
     if not isinstance(subject, str):
         raise ValidationError(f"subject must be a str, not {type(subject).__name__}")
     if subject in _valid_subjects:
+        # Only ordinary subjects are remembered: whether a system subject passes depends on the buffer.
         return subject
     if not subject:
         raise ValidationError("subject must not be empty")
@@ -63,6 +140,13 @@ def check_subject(subject: object) -> str:
         subject.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValidationError(f"subject {subject!r} is not valid UTF-8") from exc
+    if is_system_subject(subject):
+        if any(_covers(prefix, subject) for prefix in allowed_prefixes):
+            return subject
+        raise ValidationError(f"subject {subject!r} is a system subject ('$...' or '_INBOX.'): publishing to it "
+                              "asks the server to act (e.g. $JS.API.* purges or deletes streams); to buffer "
+                              "messages for one on purpose (e.g. KV puts on $KV.<bucket>.<key>), open the buffer "
+                              "with allow_subject_prefixes=(\"$KV.<bucket>.\",)")
     if len(_valid_subjects) >= _VALID_SUBJECTS_KEPT:
         _valid_subjects.clear()
     _valid_subjects.add(subject)
@@ -88,7 +172,8 @@ def check_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
             raise ValidationError(f"value of header {name!r} has leading or trailing whitespace, which NATS "
                                   "clients strip")
         if _HEADER_VALUE_BAD.search(value):
-            raise ValidationError(f"value of header {name!r} contains a control character (CR/LF are refused)")
+            raise ValidationError(f"value of header {name!r} contains a control character (C0, DEL or C1; "
+                                  "only horizontal tab is allowed)")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:

@@ -12,6 +12,7 @@ import pytest
 from nats.js.api import DiscardPolicy
 
 import pbuffer
+from pbuffer.ids import new_id
 from pbuffer.jetstream import JetStreamTransport
 from pbuffer.natsserver import NatsServer
 from pbuffer.relay import Relay
@@ -229,3 +230,26 @@ def test_a_relay_resumes_after_its_password_was_changed_and_restored(caplog: pyt
     refusals = [w for w in warnings if "authorization violation" in w.lower()]
     assert len(refusals) == 1, warnings  # said once (a minute), not once per reconnect attempt
     assert good not in " ".join(warnings) and changed not in " ".join(warnings)
+
+
+def test_a_server_api_subject_saved_before_pbuffer_refused_it_is_never_published(server: NatsServer) -> None:
+    """A buffer written by an older pbuffer may hold `$JS.API.STREAM.PURGE.ORDERS`: relayed, it purged the stream
+    (and, its reply being no PubAck, again at every retry)."""
+
+    async def scenario() -> None:
+        transport = await connect(server)
+        await transport.js.add_stream(name="ORDERS", subjects=["orders.>"])
+        for i in range(3):
+            await transport.js.publish("orders.a", b"%d" % i)
+        buf = pbuffer.open("memory://")
+        ok = buf.save(b"fine", subject="orders.a")
+        # Written past today's validation, as an older pbuffer would have stored it.
+        planted = pbuffer.Message(id=new_id(), subject="$JS.API.STREAM.PURGE.ORDERS", payload=b"", headers={},
+                                  created_us=ok.created_us)
+        refused, stored = await transport.publish([planted, ok])
+        assert refused.failure is not None and not refused.failure.transient
+        assert "server API" in refused.failure.reason and stored.outcome is Outcome.STORED
+        assert (await transport.js.stream_info("ORDERS")).state.messages == 4  # nothing purged
+        await transport.close()
+
+    asyncio.run(scenario())

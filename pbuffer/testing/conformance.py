@@ -24,11 +24,14 @@ UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 SUBJECT = "orders.created"
 
 BAD_SUBJECTS = ["", " ", "a b", "a\tb", "a\r\nb", "a\x00b", "a.*", "a.>", "*", ">", "a..b", ".a", "a.", "a\x7fb",
-                "a\x85b", "bad\ud800surrogate", "x" * 513]
+                "a\x85b", "bad\ud800surrogate", "x" * 513,
+                # System subjects the server acts on, and inboxes: refused without allow_subject_prefixes.
+                "$JS.API.STREAM.PURGE.ORDERS", "$JS.API.STREAM.DELETE.OTHER", "$KV.orders.k1", "$SYS.REQ.SERVER.PING",
+                "$", "_INBOX.abc"]
 BAD_HEADERS: list[Any] = [
     {"X-A": "v\r\nPUB evil 0"}, {"X-A": "line\nbreak"}, {"X-A": "nul\x00"}, {"bad name": "v"}, {"a:b": "v"},
     {"": "v"}, {"X-A": 1}, {1: "v"}, {"X-A": " padded"}, {"X-A": "padded\t"}, {"Nats-Msg-Id": "chosen"},
-    {"nats-msg-id": "chosen"}, ["X-A", "v"],
+    {"nats-msg-id": "chosen"}, ["X-A", "v"], {"X-A": "a\x85b"}, {"X-A": "c1\x80\x9f"}, {"X\x85A": "v"},
 ]
 
 
@@ -297,6 +300,24 @@ class BufferConformance(_Base):
             buffer.save(b"x", subject="x'; DROP TABLE pbuffer_messages;--")
         buffer.save(b"x", subject="x';DROP.TABLE.pbuffer_messages;--")
         assert buffer.get().subject == "x';DROP.TABLE.pbuffer_messages;--"  # type: ignore[union-attr]
+
+    def test_system_subjects_need_an_opt_in(self, make_buffer: MakeBuffer) -> None:
+        with make_buffer(allow_subject_prefixes=("$KV.orders.", "_INBOX.replies")) as buf:
+            kv = buf.save(b"v", subject="$KV.orders.k1")
+            buf.save_many([b"r"], subject="_INBOX.replies.1")
+            for subject in ("$KV.orders2.k1", "$KV.users.k1", "$JS.API.STREAM.PURGE.ORDERS", "_INBOX.other"):
+                with pytest.raises(ValidationError, match="system subject"):
+                    buf.save(b"x", subject=subject)
+            assert [m.subject for m in buf.get_all()] == ["$KV.orders.k1", "_INBOX.replies.1"]
+            assert buf.pop().id == kv.id  # type: ignore[union-attr]
+        with make_buffer(subject="$KV.orders.k2", allow_subject_prefixes=["$KV.orders"]) as scoped:
+            assert scoped.save(b"v").subject == "$KV.orders.k2"
+        with pytest.raises(ValidationError, match="system subject"):
+            make_buffer(subject="$KV.orders.k2")
+        # No opt-in reaches the JetStream API, however broad or narrow.
+        for prefixes in (("$JS",), ("$JS.API.",), ("$JS.API.STREAM.PURGE.ORDERS",), ("$KV.a.", "$SYS.")):
+            with pytest.raises(ConfigurationError, match="allow_subject_prefixes"):
+                make_buffer(allow_subject_prefixes=prefixes)
 
     @pytest.mark.parametrize("headers", BAD_HEADERS)
     def test_bad_headers_are_refused(self, buffer: Buffer, headers: Any) -> None:
