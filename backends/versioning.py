@@ -5,6 +5,7 @@ alembic keeps module-global state (``alembic.context``), so every call into it h
 
 from __future__ import annotations
 
+import shlex
 import threading
 from functools import cache
 from importlib.resources import files
@@ -21,13 +22,21 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 __all__ = [
-    "ALEMBIC_LOCK", "alembic_config", "current_revision", "describe", "downgrade_connection", "head_revision",
-    "known_revisions", "model_differences", "resolve", "sqlite_objects", "upgrade_connection",
+    "ALEMBIC_LOCK", "TABLE_PREFIX", "alembic_config", "check_direction", "current_revision", "describe",
+    "downgrade_connection", "head_revision", "is_pbuffer_table", "known_revisions", "model_differences", "resolve",
+    "sqlite_objects", "too_old", "upgrade_advice", "upgrade_connection",
 ]
 
 ALEMBIC_LOCK = threading.RLock()
 # The alembic environment ships inside the package as pbuffer.migrations (migrations/ in the repository).
 SCRIPT_LOCATION = str(files("pbuffer.migrations"))
+#: Every table pbuffer makes, now and in later revisions, starts with this; an application must not use it.
+TABLE_PREFIX = "pbuffer_"
+
+
+def is_pbuffer_table(name: str | None) -> bool:
+    """Whether ``name`` is (or would be) one of pbuffer's tables, its version table included."""
+    return bool(name and name.startswith(TABLE_PREFIX))
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -95,15 +104,60 @@ def resolve(target: str) -> str | None:
     return target
 
 
+def check_direction(at: str | None, goal: str | None, *, upgrade: bool) -> None:
+    """Refuse a move that goes the wrong way: an upgrade to an older revision (or to base), a downgrade to a newer one.
+
+    alembic quietly does nothing for the first and fails untyped for the second; both are a caller's mistake.
+    Raises :class:`~pbuffer.ConfigurationError`; ``at`` and ``goal`` are revisions this pbuffer knows, or ``None``.
+    """
+    from pbuffer.errors import ConfigurationError
+
+    order: dict[str | None, int] = {None: -1}
+    order.update((revision, index) for index, revision in enumerate(known_revisions()))
+    if at not in order or goal not in order:
+        return  # an unknown revision is refused elsewhere (resolve, revision_in)
+    here, there = at or "base", goal or "base"
+    if upgrade and goal is None:
+        raise ConfigurationError(
+            "cannot upgrade to revision base: base (no tables, no messages) is where a downgrade ends, never an "
+            "upgrade's target (to drop the buffer: pbuffer db downgrade --revision base); nothing was changed")
+    if upgrade and order[goal] < order[at]:
+        raise ConfigurationError(
+            f"cannot upgrade to revision {there}: the database is at revision {here}, and an upgrade never goes "
+            f"back (to go back, downgrade: pbuffer db downgrade --revision {there}); nothing was changed")
+    if not upgrade and order[goal] > order[at]:
+        raise ConfigurationError(
+            f"cannot downgrade to revision {there}: the database is at revision {here}, older than that (to move "
+            f"forward, upgrade: pbuffer db upgrade --revision {there}); nothing was changed")
+
+
+def upgrade_advice(display_url: str) -> str:
+    """The command that upgrades the database at ``display_url`` (its password masked as ``***``)."""
+    if ":***@" in display_url:
+        # The masked URL cannot connect: the user has to give the real one.
+        return ("`pbuffer db upgrade --url URL` with the database's real URL, password included (for example "
+                "--url \"$PBUFFER_URL\"), or pbuffer.upgrade(url)")
+    return f"`pbuffer db upgrade --url {shlex.quote(display_url)}` or pbuffer.upgrade(url)"
+
+
+def too_old(display_url: str, revision: str, head: str) -> str:
+    """The message of SchemaTooOldError for a database at ``revision`` when this pbuffer needs ``head``."""
+    return (f"{display_url} is at schema revision {revision}, this pbuffer needs {head}: upgrade it with "
+            f"{upgrade_advice(display_url)}")
+
+
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     """Run the migrations up to ``revision`` on ``connection``, inside the caller's transaction."""
     with ALEMBIC_LOCK:
+        # Checked again under the caller's schema lock: another process may have moved the schema meanwhile.
+        check_direction(current_revision(connection), resolve(revision), upgrade=True)
         command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade_connection(connection: Connection, revision: str) -> None:
     """Run the migrations down to ``revision`` (or ``"base"``) on ``connection``, inside the caller's transaction."""
     with ALEMBIC_LOCK:
+        check_direction(current_revision(connection), resolve(revision), upgrade=False)
         command.downgrade(alembic_config(connection), revision)
 
 
@@ -117,7 +171,7 @@ def model_differences(connection: Connection) -> list[Any]:
     from .schema import metadata
 
     def ours(_object: Any, name: str | None, type_: str, _reflected: bool, _compare_to: Any) -> bool:
-        return type_ != "table" or bool(name and name.startswith("pbuffer_"))
+        return type_ != "table" or is_pbuffer_table(name)
 
     context = MigrationContext.configure(connection, opts={
         "compare_type": True, "version_table": VERSION_TABLE, "include_object": ours})

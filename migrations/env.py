@@ -17,7 +17,7 @@ def run(connection: Connection) -> None:
         render_as_batch=True,
         # With pbuffer's BEGIN handling sqlite's DDL is transactional: a migration is all or nothing.
         # MariaDB commits each DDL statement implicitly whatever we say (see the README).
-        transactional_ddl=connection.dialect.name != "mysql",
+        transactional_ddl=connection.dialect.name not in ("mysql", "mariadb"),
     )
     with context.begin_transaction():
         context.run_migrations()

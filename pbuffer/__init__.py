@@ -28,13 +28,23 @@ from .errors import (
     SchemaTooNewError,
     SchemaTooOldError,
     StorageFullError,
+    StoragePermissionError,
     ValidationError,
 )
 from .limits import BufferStats, Limits
 from .message import DeadLetter, Message, Outgoing
 from .registry import default_url, known_schemes, open_buffer
 from .relay import Relay, RelayStats, send
-from .schema import Revision, check, current, downgrade, history, upgrade
+from .schema import (
+    Revision,
+    alembic_include_name,
+    alembic_include_object,
+    check,
+    current,
+    downgrade,
+    history,
+    upgrade,
+)
 from .transport import MockTransport, PublishResult, Transport
 
 __all__ = [
@@ -60,9 +70,12 @@ __all__ = [
     "SchemaTooNewError",
     "SchemaTooOldError",
     "StorageFullError",
+    "StoragePermissionError",
     "Transport",
     "ValidationError",
     "__version__",
+    "alembic_include_name",
+    "alembic_include_object",
     "check",
     "current",
     "default_url",
@@ -83,7 +96,9 @@ def open(url: str | None = None, **options: Any) -> Buffer:
     ``mysql+pymysql://...``, or a scheme a plug-in registered under the ``pbuffer.backends`` entry points.
     Without a URL: ``$PBUFFER_URL``, else ``buffer.db`` in the user's data directory. Options (``subject``,
     ``durability``, ``max_messages``, ``ttl``, ...; see the README's options table) may be keyword arguments or URL
-    query parameters.
+    query parameters; a memory:// or sqlite:// URL with any other query parameter raises
+    :class:`ConfigurationError`. ``postgres://`` is accepted as ``postgresql://``. System subjects (``$...``,
+    ``_INBOX.``) are refused unless allowed by prefix: ``allow_subject_prefixes=("$KV.orders.",)``.
     """
     return open_buffer(url, **options)
 

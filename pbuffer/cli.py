@@ -3,11 +3,20 @@
 Every command takes the buffer URL from ``--url`` or ``$PBUFFER_URL`` (default: the user's data directory) and the
 NATS servers from ``--servers`` or ``$NATS_URL``. A user's mistake prints one line and exits non-zero; ``--debug``
 shows the traceback.
+
+Looking never changes anything: ``inspect``, ``db verify``, ``db current`` and ``db check`` never create, initialise
+or upgrade a buffer (an older schema is refused with the command that upgrades it), and no command creates a buffer
+that is not there: a path that holds none is a typo more often than not, and a relay following an empty file it
+made itself would wait for ever on the wrong one.
+
+Exit status: 0 done; 1 an error, a refused confirmation, or something found wrong; 128 + the signal number (130 for
+Ctrl-C, 143 for SIGTERM) when ``drain`` without ``--follow`` was stopped with messages left in the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -77,16 +86,40 @@ def _pick(options: dict[str, Any]) -> dict[str, Any]:
     return {k: options[k] for k in keys if k in options}
 
 
-def _open_existing(url: str | None) -> Buffer:
-    """Open a buffer that must already exist: looking at a sqlite file never creates one."""
-    target = url or pbuffer.default_url()
-    if target.startswith("sqlite:"):
-        from pathlib import Path
+def _open_existing(url: str | None, *, looking: str | None = None) -> Buffer:
+    """Open a buffer that must already exist: a missing file or an empty database is refused, never created.
 
-        path = Path(target.split("?", 1)[0].removeprefix("sqlite:///")).expanduser()
-        if not path.exists():
-            raise pbuffer.ConfigurationError(f"no buffer at {path}")
+    ``looking`` names a command that only looks: it never upgrades either (an older schema is refused with the
+    command that upgrades it). Other commands upgrade as :func:`pbuffer.open` does.
+    """
+    from .registry import parse_options
+    from .schema import require_buffer
+
+    target = url or pbuffer.default_url()
+    require_buffer(target, upgradable=looking is None, where=looking)
+    if looking is not None and "auto_upgrade" not in parse_options(target)[1] and _is_sql(target):
+        return pbuffer.open(target, auto_upgrade=False)  # the check above ran; this closes the gap after it
     return pbuffer.open(target)
+
+
+def _is_sql(url: str) -> bool:
+    return url.split("://", 1)[0].split("+", 1)[0].lower() in ("sqlite", "postgresql", "mysql", "mariadb")
+
+
+def _confirm(question: str, refused: str) -> None:
+    """Ask on stdin; anything but yes stops the command (exit status 1) with one line saying nothing was done."""
+    try:
+        if sys.stdin is None or sys.stdin.closed:  # Python sets sys.stdin to None when fd 0 is closed
+            raise EOFError
+        answer = click.confirm(question, default=False)
+    except (click.Abort, EOFError, RuntimeError):  # click turns end of input and Ctrl-C into Abort
+        click.echo()  # end the prompt's line
+        err_console.print(f"[bold red]error:[/] no answer on stdin (closed, empty or interrupted): {refused}; "
+                          "pass --yes to go ahead without asking")
+        sys.exit(1)
+    if not answer:
+        err_console.print(f"aborted: {refused}")
+        sys.exit(1)
 
 
 def friendly(fn: F) -> F:
@@ -202,7 +235,7 @@ def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> N
     Example:
       pbuffer inspect --url sqlite:///orders.db --peek 5 --json
     """
-    with _open_existing(url) as buf:
+    with _open_existing(url, looking="pbuffer inspect") as buf:
         data = _inspect_data(buf, peek if peek is not None else (20 if listed else None))
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -241,23 +274,42 @@ def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_o
           **options: Any) -> None:
     """Publish a buffer's messages to JetStream, deleting each after its PubAck.
 
-    SIGTERM and Ctrl-C stop it after the window in flight: nothing is lost or left half-done.
+    SIGTERM and Ctrl-C stop it after the window in flight: nothing is lost or left half-done. Stopped with
+    messages left, it exits with 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM); --follow exits 0.
+    A buffer that does not exist is an error, with or without --follow (a typo would wait on an empty file).
 
     \b
     Example:
       pbuffer drain --url sqlite:///orders.db -s nats://127.0.0.1:4222 --follow
     """
-    asyncio.run(_drain(url, servers, follow, batch_size, strict_order, lease, _pick(options)))
+    code = asyncio.run(_drain(url, servers, follow, batch_size, strict_order, lease, _pick(options)))
+    if code:
+        sys.exit(code)
 
 
 async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool,
-                 lease: float | None, options: dict[str, Any]) -> None:
-    buf = await pbuffer.open_async(url)
+                 lease: float | None, options: dict[str, Any]) -> int:
+    """Drain (or follow) the buffer; returns the exit status."""
+    from .schema import require_buffer
+
     transport = await _transport(servers, options)
+    try:
+        # A path that holds no buffer is a mistake (a typo): say so, create nothing.
+        await asyncio.to_thread(require_buffer, url or pbuffer.default_url(), upgradable=True)
+        buf = await pbuffer.open_async(url)
+    except BaseException:
+        await transport.close()
+        raise
     relay = pbuffer.Relay(buf, transport, batch_size=batch_size, strict_order=strict_order, lease=lease)
     loop = asyncio.get_running_loop()
+    stopped_by: list[int] = []
+
+    def stop(signum: int) -> None:
+        stopped_by.append(signum)
+        relay.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, relay.stop)
+        loop.add_signal_handler(sig, stop, int(sig))
     total = await buf.count()
     started = time.monotonic()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -274,7 +326,8 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
                                 rate=f"{sent / max(time.monotonic() - started, 1e-9):,.0f} msg/s")
                 await asyncio.wait({work}, timeout=0.2)
             stats = work.result()
-            progress.update(task, completed=stats.published + stats.duplicates if follow else total - await buf.count())
+            left = await buf.count()
+            progress.update(task, completed=stats.published + stats.duplicates if follow else total - left)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -282,6 +335,12 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
         await buf.close()
     console.print(f"published {stats.published:,}, duplicates {stats.duplicates:,}, dead-lettered "
                   f"{stats.dead_lettered:,}, retried {stats.retried:,} in {time.monotonic() - started:.1f} s")
+    if stopped_by and not follow and left:
+        # Stopped before the buffer was empty: a script must not take this for a finished drain.
+        err_console.print(f"stopped by {signal.Signals(stopped_by[0]).name} with {left:,} message(s) left in the "
+                          "buffer")
+        return 128 + stopped_by[0]
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------- send
@@ -381,7 +440,8 @@ def purge(url: str | None, which: str | None, yes: bool) -> None:
             return
         if not yes:
             target = display_url(url or pbuffer.default_url())
-            click.confirm(f"Delete {len(ids):,} message(s) from {target} for good?", abort=True)
+            # click prints the question as plain text: no markup, so no escape().
+            _confirm(f"Delete {len(ids):,} message(s) from {target} for good?", "nothing was deleted")
         deleted = sum(buf.delete_many(ids[i:i + 1000]) for i in range(0, len(ids), 1000))
     console.print(f"deleted {deleted:,} message(s)")
 
@@ -398,8 +458,11 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 @friendly
 def db_upgrade(url: str | None, revision: str) -> None:
-    """Upgrade the schema (a sqlite file is backed up first). Example: pbuffer db upgrade --url URL"""
-    console.print(f"at revision {escape(str(pbuffer.upgrade(url or pbuffer.default_url(), revision)))}")
+    """Upgrade the schema (a sqlite file is backed up first). Example: pbuffer db upgrade --url URL
+
+    A revision older than the database's is refused (use downgrade); prints the revision the database is at after.
+    """
+    console.print(f"at revision {escape(pbuffer.upgrade(url or pbuffer.default_url(), revision))}")
 
 
 @db.command("downgrade")
@@ -411,15 +474,15 @@ def db_downgrade(url: str | None, revision: str, yes: bool) -> None:
     """Downgrade the schema. Example: pbuffer db downgrade --url URL --revision base"""
     target = url or pbuffer.default_url()
     if not yes:
-        click.confirm(f"Downgrade {display_url(target)} to {revision}? A downgrade can drop data.", abort=True)
-    console.print(f"at revision {escape(str(pbuffer.downgrade(target, revision)))}")
+        _confirm(f"Downgrade {display_url(target)} to {revision}? A downgrade can drop data.", "nothing was changed")
+    console.print(f"at revision {escape(pbuffer.downgrade(target, revision))}")
 
 
 @db.command("current")
 @URL
 @friendly
 def db_current(url: str | None) -> None:
-    """The database's schema revision. Example: pbuffer db current --url URL"""
+    """The database's schema revision (reads only). Example: pbuffer db current --url URL"""
     console.print(escape(pbuffer.current(url or pbuffer.default_url()) or "base (empty)"))
 
 
@@ -437,8 +500,12 @@ def db_history(url: str | None) -> None:
 @URL
 @friendly
 def db_check(url: str | None) -> None:
-    """Compare the database with this pbuffer's model. Example: pbuffer db check --url URL"""
-    differences = pbuffer.check(url or pbuffer.default_url())
+    """Compare the database with this pbuffer's model (reads only). Example: pbuffer db check --url URL"""
+    from .schema import require_buffer
+
+    target = url or pbuffer.default_url()
+    require_buffer(target, upgradable=True)  # an empty database is no buffer; an older one is listed below
+    differences = pbuffer.check(target)
     for difference in differences:
         console.print(escape(str(difference)))
     if differences:
@@ -461,8 +528,14 @@ def db_verify(url: str | None, as_json: bool) -> None:
       pbuffer db verify --url sqlite:///orders.db --json
     """
     from .recovery import verify
+    from .schema import require_buffer
 
-    report = verify(url or pbuffer.default_url())
+    target = url or pbuffer.default_url()
+    # Refuses, reading only, what verify would otherwise create or upgrade: no buffer, an empty database, an older
+    # schema. Damage and foreign files are what verify reports, in detail.
+    with contextlib.suppress(pbuffer.CorruptDatabaseError, pbuffer.NotABufferDatabaseError):
+        require_buffer(target, where="pbuffer db verify")
+    report = verify(target)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:

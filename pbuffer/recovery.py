@@ -11,6 +11,7 @@ add.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -24,8 +25,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .buffer import Buffer
-from .errors import BackendError, ConfigurationError, CorruptDatabaseError, PBufferError, ValidationError
+from .errors import (
+    BackendError,
+    ConfigurationError,
+    CorruptDatabaseError,
+    NotABufferDatabaseError,
+    PBufferError,
+    ValidationError,
+)
 from .registry import display_url, open_buffer, parse_options
+from .schema import require_buffer
 
 __all__ = ["VerifyReport", "quarantine", "sqlite_path", "verify"]
 
@@ -95,6 +104,10 @@ def verify(url: str, *, page: int = 1000) -> VerifyReport:
     if path is not None:
         if not path.is_file():
             raise ConfigurationError(f"no buffer at {path}")
+        from .backends.sqlite_file import check_access
+
+        # A permission problem is no damage: raised as such (StoragePermissionError), not reported as NOT OK.
+        check_access(path, path.with_name(path.name + ".lock"))
         try:
             report.integrity = _integrity_check(path)
         except sqlite3.DatabaseError as exc:
@@ -104,6 +117,10 @@ def verify(url: str, *, page: int = 1000) -> VerifyReport:
             report.integrity = [f"integrity_check could not run: {exc}"]  # damaged too badly for the check
         # Verifying must not write to the file it looks at (an upgrade would), and must get past a failed check.
         options = {"integrity_check": False, "auto_upgrade": False}
+    # Looking never creates: a 0-byte file or an empty server database is no buffer, and opening one would
+    # initialise it. Damaged and foreign databases go on, to be reported.
+    with contextlib.suppress(CorruptDatabaseError, NotABufferDatabaseError):
+        require_buffer(url, upgradable=True)
     given = parse_options(url)[1]
     try:
         buf = open_buffer(url, **{k: v for k, v in options.items() if k not in given})

@@ -165,6 +165,7 @@ def test_send_and_drain_against_a_server(url: str, server: NatsServer) -> None:
 
 def test_drain_follow_stops_cleanly_on_sigterm(url: str, server: NatsServer) -> None:
     add_stream(server, "ORDERS", ["orders.>"])
+    pbuffer.open(url).close()  # drain creates no buffer, --follow included
     env = {**os.environ, "PBUFFER_URL": url, "NATS_URL": server.url}
     process = subprocess.Popen([*PBUFFER, "drain", "--follow"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

@@ -41,16 +41,38 @@ _OWNER = sa.LargeBinary(16).with_variant(mysql.BINARY(16), "mysql", "mariadb")
 _COUNTERS = ("pending", "pending_bytes", "dead", "dead_bytes", "dropped", "expired")
 
 
+def _already_there() -> tuple[set[str], bool]:
+    """On MariaDB: the columns and the counters table an interrupted run of this revision already added.
+
+    MariaDB commits each DDL statement as it runs and the version row is written last, so an upgrade stopped
+    half-way leaves part of this revision applied at revision 0001; running it again skips that part. Elsewhere
+    the migration is one transaction, never half-applied: nothing is skipped, and the DDL is exactly as before.
+    """
+    bind = op.get_bind()
+    if bind.dialect.name not in ("mysql", "mariadb"):
+        return set(), False
+    inspector = sa.inspect(bind)
+    columns = {column["name"] for column in inspector.get_columns("pbuffer_messages")}
+    return columns & {"claim_owner", "claim_until_us"}, inspector.has_table("pbuffer_counters")
+
+
 def upgrade() -> None:
-    op.add_column("pbuffer_messages", sa.Column("claim_owner", _OWNER, nullable=True))
-    op.add_column("pbuffer_messages", sa.Column("claim_until_us", sa.BigInteger(), nullable=True))
-    op.create_table(
-        "pbuffer_counters",
-        sa.Column("subject", _SUBJECT, primary_key=True),
-        sa.Column("shard", sa.Integer(), primary_key=True, autoincrement=False),
-        *(sa.Column(name, sa.BigInteger(), nullable=False) for name in _COUNTERS),
-        mysql_engine="InnoDB", mysql_charset="utf8mb4",
-    )
+    columns, has_counters = _already_there()
+    if "claim_owner" not in columns:
+        op.add_column("pbuffer_messages", sa.Column("claim_owner", _OWNER, nullable=True))
+    if "claim_until_us" not in columns:
+        op.add_column("pbuffer_messages", sa.Column("claim_until_us", sa.BigInteger(), nullable=True))
+    if has_counters:
+        # Left by an interrupted run; its rows (if any) are counted again from the messages below.
+        op.execute("DELETE FROM pbuffer_counters")
+    else:
+        op.create_table(
+            "pbuffer_counters",
+            sa.Column("subject", _SUBJECT, primary_key=True),
+            sa.Column("shard", sa.Integer(), primary_key=True, autoincrement=False),
+            *(sa.Column(name, sa.BigInteger(), nullable=False) for name in _COUNTERS),
+            mysql_engine="InnoDB", mysql_charset="utf8mb4",
+        )
     # The counts of the rows already there, so stats() and limits are right from the first open.
     op.execute(
         "INSERT INTO pbuffer_counters (subject, shard, pending, pending_bytes, dead, dead_bytes, dropped, expired) "
