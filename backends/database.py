@@ -205,6 +205,8 @@ class Database:
         with self.schema_transaction(f"opening {self.display_url}") as conn:
             revision = self.revision_in(conn)
             if revision == head:
+                if not self.sqlite:  # (sqlite files are checked object by object before this)
+                    self._check_shape(conn)
                 return
             if revision is None:
                 _log.info("initialising %s at schema revision %s", self.display_url, head)
@@ -215,6 +217,15 @@ class Database:
                     f"{versioning.too_old(self.display_url, revision, head)}, or open it with auto_upgrade=True")
             backup = self._migrate(conn, revision, head, upgrade=True)
         self._drop_backup(backup)
+
+    def _check_shape(self, conn: sa.Connection) -> None:
+        """Refuse, at open, tables at head that something else reshaped: they failed at the first save instead."""
+        problems = versioning.shape_problems(conn)
+        if problems:
+            raise NotABufferDatabaseError(
+                f"{self.display_url} is marked as a pbuffer buffer at revision {versioning.head_revision()}, but its "
+                f"tables are not pbuffer's: {'; '.join(problems)}. Something else changed them; it was left "
+                "unchanged (pbuffer.check(url) lists every difference)")
 
     def migrate(self, target: str, *, upgrade: bool) -> str:
         """Move the schema to ``target`` (a revision, ``"head"`` or ``"base"``); returns the revision reached."""

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALEMBIC_LOCK", "TABLE_PREFIX", "alembic_config", "check_direction", "current_revision", "describe",
     "downgrade_connection", "head_revision", "is_pbuffer_table", "known_revisions", "model_differences", "resolve",
-    "sqlite_objects", "too_old", "upgrade_advice", "upgrade_connection",
+    "shape_problems", "sqlite_objects", "too_old", "upgrade_advice", "upgrade_connection",
 ]
 
 ALEMBIC_LOCK = threading.RLock()
@@ -177,3 +177,34 @@ def model_differences(connection: Connection) -> list[Any]:
         "compare_type": True, "version_table": VERSION_TABLE, "include_object": ours})
     differences: list[Any] = compare_metadata(context, metadata)
     return differences
+
+
+def shape_problems(connection: Connection) -> list[str]:
+    """What would make pbuffer's statements fail on this database's tables at head: a table or column of the model
+    that is missing, or a column pbuffer does not know that refuses rows without it (NOT NULL, no default).
+
+    Column names only, read through the inspector: cheap enough for every open of a server database (types and
+    indexes are :func:`model_differences`' job). sqlite files get the stricter check of their own at open.
+    """
+    import sqlalchemy as sa
+
+    from .schema import metadata
+
+    inspector = sa.inspect(connection)
+    present = set(inspector.get_table_names())
+    problems = []
+    for table in metadata.sorted_tables:
+        if table.name not in present:
+            problems.append(f"table {table.name} is missing")
+            continue
+        found = {column["name"]: column for column in inspector.get_columns(table.name)}
+        missing = sorted(set(table.columns.keys()) - set(found))
+        if missing:
+            problems.append(f"{table.name} lacks column(s) {', '.join(missing)}")
+        blocking = sorted(name for name, column in found.items() if name not in table.columns
+                          and not column.get("nullable", True) and column.get("default") is None
+                          and column.get("autoincrement") is not True)
+        if blocking:
+            problems.append(f"{table.name} has column(s) {', '.join(blocking)} that pbuffer does not write and that "
+                            "refuse rows without a value")
+    return problems

@@ -400,3 +400,16 @@ def test_display_url_masks_only_the_password() -> None:
     assert display_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert display_url("sqlite:////tmp/a:b@c.db") == "sqlite:////tmp/a:b@c.db"
     assert display_url("memory://") == "memory://"
+
+
+def test_percent_encoded_paths_mean_what_they_mean_in_the_library(tmp_path: Path) -> None:
+    directory = tmp_path / "with space"
+    directory.mkdir()
+    url = f"sqlite:///{tmp_path}/with%20space/b.db"
+    with pbuffer.open(url) as buf:  # the library decodes %20
+        buf.save(b"x", subject="a.b")
+    assert sorted(p.name for p in directory.iterdir() if p.suffix == ".db") == ["b.db"]
+    for args in (["inspect", "--url", url], ["db", "verify", "--url", url], ["db", "current", "--url", url]):
+        code, out = invoke(*args)
+        assert code == 0, (args, out)
+    assert "1 pending" in invoke("inspect", "--url", url)[1]

@@ -389,3 +389,36 @@ def test_sqlite_connections_made_by_the_schema_api_are_read_only(tmp_path: Path)
     finally:
         database.dispose()
     assert ("table", "sneaky") not in set(sqlite3.connect(path).execute("SELECT type, name FROM sqlite_master"))
+
+
+@SERVERS
+def test_tables_reshaped_by_something_else_are_refused_at_open(fresh_database: str) -> None:
+    """A pbuffer_messages reshaped next to pbuffer's version table opened and failed at the first save
+    (UndefinedColumn); the shape is now checked at open, and nothing is changed."""
+    import sqlalchemy as sa
+
+    url = fresh_database
+    with pbuffer.open(url, auto_upgrade=True) as buf:
+        buf.save(b"kept", subject="a.b")
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    for reshape, undo, expected in (
+        ("ALTER TABLE pbuffer_messages RENAME COLUMN subject TO topic",
+         "ALTER TABLE pbuffer_messages RENAME COLUMN topic TO subject", r"lacks column\(s\) subject"),
+        ("ALTER TABLE pbuffer_messages ADD COLUMN tenant INTEGER NOT NULL DEFAULT 0",
+         "ALTER TABLE pbuffer_messages DROP COLUMN tenant", None),  # harmless: has a default
+        ("ALTER TABLE pbuffer_dead_letters ADD COLUMN tenant INTEGER NOT NULL",
+         "ALTER TABLE pbuffer_dead_letters DROP COLUMN tenant", "tenant"),
+    ):
+        with engine.begin() as conn:
+            conn.exec_driver_sql(reshape)
+        if expected is None:
+            with pbuffer.open(url) as buf:
+                assert len(buf) == 1
+        else:
+            with pytest.raises(pbuffer.NotABufferDatabaseError, match=expected):
+                pbuffer.open(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(undo)
+    with pbuffer.open(url) as buf:
+        assert [m.payload for m in buf.get_all()] == [b"kept"]
+    engine.dispose()
