@@ -167,6 +167,10 @@ class MemoryBuffer(Buffer):
             return None
 
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
+        return self._claim_skipping(limit, after, owner, until_us, now_us, frozenset())
+
+    def _claim_skipping(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int,
+                        skip: frozenset[str]) -> list[Message]:
         store = self._store
         with store.lock:
             start = store.seq_by_id.get(after, 0) if after is not None else 0
@@ -174,7 +178,8 @@ class MemoryBuffer(Buffer):
             for seq, message in self._pending().items():
                 if len(found) >= limit:
                     break
-                if seq > start and not store.claimed_by_other(message.id, owner, now_us):
+                if seq > start and message.subject not in skip and not store.claimed_by_other(message.id, owner,
+                                                                                                now_us):
                     found.append(message)
             for message in found:
                 store.claims[message.id] = (owner, until_us)

@@ -47,6 +47,7 @@ _RECLAIM_MIN_PAGES = 1024
 _RECLAIM_STEP = 8192
 _DEAD_COLUMNS = f"{_COLUMNS}, reason, attempts, failed_us"
 _SEQ_PARAMS = [f"s{i}" for i in range(_CHUNK)]
+_SKIP_PARAMS = [f"k{i}" for i in range(_CHUNK)]
 # Counter rows per subject that server databases spread concurrent writers over (sqlite has one writer: shard 0).
 _SHARDS = 16
 # Positions in a subject's counter changes (the order of COUNTER_COLUMNS).
@@ -285,12 +286,23 @@ class SQLBuffer(Buffer):
         return message
 
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
+        return self._claim_skipping(limit, after, owner, until_us, now_us, frozenset())
+
+    def _claim_skipping(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int,
+                        skip: frozenset[str]) -> list[Message]:
         params = {**self._sql.scope, "now": now_us, "owner": to_bytes(owner), "limit": limit}
         if after is not None:
             params["after"] = to_bytes(after)
+        if len(skip) > _CHUNK:  # more held-back subjects than one statement lists: the contract's generic way
+            return super()._claim_skipping(limit, after, owner, until_us, now_us, skip)
+        if skip:
+            params.update(zip(_SKIP_PARAMS, sorted(skip), strict=False))
+            statement = self._sql.claim_skipping(len(skip), after is not None)
+        else:
+            statement = self._sql.claim if after is None else self._sql.claim_after
         with self._cursor("claim", write=True) as cursor:
             # Server databases: FOR UPDATE SKIP LOCKED, so competing claimers pass each other's rows by.
-            cursor.execute(self._sql.claim if after is None else self._sql.claim_after, params)
+            cursor.execute(statement, params)
             rows = cursor.fetchall()
             # Verified before the claim commits: a damaged row raises (the relay dead-letters it) and nothing is
             # claimed.
@@ -608,6 +620,7 @@ class _Statements:
                               f"LIMIT :limit{skip_locked}")
         self.claim_after = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE seq > {after_seq} AND "
                                     f"{claimable}{and_scope} ORDER BY seq LIMIT :limit{skip_locked}")
+        self._claim_parts = (claimable, and_scope, after_seq, skip_locked)
         # Counters: add a transaction's changes to its (subject, shard) row, creating the row the first time.
         counted = ", ".join(COUNTER_COLUMNS)
         added = ", ".join(f":{name}" for name in COUNTER_COLUMNS)
@@ -649,6 +662,14 @@ class _Statements:
     def delete_seqs(self, table: str, count: int) -> str:
         return self._in_list(f"delete seq {table}", count, lambda seqs: f"DELETE FROM {table} WHERE seq IN ({seqs})",
                              prefix="s")
+
+    def claim_skipping(self, count: int, after: bool) -> str:
+        """:attr:`claim` (or :attr:`claim_after`) passing over ``count`` subjects (params ``k0``...)."""
+        claimable, and_scope, after_seq, skip_locked = self._claim_parts
+        behind = f"seq > {after_seq} AND " if after else ""
+        return self._in_list(f"claim skipping {after}", count, lambda subjects: (
+            f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE {behind}{claimable}{and_scope} "
+            f"AND subject NOT IN ({subjects}) ORDER BY seq LIMIT :limit{skip_locked}"), prefix="k")
 
     def set_claims(self, count: int) -> str:
         return self._in_list("claim", count, lambda seqs: (

@@ -124,8 +124,10 @@ class AsyncBuffer:
     async def get_all(self, limit: int | None = None, *, after: str | None = None) -> list[Message]:
         return await self._run(self.buffer.get_all, limit, after=after)
 
-    async def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None) -> list[Message]:
-        return await self._run(self.buffer.claim, limit, owner=owner, lease=lease, after=after)
+    async def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None,
+                    skip_subjects: Iterable[str] = ()) -> list[Message]:
+        return await self._run(self.buffer.claim, limit, owner=owner, lease=lease, after=after,
+                               skip_subjects=frozenset(skip_subjects))
 
     async def release(self, message_ids: Iterable[str], *, owner: str) -> int:
         return await self._run(self.buffer.release, list(message_ids), owner=owner)

@@ -232,13 +232,16 @@ class Buffer(ABC):
         checked_limit, checked_after = _check_limit(limit), None if after is None else _check_id(after)
         return self._read(lambda: self._get(checked_limit, checked_after))
 
-    def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None) -> list[Message]:
+    def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None,
+              skip_subjects: Iterable[str] = ()) -> list[Message]:
         """Claim up to ``limit`` of the oldest pending messages for ``owner`` for ``lease`` seconds.
 
         Returns messages that no other owner holds a live claim on, oldest first (those this owner already holds
         are returned again and their lease renewed). ``owner`` is a UUID string naming the claimer (one per relay:
         :func:`pbuffer.ids.new_id` makes one). ``after``: only messages queued behind that pending message, as in
-        :meth:`get_all`. A claim ends when the lease runs out, on :meth:`release`, or when the message is deleted.
+        :meth:`get_all`. ``skip_subjects``: messages on these subjects are passed over (neither returned nor
+        claimed): the relay holds back a subject that keeps failing so that it does not stall the others. A claim
+        ends when the lease runs out, on :meth:`release`, or when the message is deleted.
         """
         self._check_open()
         checked_limit = _check_limit(limit)
@@ -248,10 +251,18 @@ class Buffer(ABC):
         checked_after = None if after is None else _check_id(after)
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 10**6:
             raise ValidationError(f"lease must be a positive number of seconds, not {lease!r}")
+        if isinstance(skip_subjects, str):
+            raise ValidationError("skip_subjects takes a collection of subjects, not one str")
+        skip = frozenset(skip_subjects)
+        if not all(isinstance(subject, str) for subject in skip):
+            raise ValidationError("skip_subjects must hold str subjects")
 
         def claim_now() -> list[Message]:
             now_us = time.time_ns() // 1000
-            return self._claim(checked_limit, checked_after, checked_owner, now_us + int(lease * 1e6), now_us)
+            until_us = now_us + int(lease * 1e6)
+            if skip:
+                return self._claim_skipping(checked_limit, checked_after, checked_owner, until_us, now_us, skip)
+            return self._claim(checked_limit, checked_after, checked_owner, until_us, now_us)
 
         return self._read(claim_now)
 
@@ -360,6 +371,28 @@ class Buffer(ABC):
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
         """Claim (and return, oldest first) up to ``limit`` pending messages in scope, behind ``after`` when given,
         that are unclaimed, claimed by ``owner``, or claimed with a lease that ended before ``now_us``."""
+
+    def _claim_skipping(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int,
+                        skip: frozenset[str]) -> list[Message]:
+        """:meth:`_claim` passing over the messages on ``skip``'s subjects (neither returned nor left claimed).
+
+        This default works on any backend through :meth:`_claim` and :meth:`_release`: it claims window after
+        window and gives back what it skips, so a long run of skipped messages costs a walk over them. Backends
+        that can filter in the query override it (the SQL and memory backends do).
+        """
+        found: list[Message] = []
+        cursor = after
+        while len(found) < limit:
+            window = self._claim(limit, cursor, owner, until_us, now_us)
+            kept = [m for m in window if m.subject not in skip]
+            give_back = [m.id for m in window if m.subject in skip] + [m.id for m in kept[limit - len(found):]]
+            if give_back:
+                self._release(give_back, owner)
+            found.extend(kept[:limit - len(found)])
+            if len(window) < limit:
+                break
+            cursor = window[-1].id
+        return found
 
     @abstractmethod
     def _release(self, message_ids: list[str], owner: str) -> int: ...

@@ -17,7 +17,13 @@ Order. Messages are published in windows of ``batch_size``, oldest first. When a
 transiently, the next window starts again from the oldest unacknowledged message. The one case that can still
 reorder the stream: a later message of the same window was accepted while an earlier one failed; the earlier one
 then lands after it. ``strict_order=True`` rules that out: one publish in flight per subject, and a subject's next
-message is sent only after the previous one was acknowledged (subjects still go in parallel).
+message is sent only after the previous one was acknowledged (subjects still go in parallel). Order is a promise per
+subject.
+
+No subject stalls another. A subject whose message failed transiently (no stream covers it, a 503, a timeout) is
+held back for its own backoff (exponential with jitter, per subject): windows are read passing over its messages
+(:meth:`Buffer.claim` with ``skip_subjects``), so the other subjects flow at full speed behind it; when its backoff
+ends, its oldest message is the first tried again.
 """
 
 from __future__ import annotations
@@ -78,7 +84,8 @@ class Relay:
         transport: where to publish (closed with the relay when ``close_transport`` is true).
         batch_size: messages read and published per window (many publishes in flight at once).
         strict_order: one publish in flight per subject, so the stream can never be reordered.
-        backoff_initial, backoff_max: seconds between retries of transient failures; doubles, with jitter.
+        backoff_initial, backoff_max: seconds a subject is held back after a transient failure before it is tried
+            again; doubles with each failure in a row, with jitter; per subject, so other subjects go on meanwhile.
         poll_interval: how often :meth:`run` looks at the buffer when no save in this process woke it.
         on_retry: ``callback(message, failure, attempts)`` before a transient failure is retried.
         on_dead_letter: ``callback(message, reason, attempts)`` after a message was dead-lettered.
@@ -118,7 +125,9 @@ class Relay:
         self._windows: dict[str, float | None] = {}
         self._warned_no_stream: dict[str, float] = {}
         self._stopping = asyncio.Event()
-        self._backoff = 0.0
+        #: Subjects held back after a transient failure: until when (time.monotonic()), and their current backoff.
+        self._held: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -178,20 +187,16 @@ class Relay:
                 following = await prefetch
                 prefetch = None
                 if retry or len(window) < self.batch_size or not following:
-                    # Start again from the oldest unacknowledged message (after a failure; for a short window,
-                    # to find messages saved meanwhile; with nothing behind this window, because other relays
-                    # may hold claims there), once the deletes are done so they are not read again. An unused
-                    # read-ahead window stays claimed: this relay's next claim takes it again.
+                    # Start again from the oldest unacknowledged message (after a failure, passing over the
+                    # subjects now held back; for a short window, to find messages saved meanwhile; with nothing
+                    # behind this window, because other relays may hold claims there), once the deletes are done
+                    # so they are not read again. An unused read-ahead window stays claimed: this relay's next
+                    # claim takes it again.
                     if deleting is not None:
                         await deleting
                         deleting = None
-                    if retry:
-                        await self._back_off()
-                    else:
-                        self._backoff = 0.0
                     window = await self._read_from_oldest(stats)
                 else:
-                    self._backoff = 0.0
                     window = following
         finally:
             if prefetch is not None and not prefetch.done():
@@ -225,20 +230,39 @@ class Relay:
     # ------------------------------------------------------------------------------------------- internals
 
     async def _read_from_oldest(self, stats: RelayStats) -> list[Message]:
-        """The oldest window this relay may claim. When every pending message is claimed by other relays, wait
-        (they publish them, or their leases run out and this relay takes them over) until the buffer is empty."""
+        """The oldest window this relay may claim. When every pending message is claimed by other relays or on a
+        subject held back, wait (other relays publish theirs or their leases run out; a hold ends) until the
+        buffer is empty."""
         while True:
             window = await self._read_window(stats, after=None)
             if window or self._stopping.is_set() or (await self.buffer.stats()).pending == 0:
                 return window
+            wait = min(self.poll_interval, self.lease / 4)
+            if self._held:
+                wait = min(wait, max(min(self._held.values()) - time.monotonic(), 0.0))
             with contextlib.suppress(asyncio.TimeoutError):  # stop() cuts the wait short
-                await asyncio.wait_for(self._stopping.wait(), min(self.poll_interval, self.lease / 4))
+                await asyncio.wait_for(self._stopping.wait(), wait)
+
+    def _held_now(self) -> frozenset[str]:
+        """The subjects still held back; a subject whose hold ended is tried again (oldest message first)."""
+        now = time.monotonic()
+        for subject in [s for s, until in self._held.items() if until <= now]:
+            del self._held[subject]
+        return frozenset(self._held)
+
+    def _hold(self, subject: str) -> None:
+        """Hold ``subject`` back for its next backoff: doubled from its last one, with jitter."""
+        backoff = self._backoff[subject] = min(self.backoff_max,
+                                               max(self.backoff_initial, self._backoff.get(subject, 0.0) * 2))
+        self._held[subject] = time.monotonic() + backoff * random.uniform(0.5, 1.0)
 
     async def _read_window(self, stats: RelayStats, after: str | None) -> list[Message]:
-        """The next window; a corrupt row met on the way is dead-lettered (never published) and skipped."""
+        """The next window, passing over held-back subjects; a corrupt row met on the way is dead-lettered (never
+        published) and skipped."""
         while True:
             try:
-                return await self.buffer.claim(self.batch_size, owner=self.owner, lease=self.lease, after=after)
+                return await self.buffer.claim(self.batch_size, owner=self.owner, lease=self.lease, after=after,
+                                               skip_subjects=self._held_now())
             except CorruptDatabaseError as exc:
                 if exc.message_id is None:
                     raise
@@ -276,6 +300,8 @@ class Relay:
         for message, result in zip(batch, results, strict=True):
             if result.acknowledged:
                 acknowledged.append(message.id)
+                if message.subject not in self._held:  # (a failure earlier in this window keeps its backoff)
+                    self._backoff.pop(message.subject, None)
                 if result.outcome is Outcome.DUPLICATE:
                     stats.duplicates += 1
                 else:
@@ -293,6 +319,7 @@ class Relay:
             if not failure.attempted:
                 continue  # never published: not an attempt
             retry = True
+            self._hold(message.subject)
             self._attempts[message.id] = attempts
             stats.retried += 1
             self._warn_retry(message, failure, attempts)
@@ -334,12 +361,6 @@ class Relay:
                 _log.warning("the stream for %r deduplicates for %.0f s, but a retry may wait up to %.0f s: a "
                              "message retried after the window can be stored twice", subject, window,
                              self.backoff_max)
-
-    async def _back_off(self) -> None:
-        self._backoff = min(self.backoff_max, max(self.backoff_initial, self._backoff * 2))
-        delay = self._backoff * random.uniform(0.5, 1.0)
-        with contextlib.suppress(asyncio.TimeoutError):  # stop() cuts the wait short
-            await asyncio.wait_for(self._stopping.wait(), delay)
 
 
 async def send(buffer: Buffer | AsyncBuffer, transport: Transport, payload: Payload, *, subject: str | None = None,

@@ -5,6 +5,7 @@ timeout per try."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -253,3 +254,54 @@ def test_a_server_api_subject_saved_before_pbuffer_refused_it_is_never_published
         await transport.close()
 
     asyncio.run(scenario())
+
+
+async def _interleaved_drain_with_a_stuck_subject(server: NatsServer, *, unstick: str) -> None:
+    """10,000 messages alternating between a stuck subject and a healthy one: the healthy one's 5,000 must arrive,
+    in order, within the issue's 10 s while the stuck one is retried; unstuck, the other 5,000 arrive once each."""
+    transport = await connect(server)
+    await transport.js.add_stream(name="HEALTHY", subjects=["healthy.>"])
+    if unstick == "create the stream":
+        stuck_subject = "nostream.a"
+    else:  # a full discard-new stream answers every publish with a 503
+        stuck_subject = "full.a"
+        await transport.js.add_stream(name="FULL", subjects=["full.>"], max_msgs=1, discard=DiscardPolicy.NEW)
+        await transport.js.publish("full.a", b"the one place")
+    buf = pbuffer.open("memory://")
+    saved = buf.save_many([pbuffer.Outgoing(b"%d" % i, subject=stuck_subject if i % 2 == 0 else "healthy.b")
+                           for i in range(10_000)])
+    stuck = [m.id for m in saved if m.subject == stuck_subject]
+    healthy = [m.id for m in saved if m.subject == "healthy.b"]
+    async with Relay(buf, transport, close_transport=False, backoff_max=1.0) as relay:
+        drain = asyncio.ensure_future(relay.drain())
+        started = asyncio.get_running_loop().time()
+        while (await transport.js.stream_info("HEALTHY")).state.messages < len(healthy):
+            assert asyncio.get_running_loop().time() - started < 10, "the healthy subject was stalled"
+            assert not drain.done()
+            await asyncio.sleep(0.05)
+        assert await stream_ids(transport, "HEALTHY") == healthy  # all of them, in order
+        assert len(buf) == len(stuck) and not drain.done()  # the stuck ones wait, never dropped
+        if unstick == "create the stream":
+            await transport.js.add_stream(name="LATE", subjects=["nostream.>"])
+            stream = "LATE"
+        else:
+            info = await transport.js.stream_info("FULL")
+            await transport.js.update_stream(dataclasses.replace(info.config, max_msgs=-1))
+            await transport.js.purge_stream("FULL")
+            stream = "FULL"
+        stats = await asyncio.wait_for(drain, HANG_GUARD)
+    assert len(buf) == 0 and buf.dead_letters() == [] and stats.retried >= 1
+    assert await stream_ids(transport, stream) == stuck  # exactly once each, in order
+    await transport.close()
+
+
+def test_a_subject_without_a_stream_does_not_stall_the_others(server: NatsServer,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pbuffer"):
+        asyncio.run(_interleaved_drain_with_a_stuck_subject(server, unstick="create the stream"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "nostream.a" in r.getMessage()]
+    assert 1 <= len(warnings) <= 2, warnings  # named, rate-limited (once a minute per subject)
+
+
+def test_a_subject_answered_with_503_does_not_stall_the_others(server: NatsServer) -> None:
+    asyncio.run(_interleaved_drain_with_a_stuck_subject(server, unstick="make room in the stream"))

@@ -580,6 +580,31 @@ class BufferConformance(_Base):
         assert buffer.delete_many([m.id for m in saved[:6]]) == 6
         assert buffer.claim(5, owner=b, lease=30) == []
 
+    def test_a_claim_passes_over_skipped_subjects(self, buffer: Buffer) -> None:
+        stuck, healthy = f"{SUBJECT}.stuck", f"{SUBJECT}.healthy"
+        saved = buffer.save_many([Outgoing(str(i).encode(), subject=stuck if i % 2 == 0 else healthy)
+                                  for i in range(12)])
+        on_healthy = [m.id for m in saved if m.subject == healthy]
+        on_stuck = [m.id for m in saved if m.subject == stuck]
+        relay, other = pbuffer.ids.new_id(), pbuffer.ids.new_id()
+        first = buffer.claim(4, owner=relay, lease=30, skip_subjects={stuck})
+        assert [m.id for m in first] == on_healthy[:4]
+        assert [m.id for m in buffer.claim(4, owner=relay, lease=30, after=first[-1].id, skip_subjects=[stuck])
+                ] == on_healthy[4:]
+        assert buffer.claim(4, owner=relay, lease=30, skip_subjects={stuck, healthy}) == []
+        # What was passed over is not claimed: another owner takes it, oldest first.
+        assert [m.id for m in buffer.claim(10, owner=other, lease=30)] == on_stuck
+        # The contract's generic way (for backends without a filtered claim) keeps the same promise.
+        buffer.release(on_healthy + on_stuck, owner=relay)
+        buffer.release(on_stuck, owner=other)
+        now_us = time.time_ns() // 1000
+        generic = Buffer._claim_skipping(buffer, 3, None, relay, now_us + 30_000_000, now_us, frozenset({stuck}))
+        assert [m.id for m in generic] == on_healthy[:3]
+        assert [m.id for m in buffer.claim(10, owner=other, lease=30)] == [
+            m.id for m in saved if m.id not in on_healthy[:3]]  # nothing else left claimed by it
+        with pytest.raises(ValidationError):
+            buffer.claim(1, owner=relay, lease=1, skip_subjects=stuck)  # one str: a likely mistake
+
     def test_a_claim_ends_with_its_lease(self, buffer: Buffer) -> None:
         saved = buffer.save_many([b"1", b"2"], subject=SUBJECT)
         holder, taker = pbuffer.ids.new_id(), pbuffer.ids.new_id()
