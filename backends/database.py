@@ -26,6 +26,7 @@ from pbuffer.errors import (
     SchemaTooNewError,
     SchemaTooOldError,
 )
+from pbuffer.registry import display_url
 
 from . import sqlite_file, versioning
 from .errors import map_driver_error
@@ -69,7 +70,7 @@ class Database:
         try:
             self.url = make_url(url)
         except (sa.exc.ArgumentError, ValueError) as exc:
-            raise ConfigurationError(f"not a database URL: {url!r}") from exc
+            raise ConfigurationError(f"not a database URL: {display_url(str(url))!r}") from exc
         self.dialect_name = self.url.get_backend_name()
         if self.dialect_name not in SUPPORTED:
             raise ConfigurationError(f"unsupported database {self.dialect_name!r}: pbuffer supports "

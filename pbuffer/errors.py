@@ -43,8 +43,9 @@ class PBufferError(Exception):
     """Root of every error pbuffer raises on purpose."""
 
 
-class ConfigurationError(PBufferError):
-    """The buffer was asked for something it cannot be: an unknown URL scheme, option or value."""
+class ConfigurationError(PBufferError, ValueError):
+    """The buffer (or relay) was asked for something it cannot be: an unknown URL scheme, option or value. A
+    ``ValueError`` too, so code that caught the ``ValueError`` of earlier versions keeps working."""
 
 
 class ValidationError(PBufferError, ValueError):

@@ -73,10 +73,11 @@ class VerifyReport:
 
 def sqlite_path(url: str) -> Path | None:
     """The file of a ``sqlite:///`` URL (``None`` for any other backend), without touching it."""
+    stripped = parse_options(url)[0]  # its own ConfigurationError names a bad option
     try:
-        parsed = make_url(parse_options(url)[0])
+        parsed = make_url(stripped)
     except (ArgumentError, ValueError) as exc:
-        raise ConfigurationError(f"not a buffer URL: {url!r}") from exc
+        raise ConfigurationError(f"not a buffer URL: {display_url(url)!r}") from exc
     if parsed.get_backend_name() != "sqlite":
         return None
     from .backends.database import sqlite_path as path_of  # the one place a sqlite URL becomes a file path

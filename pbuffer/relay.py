@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from . import ids
 from .aio import AsyncBuffer
 from .buffer import Buffer
-from .errors import CorruptDatabaseError, PublishError
+from .errors import ConfigurationError, CorruptDatabaseError, PublishError
 from .message import Message, Payload
 from .transport import Failure, Outcome, PublishResult, Transport
 
@@ -99,12 +99,19 @@ class Relay:
                  poll_interval: float = 1.0, on_retry: RetryCallback | None = None,
                  on_dead_letter: DeadLetterCallback | None = None, close_transport: bool = True,
                  lease: float | None = None) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1_000_000:
+            raise ConfigurationError(f"batch_size must be an int from 1 to 1,000,000, not {batch_size!r}")
+        for name, value in (("backoff_initial", backoff_initial), ("backoff_max", backoff_max),
+                            ("poll_interval", poll_interval), ("lease", lease)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value <= 1e6):  # nan and inf fail this too
+                raise ConfigurationError(f"{name} must be a number of seconds above 0 and at most 1e6, not {value!r}")
+        if backoff_initial > backoff_max:
+            raise ConfigurationError(f"backoff_initial ({backoff_initial} s) is above backoff_max ({backoff_max} s)")
         if lease is None:
             lease = max(30.0, 2 * backoff_max + 10)
         if not lease > backoff_max:
-            raise ValueError(f"lease ({lease} s) must be longer than backoff_max ({backoff_max} s)")
+            raise ConfigurationError(f"lease ({lease} s) must be longer than backoff_max ({backoff_max} s)")
         self.buffer = buffer if isinstance(buffer, AsyncBuffer) else AsyncBuffer(buffer)
         self._owns_buffer_facade = not isinstance(buffer, AsyncBuffer)
         self.transport = transport

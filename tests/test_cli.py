@@ -383,7 +383,8 @@ def test_text_from_a_buffer_or_a_user_is_never_markup(tmp_path: Path) -> None:
 
 def test_passwords_in_urls_are_never_printed(tmp_path: Path) -> None:
     for url in ("postgresql+psycopg://postgres:S3CRETPW@127.0.0.1:1/test", "mysql+pymysql://root:S3CRETPW@127.0.0.1:1/t",
-                "postgresql+psycopg://postgres:S3CR/ET@PW@127.0.0.1:1/test"):
+                "postgresql+psycopg://postgres:S3CR/ET@PW@127.0.0.1:1/test",
+                "postgresql+psycopg://postgres:S3CRETPW@127.0.0.1:notaport/test"):  # "not a database URL"
         for args in (["inspect", "--url", url], ["db", "current", "--url", url], ["db", "verify", "--url", url],
                      ["purge", "--url", url, "--yes"], ["db", "downgrade", "--url", url, "--revision", "base"]):
             run = run_pbuffer(*args)

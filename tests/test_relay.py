@@ -207,3 +207,15 @@ def test_lag_is_the_age_of_the_oldest_pending_message() -> None:
         assert lag is not None and 0.04 <= lag < 5
 
     asyncio.run(scenario())
+
+
+def test_bad_relay_arguments_are_configuration_errors() -> None:
+    buf = pbuffer.open("memory://")
+    transport = MockTransport(lambda m: PublishResult.stored("S", 1))
+    for bad in ({"batch_size": 0}, {"batch_size": True}, {"batch_size": 2.5}, {"backoff_max": float("nan")},
+                {"backoff_initial": float("inf")}, {"poll_interval": 0}, {"lease": -1}, {"lease": 5, "backoff_max": 10},
+                {"backoff_initial": 2, "backoff_max": 1}):
+        with pytest.raises(pbuffer.ConfigurationError):
+            Relay(buf, transport, **bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):  # what earlier versions raised, still caught
+            Relay(buf, transport, **bad)  # type: ignore[arg-type]
