@@ -305,3 +305,28 @@ def test_a_subject_without_a_stream_does_not_stall_the_others(server: NatsServer
 
 def test_a_subject_answered_with_503_does_not_stall_the_others(server: NatsServer) -> None:
     asyncio.run(_interleaved_drain_with_a_stuck_subject(server, unstick="make room in the stream"))
+
+
+def test_every_kind_of_reply_is_read_the_same_with_or_without_the_fast_path() -> None:
+    """parse_reply reads the usual PubAck without the json module: it must agree with the full reading."""
+    from pbuffer.jetstream import parse_reply
+
+    cases = {
+        b'{"stream":"S","seq":7}': (Outcome.STORED, "S", 7),
+        b'{"stream":"S", "seq":7}': (Outcome.STORED, "S", 7),
+        b'{"stream":"S","seq":7,"duplicate":true}': (Outcome.DUPLICATE, "S", 7),
+        b'{"stream":"S","domain":"hub","seq":7}': (Outcome.STORED, "S", 7),
+        b'{"stream":"a\\"b","seq":1}': (Outcome.STORED, 'a"b', 1),
+        b'{"stream":"S","seq":-1}': (Outcome.FAILED, None, None),  # no sequence a stream gives
+        b'{"stream":"S"}': (Outcome.FAILED, None, None),
+        b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}':
+            (Outcome.FAILED, None, None),
+        b"hello": (Outcome.FAILED, None, None),
+        b"": (Outcome.FAILED, None, None),
+    }
+    for data, (outcome, stream, seq) in cases.items():
+        result = parse_reply(data, None)
+        assert (result.outcome, result.stream, result.sequence) == (outcome, stream, seq), data
+    assert parse_reply(b"", {"Status": "503"}).failure.no_stream  # type: ignore[union-attr]
+    error = parse_reply(b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}', None)
+    assert error.failure is not None and error.failure.transient
