@@ -32,6 +32,7 @@ __all__ = [
     "nats_missing",
     "nats_server_version",
     "relay_drain",
+    "relay_drain_behind_a_stuck_subject",
     "relay_drain_memory",
     "seed_publish_loop",
 ]
@@ -138,6 +139,58 @@ async def _relay_drain(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int
         _expect(len(buffer) == 0 and stats.published == n and stats.duplicates == stats.retried == 0
                 and stats.dead_lettered == 0, f"{n} messages relayed (stats: {stats}, {len(buffer)} left)")
         _expect(await _stored(transport.js) == n, f"the stream holds {n} messages")
+        return seconds
+    finally:
+        await _drop_stream(transport.js)
+        await transport.close()
+
+
+#: A subject no stream covers: the stuck one of :func:`relay_drain_behind_a_stuck_subject`.
+STUCK_SUBJECT = "nostream.stuck"
+#: How many of its messages wait ahead of the healthy ones (the issue's figure).
+STUCK_COUNT = 10_000
+
+
+def relay_drain_behind_a_stuck_subject(context: Context, directory: Path, n: int, *,
+                                       batch_size: int = BATCH_SIZE) -> float:
+    """:func:`relay_drain` with :data:`STUCK_COUNT` messages of a subject no stream covers saved first, ahead of
+    the ``n`` healthy ones: timed until every healthy message was published (the stuck ones stay buffered)."""
+    url = _server_url(context)
+    buffer = open_buffer(directory, "sqlite", "process")
+    try:
+        buffer.save_many([PAYLOAD] * STUCK_COUNT, subject=STUCK_SUBJECT)
+        fill(buffer, n)
+        return asyncio.run(_relay_drain_healthy(url, buffer, n, batch_size))
+    finally:
+        buffer.close()
+
+
+async def _relay_drain_healthy(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int) -> float:
+    from pbuffer.jetstream import JetStreamTransport
+
+    transport = await JetStreamTransport.connect(url)
+    try:
+        await _fresh_stream(transport.js)
+        relay = pbuffer.Relay(buffer, transport, batch_size=batch_size, close_transport=False)
+        drain = asyncio.ensure_future(relay.drain())
+
+        async def healthy_published() -> None:
+            while relay.stats.published < n:  # kept current window by window
+                if drain.done():
+                    drain.result()  # a failed drain raises here
+                    break
+                await asyncio.sleep(0.002)
+
+        try:
+            seconds = await timed_async(healthy_published)
+        finally:
+            relay.stop()
+            await asyncio.wait_for(drain, 30)
+            await relay.close()
+        _expect(relay.stats.published == n and relay.stats.dead_lettered == 0,
+                f"{n} healthy messages relayed past the stuck subject (stats: {relay.stats})")
+        _expect(await _stored(transport.js) == n, f"the stream holds {n} messages")
+        _expect(len(buffer) == STUCK_COUNT, f"the {STUCK_COUNT} stuck messages are still buffered")
         return seconds
     finally:
         await _drop_stream(transport.js)

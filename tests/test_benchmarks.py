@@ -43,7 +43,7 @@ GROUP_COMMIT_CASES = {*(f"{prefix}.aio.save 64 tasks vs save()" for prefix in ("
                       "sqlite[power].save 16 threads vs save()"}
 STATS_CASES = {"sqlite.stats 1k", "sqlite.stats 100k", "sqlite.stats 1M", "memory.stats 1M",
                "postgresql.stats 100k", "mariadb.stats 100k"}
-DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.memory"}
+DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.e2e behind a stuck subject", "drain.memory"}
 BACKLOG_CASES = {f"sqlite.{op} with {size} waiting" for op in ("save", "pop") for size in ("1k", "10k", "100k", "1M")}
 EXPECTED_CASES = {
     "sqlite.save vs sqlite3",
