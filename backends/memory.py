@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pbuffer.buffer import Buffer
 from pbuffer.errors import ConfigurationError
-from pbuffer.limits import BufferStats
+from pbuffer.limits import BufferStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, from_micros
 
 __all__ = ["MemoryBuffer"]
@@ -212,6 +212,11 @@ class MemoryBuffer(Buffer):
             oldest = next(iter(self._pending().values()), None)
         age = None if oldest is None else max(0.0, (now_us - oldest.created_us) / 1e6)
         return BufferStats(counts[0], counts[1], counts[2], counts[3], age, counts[4], counts[5])
+
+    def _subject_stats(self) -> dict[str, SubjectStats]:
+        with self._store.lock:
+            return {subject: SubjectStats(*counts) for subject, counts in self._store.counters.items()
+                    if self.subject is None or subject == self.subject}
 
     def _in_scope(self, message: Message) -> bool:
         return self.subject is None or message.subject == self.subject

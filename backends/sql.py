@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL, Engine
 from pbuffer.buffer import Buffer
 from pbuffer.errors import BackendError, ConfigurationError, CorruptDatabaseError, PBufferError
 from pbuffer.ids import from_bytes, to_bytes
-from pbuffer.limits import BufferStats
+from pbuffer.limits import BufferStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
 
 from . import sqlite_file
@@ -366,6 +366,11 @@ class SQLBuffer(Buffer):
         age = None if oldest is None else max(0.0, (now_us - int(oldest[0])) / 1e6)
         return BufferStats(totals[0], totals[1], totals[2], totals[3], age, totals[4], totals[5])
 
+    def _subject_stats(self) -> dict[str, SubjectStats]:
+        with self._cursor("stats", write=False) as cursor:
+            cursor.execute(self._sql.subject_totals, self._sql.scope)
+            return {str(row[0]): SubjectStats(*(int(value) for value in row[1:])) for row in cursor.fetchall()}
+
     def _removed(self, count: int) -> None:
         """Count removed rows; every so often, see whether space should go back to the filesystem."""
         if not self._sqlite or not count:
@@ -633,6 +638,9 @@ class _Statements:
                              f"{upsert}")
         self.totals = compile_("SELECT " + ", ".join(f"COALESCE(SUM({c}), 0)" for c in COUNTER_COLUMNS) +
                                f" FROM {COUNTERS}{where}")
+        # shard -1 is no subject's: the lock row that writers enforcing limits take on servers (revision 0002).
+        self.subject_totals = compile_("SELECT subject, " + ", ".join(f"SUM({c})" for c in COUNTER_COLUMNS) +
+                                       f" FROM {COUNTERS} WHERE shard >= 0{and_scope} GROUP BY subject")
         self.oldest_created = compile_(f"SELECT created_us FROM {MESSAGES}{where} ORDER BY seq LIMIT 1")
         self.oldest_sizes = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES}{where} ORDER BY seq "
                                      f"LIMIT :limit{for_update}")

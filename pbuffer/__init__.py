@@ -31,7 +31,7 @@ from .errors import (
     StoragePermissionError,
     ValidationError,
 )
-from .limits import BufferStats, Limits
+from .limits import BufferStats, Limits, SubjectStats
 from .message import DeadLetter, Message, Outgoing
 from .registry import default_url, known_schemes, open_buffer
 from .relay import Relay, RelayStats, send
@@ -71,6 +71,7 @@ __all__ = [
     "SchemaTooOldError",
     "StorageFullError",
     "StoragePermissionError",
+    "SubjectStats",
     "Transport",
     "ValidationError",
     "__version__",

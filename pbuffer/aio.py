@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from .buffer import Buffer
 from .errors import BufferFullError
-from .limits import BufferStats
+from .limits import BufferStats, SubjectStats
 from .message import DeadLetter, Message, Outgoing, Payload
 
 __all__ = ["AsyncBuffer"]
@@ -134,6 +134,9 @@ class AsyncBuffer:
 
     async def stats(self) -> BufferStats:
         return await self._run(self.buffer.stats)
+
+    async def subject_stats(self) -> dict[str, SubjectStats]:
+        return await self._run(self.buffer.subject_stats)
 
     async def expire(self) -> int:
         return await self._run(self.buffer.expire)

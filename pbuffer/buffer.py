@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from . import ids
 from .errors import BackendError, BufferFullError, ValidationError
-from .limits import BufferStats, Limits, Overflow
+from .limits import BufferStats, Limits, Overflow, SubjectStats
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
 from .validation import check_headers, check_payload, check_reason, check_subject, check_subject_prefixes
 
@@ -281,6 +281,12 @@ class Buffer(ABC):
         self._check_open()
         return self._stats(time.time_ns() // 1000)
 
+    def subject_stats(self) -> dict[str, SubjectStats]:
+        """:meth:`stats` per subject (in scope), read from the same counters: every subject that ever had a
+        message, drained ones included at zero, sorted by subject. No oldest age: that would need a walk."""
+        self._check_open()
+        return dict(sorted(self._subject_stats().items()))
+
     def expire(self) -> int:
         """Remove the pending messages older than ``ttl`` now (reads do it as they meet them); returns how many.
 
@@ -393,6 +399,26 @@ class Buffer(ABC):
                 break
             cursor = window[-1].id
         return found
+
+    def _subject_stats(self) -> dict[str, SubjectStats]:
+        """Per-subject counters. This default, for backends without them, walks the pending messages and the dead
+        letters (dropped and expired stay 0); the built-in backends read their counters instead."""
+        found: dict[str, list[int]] = {}
+        after: str | None = None
+        while True:
+            page = self.get_all(1000, after=after)
+            for message in page:
+                counts = found.setdefault(message.subject, [0] * 6)
+                counts[0] += 1
+                counts[1] += len(message.payload)
+            if len(page) < 1000:
+                break
+            after = page[-1].id
+        for letter in self.dead_letters():
+            counts = found.setdefault(letter.message.subject, [0] * 6)
+            counts[2] += 1
+            counts[3] += len(letter.message.payload)
+        return {subject: SubjectStats(*counts) for subject, counts in found.items()}
 
     @abstractmethod
     def _release(self, message_ids: list[str], owner: str) -> int: ...

@@ -199,16 +199,18 @@ def _walk(buf: Buffer, page: int = 1000) -> Iterator[Message]:
 
 
 def _inspect_data(buf: Buffer, listed: int | None) -> dict[str, Any]:
-    stats = buf.stats()  # the counters; the walk below only splits the pending messages by subject
-    subjects: dict[str, int] = {}
-    for message in _walk(buf):
-        subjects[message.subject] = subjects.get(message.subject, 0) + 1
+    # Both from the counters: no walk over the messages, however many there are.
+    stats = buf.stats()
+    by_subject = buf.subject_stats()
     dead = buf.dead_letters(listed) if listed else []
     data: dict[str, Any] = {
         "pending": stats.pending, "dead": stats.dead, "bytes": stats.pending_bytes, "dead_bytes": stats.dead_bytes,
         "oldest_age_seconds": None if stats.oldest_age is None else round(stats.oldest_age, 3),
         "dropped": stats.dropped, "expired": stats.expired,
-        "subjects": dict(sorted(subjects.items())),
+        "subjects": {subject: counts.pending for subject, counts in by_subject.items() if counts.pending},
+        "by_subject": {subject: {"pending": c.pending, "bytes": c.pending_bytes, "dead": c.dead,
+                                 "dead_bytes": c.dead_bytes, "dropped": c.dropped, "expired": c.expired}
+                       for subject, c in by_subject.items()},
     }
     if listed:
         data["messages"] = [_message_json(m) for m in buf.get_all(listed)]

@@ -13,7 +13,7 @@ from typing import Literal, TypeVar
 
 from .errors import BufferFullError, ConfigurationError
 
-__all__ = ["MAX_LIMIT", "MAX_SECONDS", "OVERFLOW_POLICIES", "BufferStats", "Limits", "Overflow"]
+__all__ = ["MAX_LIMIT", "MAX_SECONDS", "OVERFLOW_POLICIES", "BufferStats", "Limits", "Overflow", "SubjectStats"]
 
 Overflow = Literal["reject", "drop_oldest", "block"]
 #: ``reject``: raise BufferFullError, nothing written (the default). ``drop_oldest``: drop (and count) the oldest
@@ -45,6 +45,19 @@ class BufferStats:
     dead: int
     dead_bytes: int
     oldest_age: float | None
+    dropped: int
+    expired: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectStats:
+    """One subject's share of :class:`BufferStats`, from the same counters: its pending and dead messages and
+    bytes, and how many of its messages the limits dropped or expired (totals since the buffer was created)."""
+
+    pending: int
+    pending_bytes: int
+    dead: int
+    dead_bytes: int
     dropped: int
     expired: int
 

@@ -68,6 +68,9 @@ def test_inspect_lists_safely_and_as_json(url: str) -> None:
     assert code == 0
     data = json.loads(out)
     assert (data["pending"], data["dead"], data["bytes"], data["subjects"]) == (1, 1, 11, {"a.b": 1})
+    assert data["by_subject"] == {  # from the counters: the dead letter's subject too
+        "a.b": {"pending": 1, "bytes": 11, "dead": 0, "dead_bytes": 0, "dropped": 0, "expired": 0},
+        "c.d": {"pending": 0, "bytes": 0, "dead": 1, "dead_bytes": 200, "dropped": 0, "expired": 0}}
     assert data["messages"][0]["payload"] == "hello world" and data["messages"][0]["id"] == text.id
     assert data["dead_letters"][0]["payload"].startswith("0x000102")
     assert data["dead_letters"][0]["reason"] == "too strange"

@@ -580,6 +580,25 @@ class BufferConformance(_Base):
         assert buffer.delete_many([m.id for m in saved[:6]]) == 6
         assert buffer.claim(5, owner=b, lease=30) == []
 
+    def test_subject_stats_agree_with_the_messages(self, buffer: Buffer) -> None:
+        one, two = f"{SUBJECT}.one", f"{SUBJECT}.two"
+        first = buffer.save_many([b"a", b"bb", b"ccc"], subject=one)
+        second = buffer.save_many([b"dddd", b"eeeee"], subject=two)
+        assert buffer.mark_dead(first[0].id, "x")
+        assert buffer.delete(second[0].id)
+        expected = {one: pbuffer.SubjectStats(2, 5, 1, 1, 0, 0), two: pbuffer.SubjectStats(1, 5, 0, 0, 0, 0)}
+        assert buffer.subject_stats() == expected
+        totals = buffer.stats()
+        assert sum(s.pending for s in expected.values()) == totals.pending == len(buffer)
+        assert sum(s.pending_bytes for s in expected.values()) == totals.pending_bytes
+        assert sum(s.dead for s in expected.values()) == totals.dead
+        # The contract's generic way (a walk, for backends without counters) agrees on what it can know.
+        assert Buffer._subject_stats(buffer) == expected
+        # A drained subject stays, at zero.
+        assert buffer.delete(second[1].id)
+        assert buffer.subject_stats()[two] == pbuffer.SubjectStats(0, 0, 0, 0, 0, 0)
+        assert list(buffer.subject_stats()) == [one, two]  # sorted by subject
+
     def test_a_claim_passes_over_skipped_subjects(self, buffer: Buffer) -> None:
         stuck, healthy = f"{SUBJECT}.stuck", f"{SUBJECT}.healthy"
         saved = buffer.save_many([Outgoing(str(i).encode(), subject=stuck if i % 2 == 0 else healthy)

@@ -170,6 +170,16 @@ def make_state_machine(make_empty_buffer: Callable[[], Buffer],
                 assert (stats.pending, stats.pending_bytes, stats.dead, stats.dead_bytes) == (
                     len(pending), sum(len(m.payload) for m in pending), len(dead), sum(len(m.payload) for m in dead))
                 assert (stats.oldest_age is None) == (not pending)
+                # The same counters per subject: every subject's share, and a subject drained keeps a zero row.
+                by_subject = buffer.subject_stats()
+                for name in {m.subject for m in pending + dead}:
+                    mine = [m for m in pending if m.subject == name]
+                    gone = [m for m in dead if m.subject == name]
+                    share = by_subject[name]
+                    assert (share.pending, share.pending_bytes, share.dead, share.dead_bytes) == (
+                        len(mine), sum(len(m.payload) for m in mine), len(gone), sum(len(m.payload) for m in gone))
+                assert sum(share.pending for share in by_subject.values()) == stats.pending
+                assert sum(share.dead_bytes for share in by_subject.values()) == stats.dead_bytes
 
     return BufferMachine
 
