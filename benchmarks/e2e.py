@@ -151,21 +151,23 @@ STUCK_SUBJECT = "nostream.stuck"
 STUCK_COUNT = 10_000
 
 
-def relay_drain_behind_a_stuck_subject(context: Context, directory: Path, n: int, *,
+def relay_drain_behind_a_stuck_subject(context: Context, directory: Path, n: int, *, stuck: int = STUCK_COUNT,
                                        batch_size: int = BATCH_SIZE) -> float:
-    """:func:`relay_drain` with :data:`STUCK_COUNT` messages of a subject no stream covers saved first, ahead of
-    the ``n`` healthy ones: timed until every healthy message was published (the stuck ones stay buffered)."""
+    """:func:`relay_drain` with ``stuck`` messages of a subject no stream covers saved first, ahead of the ``n``
+    healthy ones: timed until every healthy message was published (the stuck ones stay buffered). ``stuck=0`` is
+    its baseline, measured the same way."""
     url = _server_url(context)
     buffer = open_buffer(directory, "sqlite", "process")
     try:
-        buffer.save_many([PAYLOAD] * STUCK_COUNT, subject=STUCK_SUBJECT)
+        if stuck:
+            buffer.save_many([PAYLOAD] * stuck, subject=STUCK_SUBJECT)
         fill(buffer, n)
-        return asyncio.run(_relay_drain_healthy(url, buffer, n, batch_size))
+        return asyncio.run(_relay_drain_healthy(url, buffer, n, stuck, batch_size))
     finally:
         buffer.close()
 
 
-async def _relay_drain_healthy(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int) -> float:
+async def _relay_drain_healthy(url: str, buffer: pbuffer.Buffer, n: int, stuck: int, batch_size: int) -> float:
     from pbuffer.jetstream import JetStreamTransport
 
     transport = await JetStreamTransport.connect(url)
@@ -190,7 +192,7 @@ async def _relay_drain_healthy(url: str, buffer: pbuffer.Buffer, n: int, batch_s
         _expect(relay.stats.published == n and relay.stats.dead_lettered == 0,
                 f"{n} healthy messages relayed past the stuck subject (stats: {relay.stats})")
         _expect(await _stored(transport.js) == n, f"the stream holds {n} messages")
-        _expect(len(buffer) == STUCK_COUNT, f"the {STUCK_COUNT} stuck messages are still buffered")
+        _expect(len(buffer) == stuck, f"the {stuck} stuck messages are still buffered")
         return seconds
     finally:
         await _drop_stream(transport.js)

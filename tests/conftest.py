@@ -6,6 +6,14 @@ from pathlib import Path
 import pytest
 
 from backends import BACKENDS, MYSQL, POSTGRES, SQL_BACKENDS, Backend
+from pbuffer.natsserver import NatsServer
+
+
+@pytest.fixture
+def server() -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream on a free port and a temporary store, stopped after the test."""
+    with NatsServer() as running:
+        yield running
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.name)

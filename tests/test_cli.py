@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from nats_support import add_stream
 
 import pbuffer
 from pbuffer.cli import main
@@ -26,28 +26,9 @@ def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'buf.db'}"
 
 
-@pytest.fixture
-def server() -> Iterator[NatsServer]:
-    with NatsServer() as running:
-        yield running
-
-
 def invoke(*args: str, input: str | None = None) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
     return result.exit_code, result.output
-
-
-def add_stream(server: NatsServer, name: str, subjects: list[str]) -> None:
-    import asyncio
-
-    from pbuffer.jetstream import JetStreamTransport
-
-    async def run() -> None:
-        transport = await JetStreamTransport.connect(server.url)
-        await transport.js.add_stream(name=name, subjects=subjects)
-        await transport.close()
-
-    asyncio.run(run())
 
 
 def test_every_command_has_help_with_an_example() -> None:

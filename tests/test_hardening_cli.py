@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from nats_support import add_stream
 from pbuffer.backends import versioning
 
 import pbuffer
@@ -35,25 +35,6 @@ def invoke(*args: str, input: str | None = None) -> tuple[int, str]:
 
 def files_in(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
-
-
-@pytest.fixture
-def server() -> Iterator[NatsServer]:
-    with NatsServer() as running:
-        yield running
-
-
-def add_stream(server: NatsServer, name: str, subjects: list[str]) -> None:
-    import asyncio
-
-    from pbuffer.jetstream import JetStreamTransport
-
-    async def run() -> None:
-        transport = await JetStreamTransport.connect(server.url)
-        await transport.js.add_stream(name=name, subjects=subjects)
-        await transport.close()
-
-    asyncio.run(run())
 
 
 # --------------------------------------------------------------------------------------- schema moves, CLI

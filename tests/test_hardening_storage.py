@@ -501,7 +501,7 @@ def test_mariadb_refuses_what_max_allowed_packet_cannot_take() -> None:
     statement, up to twice its size. pbuffer refuses such a message at save, naming the setting."""
     import sqlalchemy as sa
 
-    from tests.backends import MYSQL
+    from backends import MYSQL
 
     url = MYSQL.empty()
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)

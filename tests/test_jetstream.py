@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nats_support import connect
 
 import pbuffer
 from pbuffer.jetstream import JetStreamTransport
 from pbuffer.natsserver import NatsServer
 from pbuffer.relay import Relay
-
-
-@pytest.fixture
-def server() -> Iterator[NatsServer]:
-    with NatsServer() as running:
-        yield running
-
-
-async def connect(server: NatsServer, **options: object) -> JetStreamTransport:
-    return await JetStreamTransport.connect(server.url, reconnect_time_wait=0.1, **options)  # type: ignore[arg-type]
 
 
 async def stream_contents(transport: JetStreamTransport, stream: str) -> list[tuple[str, bytes, dict[str, str]]]:

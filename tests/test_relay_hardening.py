@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator
 
 import pytest
 from nats.js.api import DiscardPolicy
+from nats_support import connect
 
 import pbuffer
 from pbuffer.ids import new_id
@@ -22,16 +22,6 @@ from pbuffer.transport import Outcome
 MIB = 1024 * 1024
 # A relay that is stuck fails the test here instead of hanging it; a healthy one needs a second or two.
 HANG_GUARD = 30
-
-
-@pytest.fixture
-def server() -> Iterator[NatsServer]:
-    with NatsServer() as running:
-        yield running
-
-
-async def connect(server: NatsServer, **options: object) -> JetStreamTransport:
-    return await JetStreamTransport.connect(server.url, reconnect_time_wait=0.1, **options)  # type: ignore[arg-type]
 
 
 async def stream_ids(transport: JetStreamTransport, stream: str) -> list[str]:
@@ -188,7 +178,7 @@ def test_jetstream_switched_off_is_named_as_the_cause() -> None:
 def test_a_relay_resumes_after_its_password_was_changed_and_restored(caplog: pytest.LogCaptureFixture) -> None:
     """A config reload that changes the user's password drops the relay's connection, and every reconnect is
     refused; once the password is restored, the relay delivers again by itself, and said why it could not."""
-    from tests.nats_auth_support import user_password_server_config
+    from nats_auth_support import user_password_server_config
 
     good, changed = "pw-one-7d1f", "pw-two-93ab"
     with NatsServer(config=user_password_server_config("relay", good)) as server:

@@ -1,0 +1,25 @@
+"""What the tests that talk to a real nats-server share (the ``server`` fixture is in conftest.py): a transport that
+reconnects quickly, and stream set-up."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pbuffer.jetstream import JetStreamTransport
+from pbuffer.natsserver import NatsServer
+
+
+async def connect(server: NatsServer, **options: object) -> JetStreamTransport:
+    """A transport to ``server`` that reconnects every 0.1 s (tests restart servers)."""
+    return await JetStreamTransport.connect(server.url, reconnect_time_wait=0.1, **options)  # type: ignore[arg-type]
+
+
+def add_stream(server: NatsServer, name: str, subjects: list[str]) -> None:
+    """Create a stream, from synchronous test code."""
+
+    async def run() -> None:
+        transport = await JetStreamTransport.connect(server.url)
+        await transport.js.add_stream(name=name, subjects=subjects)
+        await transport.close()
+
+    asyncio.run(run())
