@@ -26,7 +26,7 @@ from pbuffer.errors import (
     SchemaTooNewError,
     SchemaTooOldError,
 )
-from pbuffer.registry import display_url
+from pbuffer.registry import SQL_SCHEMES, display_url
 
 from . import sqlite_file, versioning
 from .errors import map_driver_error
@@ -36,7 +36,7 @@ __all__ = ["MAX_BUSY_TIMEOUT", "SUPPORTED", "Database", "sqlite_path"]
 
 _log = logging.getLogger("pbuffer.backends.database")
 
-SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
+SUPPORTED = SQL_SCHEMES
 # Any constants work: they only have to be the same in every pbuffer process.
 _PG_LOCK_KEY = 0x70627566  # "pbuf"
 _MYSQL_LOCK_NAME = "pbuffer_schema"

@@ -290,11 +290,11 @@ class SQLBuffer(Buffer):
 
     def _claim_skipping(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int,
                         skip: frozenset[str]) -> list[Message]:
+        if len(skip) > _CHUNK:  # more held-back subjects than one statement lists: the contract's generic way
+            return super()._claim_skipping(limit, after, owner, until_us, now_us, skip)
         params = {**self._sql.scope, "now": now_us, "owner": to_bytes(owner), "limit": limit}
         if after is not None:
             params["after"] = to_bytes(after)
-        if len(skip) > _CHUNK:  # more held-back subjects than one statement lists: the contract's generic way
-            return super()._claim_skipping(limit, after, owner, until_us, now_us, skip)
         if skip:
             params.update(zip(_SKIP_PARAMS, sorted(skip), strict=False))
             statement = self._sql.claim_skipping(len(skip), after is not None)

@@ -35,7 +35,7 @@ import pbuffer
 from .buffer import Buffer
 from .errors import PBufferError
 from .message import Message
-from .registry import display_url
+from .registry import SQL_SCHEMES, display_url, scheme_of
 from .terminal import escape, make_console, print_table
 from .validation import check_headers, check_subject
 
@@ -97,13 +97,9 @@ def _open_existing(url: str | None, *, looking: str | None = None) -> Buffer:
 
     target = url or pbuffer.default_url()
     require_buffer(target, upgradable=looking is None, where=looking)
-    if looking is not None and "auto_upgrade" not in parse_options(target)[1] and _is_sql(target):
+    if looking is not None and "auto_upgrade" not in parse_options(target)[1] and scheme_of(target) in SQL_SCHEMES:
         return pbuffer.open(target, auto_upgrade=False)  # the check above ran; this closes the gap after it
     return pbuffer.open(target)
-
-
-def _is_sql(url: str) -> bool:
-    return url.split("://", 1)[0].split("+", 1)[0].lower() in ("sqlite", "postgresql", "mysql", "mariadb")
 
 
 def _confirm(question: str, refused: str) -> None:

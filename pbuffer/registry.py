@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl, urlencode
 from .buffer import Buffer
 from .errors import ConfigurationError
 
-__all__ = ["ENTRY_POINT_GROUP", "default_url", "display_url", "known_schemes", "open_buffer", "parse_options"]
+__all__ = ["ENTRY_POINT_GROUP", "SQL_SCHEMES", "default_url", "display_url", "known_schemes", "open_buffer",
+           "parse_options", "scheme_of"]
 
 ENTRY_POINT_GROUP = "pbuffer.backends"
 
@@ -91,7 +92,7 @@ def display_url(url: str) -> str:
     # Split by hand rather than through SQLAlchemy's URL parser: this must work on any text a user typed (a password
     # with an unescaped "/" or "@" included), and a sqlite path may hold characters that parser rejects.
     scheme, sep, rest = url.partition("://")
-    if not sep or _scheme(url) in ("sqlite", "memory"):
+    if not sep or scheme_of(url) in ("sqlite", "memory"):
         return url
     address, question, query = rest.partition("?")
     at = address.rfind("@")
@@ -101,7 +102,13 @@ def display_url(url: str) -> str:
     return f"{scheme}://{user}:***{address[at:]}{question}{query}"
 
 
-def _scheme(url: str) -> str:
+#: The schemes the SQLAlchemy backend serves (after aliases: ``postgres://`` is ``postgresql``).
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb")
+
+
+def scheme_of(url: str) -> str:
+    """The backend scheme of ``url``: lower case, without the driver (``+psycopg``), aliases resolved
+    (``postgres`` is ``postgresql``); ``""`` when there is none. The one place a URL's scheme is read."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     base = scheme.split("+", 1)[0].lower()
     return _ALIASES.get(base, base)
@@ -155,7 +162,7 @@ def parse_options(url: str) -> tuple[str, dict[str, Any]]:
             options[name] = parse(value)
         except ValueError as exc:
             raise ConfigurationError(f"URL option {name}={value!r}: {exc}") from exc
-    scheme = _scheme(url)
+    scheme = scheme_of(url)
     if rest and scheme in _NO_DRIVER_OPTIONS:
         raise ConfigurationError(_unknown_options(scheme, [name for name, _ in rest]))
     return (f"{base}?{urlencode(rest)}" if rest else base), options
@@ -177,7 +184,7 @@ def open_buffer(url: str | None = None, **options: Any) -> Buffer:
         url = default_url()
     if not isinstance(url, str):
         raise ConfigurationError(f"buffer URL must be a str, not {type(url).__name__}")
-    scheme = _scheme(url)
+    scheme = scheme_of(url)
     backends = _backend_entry_points()
     if scheme not in backends:
         raise ConfigurationError(f"unknown buffer URL scheme {scheme or url!r}; known schemes: "

@@ -37,7 +37,6 @@ __all__ = ["Revision", "alembic_include_name", "alembic_include_object", "check"
 #: Every table pbuffer makes starts with this (backends/versioning.py: TABLE_PREFIX); kept here too so the alembic
 #: hooks below can be imported without importing alembic or SQLAlchemy.
 _TABLE_PREFIX = "pbuffer_"
-_SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb")
 
 
 def alembic_include_name(name: str | None, type_: str, parent_names: Any) -> bool:
@@ -218,9 +217,9 @@ def require_buffer(url: str, *, upgradable: bool = False, where: str | None = No
     databases raise as :func:`pbuffer.open` would. Schemes other than the SQL ones are not checked.
     """
     from .backends import versioning
+    from .registry import SQL_SCHEMES, scheme_of
 
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
-    if scheme not in _SQL_SCHEMES:
+    if scheme_of(url) not in SQL_SCHEMES:
         return
     # quick_check is left to the open that follows (or to db verify, which runs the full integrity_check).
     database = _database(url, must_exist=True, integrity_check=False)

@@ -202,6 +202,10 @@ def test_looking_at_an_empty_server_database_creates_nothing(fresh_database: str
     assert pbuffer.check(url) != []
     with pytest.raises(ConfigurationError, match="no buffer at"):
         pbuffer.recovery.verify(url)  # the library function, not only the command
+    if url.startswith("postgresql"):  # the alias spelling too: it was read by a second, alias-blind parser
+        alias = url.replace("postgresql+psycopg://", "postgres://", 1)
+        result = CliRunner().invoke(main, ["inspect", "--url", alias])
+        assert result.exit_code == 1 and "no buffer at" in result.output, result.output
     assert table_names(url) == set()
 
 
