@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pbuffer.errors import BackendError, CorruptDatabaseError, PBufferError, StorageFullError
 
-__all__ = ["map_driver_error"]
+__all__ = ["is_missing_table", "map_driver_error"]
 
 # MariaDB/MySQL error codes: ER_RECORD_FILE_FULL, ER_DISK_FULL, ER_OUT_OF_RESOURCES.
 _MYSQL_FULL = {1114, 1021, 3, 1041}
@@ -13,6 +13,19 @@ _SQLITE_FULL = ("database or disk is full",)
 _SQLITE_CORRUPT = ("malformed", "not a database", "file is encrypted")
 # Raised by Python's sqlite3 module (not sqlite) when a TEXT value is not UTF-8.
 _SQLITE_UNDECODABLE = "could not decode to utf-8"
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    """Whether a driver error says a table the statement named does not exist (sqlite, PostgreSQL, MariaDB)."""
+    orig = getattr(exc, "orig", None) or exc
+    module = type(orig).__module__
+    if module.startswith("sqlite3"):
+        return str(orig).startswith("no such table")
+    if module.startswith("psycopg"):
+        return getattr(orig, "sqlstate", None) == "42P01"  # undefined_table
+    if module.startswith("pymysql"):
+        return bool(orig.args) and orig.args[0] == 1146  # ER_NO_SUCH_TABLE
+    return False
 
 
 def map_driver_error(exc: BaseException, where: str) -> PBufferError:

@@ -8,6 +8,10 @@ Pending messages and dead letters live in two tables so the hot paths (save, get
 only pending rows, in ``seq`` order, with no state to filter on. Every index costs each save a page write, so
 ``pbuffer_messages`` has just two B-trees: its rows by ``seq`` and the unique ``id``. A buffer scoped to a subject
 walks pending rows in ``seq`` order, skipping other subjects' (see the README on scoped buffers).
+
+The tables a writer touches end in the revision whose writers they expect (:data:`WRITER_REVISION`): a revision
+that changes what writers must do renames them, so a process still running an older pbuffer fails on its next
+statement instead of writing the old way (revision 0003 explains).
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.dialects import mysql
 
-__all__ = ["COUNTERS", "COUNTER_COLUMNS", "DEAD_LETTERS", "MESSAGES", "VERSION_TABLE", "counters", "dead_letters",
-           "messages", "metadata"]
+__all__ = ["COUNTERS", "COUNTER_COLUMNS", "DEAD_LETTERS", "MESSAGES", "VERSION_TABLE", "WRITER_REVISION", "counters",
+           "dead_letters", "messages", "metadata"]
 
 VERSION_TABLE = "pbuffer_alembic_version"
-MESSAGES = "pbuffer_messages"
-DEAD_LETTERS = "pbuffer_dead_letters"
-COUNTERS = "pbuffer_counters"
+#: The newest revision that changed what a writer must do; the writers' tables carry it in their names.
+WRITER_REVISION = "0003"
+MESSAGES = f"pbuffer_messages_{WRITER_REVISION}"
+DEAD_LETTERS = f"pbuffer_dead_letters_{WRITER_REVISION}"
+COUNTERS = f"pbuffer_counters_{WRITER_REVISION}"
 #: What pbuffer_counters counts, per subject and shard.
 COUNTER_COLUMNS = ("pending", "pending_bytes", "dead", "dead_bytes", "dropped", "expired")
 

@@ -17,14 +17,20 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from pbuffer.buffer import Buffer
-from pbuffer.errors import BackendError, ConfigurationError, CorruptDatabaseError, PBufferError
+from pbuffer.errors import (
+    BackendError,
+    ConfigurationError,
+    CorruptDatabaseError,
+    PBufferError,
+    SchemaChangedError,
+)
 from pbuffer.ids import from_bytes, to_bytes
 from pbuffer.limits import BufferStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
 
-from . import sqlite_file
+from . import sqlite_file, versioning
 from .database import Database
-from .errors import map_driver_error
+from .errors import is_missing_table, map_driver_error
 from .schema import COUNTER_COLUMNS, COUNTERS, DEAD_LETTERS, MESSAGES
 
 __all__ = ["SQLBuffer"]
@@ -177,8 +183,30 @@ class SQLBuffer(Buffer):
         """
         self._connections.discard(conn)
         if isinstance(exc, self._dbapi_error):
+            if is_missing_table(exc):
+                raise self._schema_changed(where) from exc
             raise map_driver_error(exc, where) from exc
         raise exc
+
+    def _schema_changed(self, where: str) -> PBufferError:
+        """The error for a table of ours that is gone: another process migrated the database under this buffer
+        (revision 0003 renames the writers' tables for exactly this), or something else dropped it."""
+        try:
+            with self._database.engine.connect() as conn:
+                revision = versioning.current_revision(conn)
+        except (sa.exc.SQLAlchemyError, self._dbapi_error) as exc:
+            revision = None
+            found = f"its revision could not be read ({type(exc).__name__})"
+        else:
+            found = f"it is now at revision {revision or 'base (no tables)'}"
+        if revision == versioning.head_revision():
+            # At our revision and still a table missing: not a migration; something dropped it.
+            return BackendError(f"{where}: a table of this buffer is missing from {self._database.display_url} "
+                                "although its schema revision is this pbuffer's: something else dropped it")
+        return SchemaChangedError(
+            f"{where}: another process migrated {self._database.display_url} while this buffer had it open: "
+            f"{found}, and this pbuffer writes revision {versioning.head_revision()}. Nothing was written; close "
+            "this buffer and open it again with a pbuffer that knows the database's revision")
 
     # --------------------------------------------------------------------------------------------- primitives
 

@@ -16,6 +16,7 @@ always available as ``__cause__``.
     ├── NotABufferDatabaseError   a database that is not pbuffer's (left untouched)
     ├── SchemaTooOldError         the database needs an upgrade first
     ├── SchemaTooNewError         the database was written by a newer pbuffer (left untouched)
+    ├── SchemaChangedError        another process migrated the database while this buffer had it open
     ├── PublishError              the transport could not publish
     └── BackendError              any other failure of the storage backend (unreachable, locked, ...)
         └── StoragePermissionError  a file or directory the buffer needs may not be read or written
@@ -31,6 +32,7 @@ __all__ = [
     "NotABufferDatabaseError",
     "PBufferError",
     "PublishError",
+    "SchemaChangedError",
     "SchemaTooNewError",
     "SchemaTooOldError",
     "StorageFullError",
@@ -78,6 +80,12 @@ class SchemaTooOldError(PBufferError):
 
 class SchemaTooNewError(PBufferError):
     """The database was written by a newer pbuffer. It was not modified; upgrade pbuffer to open it."""
+
+
+class SchemaChangedError(PBufferError):
+    """Another process upgraded (or downgraded) the database while this buffer had it open, to a revision whose
+    writers work differently, so this buffer stops: the call that raised changed nothing, and every later call
+    raises too. Close it; open the buffer again with a pbuffer that knows the database's revision."""
 
 
 class PublishError(PBufferError):

@@ -75,8 +75,11 @@ class ServerDatabase:
         url = self.ensure()
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.begin() as conn:
-            for table in ("pbuffer_counters", "pbuffer_dead_letters", "pbuffer_messages", "pbuffer_alembic_version"):
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            # Every pbuffer table of every revision (their names change with the writer revision), and what a test
+            # of an application's own alembic setup left.
+            for table in sa.inspect(conn).get_table_names():
+                if table.startswith("pbuffer_") or table == "alembic_version":
+                    conn.exec_driver_sql(f"DROP TABLE {table}")
         engine.dispose()
         return url
 

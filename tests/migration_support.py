@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 from pbuffer.backends import versioning
+from pbuffer.backends.schema import COUNTERS, DEAD_LETTERS, MESSAGES, WRITER_REVISION
 
 SYNTHETIC_REVISION = "0099"
 
@@ -42,8 +43,8 @@ def synthetic_scripts(directory: Path) -> Path:
 
 
         def upgrade() -> None:
-            op.add_column("pbuffer_messages", sa.Column("synthetic", sa.Integer(), nullable=True))
-            op.execute("UPDATE pbuffer_messages SET synthetic = 1")
+            op.add_column({MESSAGES!r}, sa.Column("synthetic", sa.Integer(), nullable=True))
+            op.execute("UPDATE {MESSAGES} SET synthetic = 1")
             log = os.environ.get("PBUFFER_TEST_MIGRATION_LOG")
             if log:
                 with open(log, "a") as out:
@@ -57,8 +58,45 @@ def synthetic_scripts(directory: Path) -> Path:
 
 
         def downgrade() -> None:
-            with op.batch_alter_table("pbuffer_messages") as batch:
+            with op.batch_alter_table({MESSAGES!r}) as batch:
                 batch.drop_column("synthetic")
+    '''))
+    return location
+
+
+def writer_change_scripts(directory: Path) -> Path:
+    """A copy of pbuffer's migrations plus a revision 0099 that changes what writers must do, the way a real one
+    would: it renames the writers' tables to end in ``_0099``. Returns the script location."""
+    location = directory / "migrations"
+    shutil.copytree(versioning.SCRIPT_LOCATION, location, ignore=shutil.ignore_patterns("__pycache__"))
+    renames = {name: name.removesuffix(WRITER_REVISION) + SYNTHETIC_REVISION
+               for name in (MESSAGES, DEAD_LETTERS, COUNTERS)}
+    objects = {(kind, name.replace(f"_{WRITER_REVISION}", f"_{SYNTHETIC_REVISION}"))
+               for kind, name in versioning.sqlite_objects(versioning.head_revision())}
+    (location / "versions" / "0099_writers.py").write_text(textwrap.dedent(f'''
+        """Revision 0099 (tests only): writers work differently, so their tables are renamed."""
+
+        from __future__ import annotations
+
+        from alembic import op
+
+        revision = "0099"
+        down_revision = {versioning.head_revision()!r}
+        branch_labels = None
+        depends_on = None
+
+        SQLITE_OBJECTS = frozenset({sorted(objects)!r})
+        RENAMES = {renames!r}
+
+
+        def upgrade() -> None:
+            for old, new in RENAMES.items():
+                op.rename_table(old, new)
+
+
+        def downgrade() -> None:
+            for old, new in RENAMES.items():
+                op.rename_table(new, old)
     '''))
     return location
 

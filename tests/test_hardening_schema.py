@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from pbuffer.backends import versioning
 from pbuffer.backends.database import Database
+from pbuffer.backends.schema import COUNTERS, DEAD_LETTERS, MESSAGES
 
 import pbuffer
 from backends import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, missing_service
@@ -26,7 +27,7 @@ from pbuffer import ConfigurationError, SchemaTooOldError
 HEAD = versioning.head_revision()
 FIRST = versioning.known_revisions()[0]
 PBUFFER = [sys.executable, "-m", "pbuffer.cli"]
-PBUFFER_TABLES = {"pbuffer_messages", "pbuffer_dead_letters", "pbuffer_counters", "pbuffer_alembic_version"}
+PBUFFER_TABLES = {MESSAGES, DEAD_LETTERS, COUNTERS, "pbuffer_alembic_version"}
 
 
 def revision_rows(url: str) -> list[str]:
@@ -261,6 +262,9 @@ def _autogenerate(directory: Path, url: str, *, filtered: bool) -> str:
             config.attributes.update(connection=conn, filtered=filtered)
             script = command.revision(config, message="app", autogenerate=True)
     finally:
+        # The application's own version table, made by its env.py: the next test on this database must not see it.
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
         engine.dispose()
     assert script is not None and not isinstance(script, list)
     return Path(script.path).read_text()
@@ -406,12 +410,12 @@ def test_tables_reshaped_by_something_else_are_refused_at_open(fresh_database: s
         buf.save(b"kept", subject="a.b")
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     for reshape, undo, expected in (
-        ("ALTER TABLE pbuffer_messages RENAME COLUMN subject TO topic",
-         "ALTER TABLE pbuffer_messages RENAME COLUMN topic TO subject", r"lacks column\(s\) subject"),
-        ("ALTER TABLE pbuffer_messages ADD COLUMN tenant INTEGER NOT NULL DEFAULT 0",
-         "ALTER TABLE pbuffer_messages DROP COLUMN tenant", None),  # harmless: has a default
-        ("ALTER TABLE pbuffer_dead_letters ADD COLUMN tenant INTEGER NOT NULL",
-         "ALTER TABLE pbuffer_dead_letters DROP COLUMN tenant", "tenant"),
+        (f"ALTER TABLE {MESSAGES} RENAME COLUMN subject TO topic",
+         f"ALTER TABLE {MESSAGES} RENAME COLUMN topic TO subject", r"lacks column\(s\) subject"),
+        (f"ALTER TABLE {MESSAGES} ADD COLUMN tenant INTEGER NOT NULL DEFAULT 0",
+         f"ALTER TABLE {MESSAGES} DROP COLUMN tenant", None),  # harmless: has a default
+        (f"ALTER TABLE {DEAD_LETTERS} ADD COLUMN tenant INTEGER NOT NULL",
+         f"ALTER TABLE {DEAD_LETTERS} DROP COLUMN tenant", "tenant"),
     ):
         with engine.begin() as conn:
             conn.exec_driver_sql(reshape)
