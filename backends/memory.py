@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pbuffer.buffer import Buffer
 from pbuffer.errors import ConfigurationError
-from pbuffer.limits import BufferStats, SubjectStats
+from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, from_micros
 
 __all__ = ["MemoryBuffer"]
@@ -217,6 +217,16 @@ class MemoryBuffer(Buffer):
         with self._store.lock:
             return {subject: SubjectStats(*counts) for subject, counts in self._store.counters.items()
                     if self.subject is None or subject == self.subject}
+
+    def _claim_stats(self, window: int, now_us: int) -> ClaimStats:
+        store = self._store
+        with store.lock:
+            pending = store.pending if self.subject is None else store.pending_by_subject.get(self.subject)
+            head = [] if pending is None else list(islice(pending.values(), window))
+            live = [claim for claim in (store.claims.get(m.id) for m in head) if claim is not None
+                    and claim[1] >= now_us]
+        return ClaimStats(len(live), len({owner for owner, _ in live}), max((u for _, u in live), default=None),
+                          len(head))
 
     def _in_scope(self, message: Message) -> bool:
         return self.subject is None or message.subject == self.subject

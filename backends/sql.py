@@ -25,7 +25,7 @@ from pbuffer.errors import (
     SchemaChangedError,
 )
 from pbuffer.ids import from_bytes, to_bytes
-from pbuffer.limits import BufferStats, SubjectStats
+from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
 
 from . import sqlite_file, versioning
@@ -399,6 +399,12 @@ class SQLBuffer(Buffer):
             cursor.execute(self._sql.subject_totals, self._sql.scope)
             return {str(row[0]): SubjectStats(*(int(value) for value in row[1:])) for row in cursor.fetchall()}
 
+    def _claim_stats(self, window: int, now_us: int) -> ClaimStats:
+        with self._cursor("claim_stats", write=False) as cursor:
+            cursor.execute(self._sql.claim_stats, {**self._sql.scope, "limit": window, "now": now_us})
+            looked_at, held, owners, until = cursor.fetchone()
+        return ClaimStats(int(held or 0), int(owners or 0), None if until is None else int(until), int(looked_at))
+
     def _removed(self, count: int) -> None:
         """Count removed rows; every so often, see whether space should go back to the filesystem."""
         if not self._sqlite or not count:
@@ -669,6 +675,11 @@ class _Statements:
         # shard -1 is no subject's: the lock row that writers enforcing limits take on servers (revision 0002).
         self.subject_totals = compile_("SELECT subject, " + ", ".join(f"SUM({c})" for c in COUNTER_COLUMNS) +
                                        f" FROM {COUNTERS} WHERE shard >= 0{and_scope} GROUP BY subject")
+        # The head of the queue, where relays claim: an index range of :limit rows.
+        self.claim_stats = compile_(
+            "SELECT COUNT(*), SUM(CASE WHEN claim_until_us >= :now THEN 1 ELSE 0 END), COUNT(DISTINCT CASE WHEN "
+            "claim_until_us >= :now THEN claim_owner END), MAX(CASE WHEN claim_until_us >= :now THEN claim_until_us "
+            f"END) FROM (SELECT claim_owner, claim_until_us FROM {MESSAGES}{where} ORDER BY seq LIMIT :limit) head")
         self.oldest_created = compile_(f"SELECT created_us FROM {MESSAGES}{where} ORDER BY seq LIMIT 1")
         self.oldest_sizes = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES}{where} ORDER BY seq "
                                      f"LIMIT :limit{for_update}")

@@ -32,7 +32,7 @@ from .errors import (
     StoragePermissionError,
     ValidationError,
 )
-from .limits import BufferStats, Limits, SubjectStats
+from .limits import BufferStats, ClaimStats, Limits, SubjectStats
 from .message import DeadLetter, Message, Outgoing
 from .registry import default_url, known_schemes, open_buffer
 from .relay import Relay, RelayStats, send
@@ -54,6 +54,7 @@ __all__ = [
     "Buffer",
     "BufferFullError",
     "BufferStats",
+    "ClaimStats",
     "ConfigurationError",
     "CorruptDatabaseError",
     "DeadLetter",

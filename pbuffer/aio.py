@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from .buffer import Buffer
 from .errors import BufferFullError
-from .limits import BufferStats, SubjectStats
+from .limits import BufferStats, ClaimStats, SubjectStats
 from .message import DeadLetter, Message, Outgoing, Payload
 
 __all__ = ["AsyncBuffer"]
@@ -137,6 +137,9 @@ class AsyncBuffer:
 
     async def subject_stats(self) -> dict[str, SubjectStats]:
         return await self._run(self.buffer.subject_stats)
+
+    async def claim_stats(self, window: int = 10_000) -> ClaimStats | None:
+        return await self._run(self.buffer.claim_stats, window)
 
     async def expire(self) -> int:
         return await self._run(self.buffer.expire)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from . import ids
 from .errors import BackendError, BufferFullError, ValidationError
-from .limits import BufferStats, Limits, Overflow, SubjectStats
+from .limits import BufferStats, ClaimStats, Limits, Overflow, SubjectStats
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
 from .validation import check_headers, check_payload, check_reason, check_subject, check_subject_prefixes
 
@@ -287,6 +287,15 @@ class Buffer(ABC):
         self._check_open()
         return dict(sorted(self._subject_stats().items()))
 
+    def claim_stats(self, window: int = 10_000) -> ClaimStats | None:
+        """The relays' live claims among the ``window`` oldest pending messages in scope (a relay claims from the
+        head of the queue, so its claims are found there), or ``None`` when the backend cannot tell. Reads only:
+        an index range of ``window`` rows on the SQL backends."""
+        self._check_open()
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValidationError(f"window must be a positive int, not {window!r}")
+        return self._claim_stats(window, time.time_ns() // 1000)
+
     def expire(self) -> int:
         """Remove the pending messages older than ``ttl`` now (reads do it as they meet them); returns how many.
 
@@ -419,6 +428,11 @@ class Buffer(ABC):
             counts[2] += 1
             counts[3] += len(letter.message.payload)
         return {subject: SubjectStats(*counts) for subject, counts in found.items()}
+
+    def _claim_stats(self, window: int, now_us: int) -> ClaimStats | None:
+        """The live claims (lease ending at or after ``now_us``) among the ``window`` oldest pending messages in
+        scope, read in one read-only transaction. This default, for backends that cannot tell, returns ``None``."""
+        return None
 
     @abstractmethod
     def _release(self, message_ids: list[str], owner: str) -> int: ...

@@ -9,8 +9,14 @@ or upgrade a buffer (an older schema is refused with the command that upgrades i
 that is not there: a path that holds none is a typo more often than not, and a relay following an empty file it
 made itself would wait for ever on the wrong one.
 
-Exit status: 0 done; 1 an error, a refused confirmation, or something found wrong; 128 + the signal number (130 for
-Ctrl-C, 143 for SIGTERM) when ``drain`` without ``--follow`` was stopped with messages left in the buffer.
+Exit status (:data:`EXIT_STATUS`, printed by ``pbuffer --help``): 0 done; 1 an error, a refused confirmation, or
+something found wrong; 2 a usage error (an unknown option, a bad value); 3 ``drain`` ended with messages still
+pending (saved while it ran: the buffer is not empty); 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM) when
+``drain`` without ``--follow`` was stopped with messages left in the buffer.
+
+``--json`` on a command that prints data puts one JSON document on stdout and nothing else there; progress, prompts,
+warnings and errors go to stderr, and an error prints its one line there (stdout stays empty) with the same exit
+status as without ``--json``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import signal
 import string
 import sys
@@ -47,6 +54,8 @@ err_console = make_console(stderr=True)
 
 URL = click.option("--url", envvar="PBUFFER_URL", default=None, metavar="URL",
                    help="Buffer URL [env PBUFFER_URL; default: buffer.db in your data directory].")
+JSON = click.option("--json", "as_json", is_flag=True,
+                    help="One JSON document on stdout, nothing else there (errors: one line on stderr).")
 SERVERS = click.option("--servers", "-s", envvar="NATS_URL", default="nats://127.0.0.1:4222", show_default=True,
                        help="NATS server URL(s), comma-separated [env NATS_URL].")
 
@@ -102,14 +111,22 @@ def _open_existing(url: str | None, *, looking: str | None = None) -> Buffer:
     return pbuffer.open(target)
 
 
-def _confirm(question: str, refused: str) -> None:
-    """Ask on stdin; anything but yes stops the command (exit status 1) with one line saying nothing was done."""
+def _emit_json(data: Any) -> None:
+    """The one JSON document a ``--json`` command prints on stdout."""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _confirm(question: str, refused: str, *, err: bool = False) -> None:
+    """Ask on stdin; anything but yes stops the command (exit status 1) with one line saying nothing was done.
+
+    ``err``: ask on stderr (with ``--json``, stdout holds the document only).
+    """
     try:
         if sys.stdin is None or sys.stdin.closed:  # Python sets sys.stdin to None when fd 0 is closed
             raise EOFError
-        answer = click.confirm(question, default=False)
+        answer = click.confirm(question, default=False, err=err)
     except (click.Abort, EOFError, RuntimeError):  # click turns end of input and Ctrl-C into Abort
-        click.echo()  # end the prompt's line
+        click.echo(err=err)  # end the prompt's line
         err_console.print(f"[bold red]error:[/] no answer on stdin (closed, empty or interrupted): {refused}; "
                           "pass --yes to go ahead without asking")
         sys.exit(1)
@@ -134,10 +151,42 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: The exit statuses every command keeps, as ``pbuffer --help`` prints them.
+EXIT_STATUS = """\b
+Exit status:
+  0        done
+  1        an error, a refused confirmation, or something found wrong
+  2        a usage error (an unknown option, a bad value)
+  3        drain ended with messages still pending (saved while it ran)
+  128+N    drain stopped by signal N with messages left (130 Ctrl-C, 143 SIGTERM)
+
+\b
+--json (on every command that prints data): one JSON document on stdout, nothing else there;
+errors stay one line on stderr, with the same exit status.
+"""
+#: Exit status of a drain that ended with messages pending (the echo client's "still in the buffer" too).
+EXIT_PENDING = 3
+
+
+def _set_up_logging(verbose: int, quiet: bool, debug: bool) -> None:
+    """Log lines on stderr: WARNING and up by default; -q errors only; -v and -vv add pbuffer's own INFO and DEBUG
+    lines (not every library's: alembic alone says a dozen things at INFO); --debug, every logger's DEBUG."""
+    if quiet and (verbose or debug):
+        raise click.UsageError("-q cannot go with -v or --debug")
+    # A no-op where the process already has logging set up (an embedding program, pytest): theirs wins.
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:  # only when asked: an explicit level on the pbuffer logger outlives this command in the process
+        logging.getLogger("pbuffer").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_STATUS)
 @click.version_option(pbuffer.__version__, prog_name="pbuffer")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-def main(debug: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks and every library's debug logs.")
+@click.option("--verbose", "-v", count=True,
+              help="More of pbuffer's log lines on stderr: -v INFO, -vv DEBUG (default: WARNING and up).")
+@click.option("--quiet", "-q", is_flag=True, help="Log errors only.")
+def main(debug: bool, verbose: int, quiet: bool) -> None:
     """pbuffer: a durable client-side buffer for NATS JetStream.
 
     \b
@@ -145,9 +194,9 @@ def main(debug: bool) -> None:
       pbuffer demo                          an outage played end to end, nothing to set up
       pbuffer inspect --url sqlite:///buf.db --peek 5
       pbuffer drain --url sqlite:///buf.db -s nats://127.0.0.1:4222 --follow
+      pbuffer -v watch --url sqlite:///buf.db
     """
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _set_up_logging(verbose, quiet, debug)
 
 
 # ------------------------------------------------------------------------------------------------------- demo
@@ -224,7 +273,7 @@ def _message_json(message: Message) -> dict[str, Any]:
 @URL
 @click.option("--list", "listed", is_flag=True, help="Show the 20 oldest messages and dead letters.")
 @click.option("--peek", type=int, default=None, metavar="N", help="Show the N oldest messages and dead letters.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@JSON
 @friendly
 def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> None:
     """Counts, size, age and subjects of a buffer; --list/--peek show messages (payloads safely).
@@ -236,7 +285,7 @@ def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> N
     with _open_existing(url, looking="pbuffer inspect") as buf:
         data = _inspect_data(buf, peek if peek is not None else (20 if listed else None))
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        _emit_json(data)
         return
     age = data["oldest_age_seconds"]
     removed = (f"; {data['dropped']:,} dropped, {data['expired']:,} expired" if data["dropped"] or data["expired"]
@@ -256,6 +305,74 @@ def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> N
                         title=title)
 
 
+# ------------------------------------------------------------------------------------------------------ watch
+
+def _finite(value: float) -> float:
+    # FloatRange lets NaN through: it compares false with both bounds.
+    if math.isnan(value):
+        raise click.BadParameter("must be a number")
+    return value
+
+
+@main.command()
+@URL
+@click.option("--once", is_flag=True, help="Print one frame and exit (two reads --interval apart, for the rates).")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True, metavar="SECONDS",
+              callback=lambda _ctx, _param, value: _finite(value), help="Seconds between reads (0.1 to 3600).")
+@click.option("--json", "as_json", is_flag=True, help="One frame as one JSON document on stdout (implies --once).")
+@friendly
+def watch(url: str | None, once: bool, interval: float, as_json: bool) -> None:
+    """A live view of a buffer: pending, dead and bytes per subject, rates, oldest age, drops, claims.
+
+    Refreshed every --interval; reads only counters and the claims at the head of the queue, so it costs the same
+    on a million messages, runs beside producers and relays, and never creates, upgrades or changes a buffer.
+    Ctrl-C ends it (exit status 0). Not on a terminal, each frame is printed as plain lines with the subjects
+    tab-separated.
+
+    \b
+    The counters give, between two reads, saves minus deletions (pending + dead + dropped + expired changes by
+    exactly that), not each on its own: "saved" is that net change when positive and "sent" (published, popped
+    or purged) when negative, per second. Each is exact while the other side is idle, a lower bound otherwise.
+    Claims: the live ones among the oldest 10,000 pending messages (Buffer.claim_stats), or "unknown" for a
+    backend that cannot tell.
+
+    \b
+    Example:
+      pbuffer watch --url sqlite:///orders.db
+      pbuffer watch --url sqlite:///orders.db --once --json
+    """
+    from .watch import Watch, plain, render, take_sample
+
+    with _open_existing(url, looking="pbuffer watch") as buf:
+        watching = Watch(display_url(url or pbuffer.default_url()))
+        watching.add(take_sample(buf))
+        if once or as_json:
+            time.sleep(interval)
+            watching.add(take_sample(buf))
+            frame = watching.frame()
+            if as_json:
+                _emit_json(frame.as_dict())
+            elif console.is_terminal:
+                console.print(render(frame, max_rows=max(console.height - 12, 5)))
+            else:
+                console.file.write(plain(frame))
+            return
+        with contextlib.suppress(KeyboardInterrupt):
+            if not console.is_terminal:
+                while True:  # a pipe or a file: each frame as plain lines, a blank line between frames
+                    console.file.write(plain(watching.frame()) + "\n")
+                    console.file.flush()
+                    time.sleep(interval)
+                    watching.add(take_sample(buf))
+            from rich.live import Live
+
+            with Live(render(watching.frame()), console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    watching.add(take_sample(buf))
+                    live.update(render(watching.frame(), max_rows=max(console.height - 12, 5)), refresh=True)
+
+
 # ------------------------------------------------------------------------------------------------------ drain
 
 @main.command()
@@ -267,26 +384,29 @@ def inspect(url: str | None, listed: bool, peek: int | None, as_json: bool) -> N
 @click.option("--strict-order", is_flag=True, help="One publish in flight per subject.")
 @click.option("--lease", type=float, default=None, metavar="SECONDS",
               help="How long a claimed window stays this relay's if it dies (default 30).")
+@JSON
 @friendly
 def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool, lease: float | None,
-          **options: Any) -> None:
+          as_json: bool, **options: Any) -> None:
     """Publish a buffer's messages to JetStream, deleting each after its PubAck.
 
     SIGTERM and Ctrl-C stop it after the window in flight: nothing is lost or left half-done. Stopped with
     messages left, it exits with 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM); --follow exits 0.
-    A buffer that does not exist is an error, with or without --follow (a typo would wait on an empty file).
+    Ended with messages pending that were saved while it ran, it exits 3: the buffer is not empty (run it again,
+    or use --follow). A buffer that does not exist is an error, with or without --follow (a typo would wait on an
+    empty file). --json prints the summary as JSON (no progress bar).
 
     \b
     Example:
       pbuffer drain --url sqlite:///orders.db -s nats://127.0.0.1:4222 --follow
     """
-    code = asyncio.run(_drain(url, servers, follow, batch_size, strict_order, lease, _pick(options)))
+    code = asyncio.run(_drain(url, servers, follow, batch_size, strict_order, lease, _pick(options), as_json))
     if code:
         sys.exit(code)
 
 
 async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool,
-                 lease: float | None, options: dict[str, Any]) -> int:
+                 lease: float | None, options: dict[str, Any], as_json: bool = False) -> int:
     """Drain (or follow) the buffer; returns the exit status."""
     from .schema import require_buffer
 
@@ -311,7 +431,8 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
     total = await buf.count()
     started = time.monotonic()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console)
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console,
+                        disable=as_json)
     try:
         with progress:
             task = progress.add_task("draining" if not follow else "following", total=total or None, rate="")
@@ -331,14 +452,26 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
             loop.remove_signal_handler(sig)
         await relay.close()
         await buf.close()
-    console.print(f"published {stats.published:,}, duplicates {stats.duplicates:,}, dead-lettered "
-                  f"{stats.dead_lettered:,}, retried {stats.retried:,} in {time.monotonic() - started:.1f} s")
-    if stopped_by and not follow and left:
-        # Stopped before the buffer was empty: a script must not take this for a finished drain.
-        err_console.print(f"stopped by {signal.Signals(stopped_by[0]).name} with {left:,} message(s) left in the "
-                          "buffer")
-        return 128 + stopped_by[0]
-    return 0
+    seconds = time.monotonic() - started
+    signal_name = signal.Signals(stopped_by[0]).name if stopped_by else None
+    code = 0
+    if not follow and left:
+        # Not empty: a script must not take this for a finished drain. A signal says why; otherwise producers
+        # saved while it ran, after it last found the buffer empty.
+        code = 128 + stopped_by[0] if stopped_by else EXIT_PENDING
+    if as_json:
+        _emit_json({"published": stats.published, "duplicates": stats.duplicates,
+                    "dead_lettered": stats.dead_lettered, "retried": stats.retried, "seconds": round(seconds, 3),
+                    "pending": left, "stopped_by": signal_name, "exit_status": code})
+    else:
+        console.print(f"published {stats.published:,}, duplicates {stats.duplicates:,}, dead-lettered "
+                      f"{stats.dead_lettered:,}, retried {stats.retried:,} in {seconds:.1f} s")
+    if code and stopped_by:
+        err_console.print(f"stopped by {signal_name} with {left:,} message(s) left in the buffer")
+    elif code:
+        err_console.print(f"{left:,} message(s) pending at the end (saved while the drain ran); run it again or use "
+                          "--follow")
+    return code
 
 
 # ------------------------------------------------------------------------------------------------------- send
@@ -351,9 +484,10 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
 @connection_options
 @click.option("--header", "-H", "headers", multiple=True, metavar="NAME=VALUE", help="A header (repeatable).")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the server.")
+@JSON
 @friendly
 def send(subject: str, data: str, url: str | None, servers: str, headers: Sequence[str], timeout: float,
-         **options: Any) -> None:
+         as_json: bool, **options: Any) -> None:
     """Save DATA for SUBJECT to the buffer, then drain it (the CLI face of pbuffer.send).
 
     If the server does not take it in time, it stays in the buffer for the next drain (exit status 1).
@@ -387,7 +521,10 @@ def send(subject: str, data: str, url: str | None, servers: str, headers: Sequen
             await transport.close()
 
     message = asyncio.run(run())
-    console.print(f"sent {message.id} on {escape(message.subject)}")
+    if as_json:
+        _emit_json({"id": message.id, "subject": message.subject, "size": len(message.payload)})
+    else:
+        console.print(f"sent {message.id} on {escape(message.subject)}")
 
 
 # ---------------------------------------------------------------------------------------------- dead letters
@@ -396,8 +533,9 @@ def send(subject: str, data: str, url: str | None, servers: str, headers: Sequen
 @URL
 @click.argument("ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
+@JSON
 @friendly
-def requeue(url: str | None, ids: Sequence[str], everything: bool) -> None:
+def requeue(url: str | None, ids: Sequence[str], everything: bool, as_json: bool) -> None:
     """Make dead letters pending again, at the back of the queue.
 
     \b
@@ -408,9 +546,14 @@ def requeue(url: str | None, ids: Sequence[str], everything: bool) -> None:
         raise pbuffer.ValidationError("name dead-letter ids, or --all")
     with _open_existing(url) as buf:
         chosen = [d.message.id for d in buf.dead_letters()] if everything else list(ids)
-        done = sum(buf.requeue(message_id) for message_id in chosen)
-    console.print(f"requeued {done:,} of {len(chosen):,}")
-    if done < len(chosen):
+        missed = [message_id for message_id in chosen if not buf.requeue(message_id)]
+    done = len(chosen) - len(missed)
+    if as_json:
+        # not_found: no dead letter with that id (never one, already requeued, or deleted).
+        _emit_json({"requeued": done, "asked": len(chosen), "not_found": missed})
+    else:
+        console.print(f"requeued {done:,} of {len(chosen):,}")
+    if missed:
         sys.exit(1)
 
 
@@ -419,8 +562,9 @@ def requeue(url: str | None, ids: Sequence[str], everything: bool) -> None:
 @click.option("--dead", "which", flag_value="dead", help="Only the dead letters.")
 @click.option("--pending", "which", flag_value="pending", help="Only the pending messages.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@JSON
 @friendly
-def purge(url: str | None, which: str | None, yes: bool) -> None:
+def purge(url: str | None, which: str | None, yes: bool, as_json: bool) -> None:
     """Delete messages for good (pending, dead, or both). Asks first unless --yes.
 
     \b
@@ -433,15 +577,17 @@ def purge(url: str | None, which: str | None, yes: bool) -> None:
             ids += [m.id for m in _walk(buf)]
         if which in (None, "dead"):
             ids += [d.message.id for d in buf.dead_letters()]
-        if not ids:
-            console.print("nothing to purge")
-            return
-        if not yes:
+        deleted = 0
+        if ids and not yes:
             target = display_url(url or pbuffer.default_url())
             # click prints the question as plain text: no markup, so no escape().
-            _confirm(f"Delete {len(ids):,} message(s) from {target} for good?", "nothing was deleted")
-        deleted = sum(buf.delete_many(ids[i:i + 1000]) for i in range(0, len(ids), 1000))
-    console.print(f"deleted {deleted:,} message(s)")
+            _confirm(f"Delete {len(ids):,} message(s) from {target} for good?", "nothing was deleted", err=as_json)
+        if ids:
+            deleted = sum(buf.delete_many(ids[i:i + 1000]) for i in range(0, len(ids), 1000))
+    if as_json:
+        _emit_json({"deleted": deleted})
+    else:
+        console.print(f"deleted {deleted:,} message(s)" if ids else "nothing to purge")
 
 
 # --------------------------------------------------------------------------------------------------------- db
@@ -454,56 +600,89 @@ def db() -> None:
 @db.command("upgrade")
 @URL
 @click.option("--revision", default="head", show_default=True)
+@JSON
 @friendly
-def db_upgrade(url: str | None, revision: str) -> None:
+def db_upgrade(url: str | None, revision: str, as_json: bool) -> None:
     """Upgrade the schema (a sqlite file is backed up first). Example: pbuffer db upgrade --url URL
 
     A revision older than the database's is refused (use downgrade); prints the revision the database is at after.
     """
-    console.print(f"at revision {escape(pbuffer.upgrade(url or pbuffer.default_url(), revision))}")
+    _print_revision(pbuffer.upgrade(url or pbuffer.default_url(), revision), as_json)
+
+
+def _print_revision(revision: str, as_json: bool) -> None:
+    if as_json:
+        _emit_json({"revision": revision})
+    else:
+        console.print(f"at revision {escape(revision)}")
 
 
 @db.command("downgrade")
 @URL
 @click.option("--revision", required=True, help="A revision, or 'base' (drops the tables and their messages).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@JSON
 @friendly
-def db_downgrade(url: str | None, revision: str, yes: bool) -> None:
+def db_downgrade(url: str | None, revision: str, yes: bool, as_json: bool) -> None:
     """Downgrade the schema. Example: pbuffer db downgrade --url URL --revision base"""
     target = url or pbuffer.default_url()
     if not yes:
-        _confirm(f"Downgrade {display_url(target)} to {revision}? A downgrade can drop data.", "nothing was changed")
-    console.print(f"at revision {escape(pbuffer.downgrade(target, revision))}")
+        _confirm(f"Downgrade {display_url(target)} to {revision}? A downgrade can drop data.", "nothing was changed",
+                 err=as_json)
+    _print_revision(pbuffer.downgrade(target, revision), as_json)
 
 
 @db.command("current")
 @URL
+@JSON
 @friendly
-def db_current(url: str | None) -> None:
-    """The database's schema revision (reads only). Example: pbuffer db current --url URL"""
-    console.print(escape(pbuffer.current(url or pbuffer.default_url()) or "base (empty)"))
+def db_current(url: str | None, as_json: bool) -> None:
+    """The database's schema revision (reads only). Example: pbuffer db current --url URL
+
+    With --json, an empty database's revision is null.
+    """
+    revision = pbuffer.current(url or pbuffer.default_url())
+    if as_json:
+        _emit_json({"revision": revision})
+    else:
+        console.print(escape(revision or "base (empty)"))
 
 
 @db.command("history")
 @URL
+@JSON
 @friendly
-def db_history(url: str | None) -> None:
+def db_history(url: str | None, as_json: bool) -> None:
     """Every revision this pbuffer knows; the database's own is marked. Example: pbuffer db history"""
-    for revision in pbuffer.history(url):
+    revisions = pbuffer.history(url)
+    if as_json:
+        _emit_json({"revisions": [{"id": r.id, "description": r.description, "head": r.is_head,
+                                   "current": r.is_current} for r in revisions]})
+        return
+    for revision in revisions:
         marks = " ".join(m for m, on in (("(head)", revision.is_head), ("(current)", revision.is_current)) if on)
         console.print(escape(f"{revision.id}  {revision.description} {marks}".rstrip()))
 
 
 @db.command("check")
 @URL
+@JSON
 @friendly
-def db_check(url: str | None) -> None:
-    """Compare the database with this pbuffer's model (reads only). Example: pbuffer db check --url URL"""
+def db_check(url: str | None, as_json: bool) -> None:
+    """Compare the database with this pbuffer's model (reads only). Example: pbuffer db check --url URL
+
+    Exit status 1 when they differ (with --json too: {"ok": false, "differences": [...]}).
+    """
     from .schema import require_buffer
 
     target = url or pbuffer.default_url()
     require_buffer(target, upgradable=True)  # an empty database is no buffer; an older one is listed below
     differences = pbuffer.check(target)
+    if as_json:
+        _emit_json({"ok": not differences, "differences": [str(d) for d in differences]})
+        if differences:
+            sys.exit(1)
+        return
     for difference in differences:
         console.print(escape(str(difference)))
     if differences:
@@ -513,7 +692,7 @@ def db_check(url: str | None) -> None:
 
 @db.command("verify")
 @URL
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@JSON
 @friendly
 def db_verify(url: str | None, as_json: bool) -> None:
     """Look for damage: sqlite's integrity_check, then every message's checksum.
@@ -535,7 +714,7 @@ def db_verify(url: str | None, as_json: bool) -> None:
         require_buffer(target, where="pbuffer db verify")
     report = verify(target)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        _emit_json(report.as_dict())
     else:
         if report.integrity:
             console.print(escape(f"integrity_check: {'; '.join(report.integrity[:20])}"))
@@ -551,8 +730,9 @@ def db_verify(url: str | None, as_json: bool) -> None:
 
 @db.command("quarantine")
 @URL
+@JSON
 @friendly
-def db_quarantine(url: str | None) -> None:
+def db_quarantine(url: str | None, as_json: bool) -> None:
     """Move a damaged sqlite buffer (with its -wal and -shm) aside; a fresh buffer can then start at its path.
 
     The files are renamed to <name>.quarantined-<UTC time> beside it, never deleted, and keep their mode. Refused
@@ -564,7 +744,11 @@ def db_quarantine(url: str | None) -> None:
     """
     from .recovery import quarantine
 
-    for old, new in quarantine(url or pbuffer.default_url()):
+    moved = quarantine(url or pbuffer.default_url())
+    if as_json:
+        _emit_json({"moved": [{"from": str(old), "to": str(new)} for old, new in moved]})
+        return
+    for old, new in moved:
         console.print(escape(f"moved {old} -> {new}"))
 
 

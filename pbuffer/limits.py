@@ -13,7 +13,8 @@ from typing import Literal, TypeVar
 
 from .errors import BufferFullError, ConfigurationError
 
-__all__ = ["MAX_LIMIT", "MAX_SECONDS", "OVERFLOW_POLICIES", "BufferStats", "Limits", "Overflow", "SubjectStats"]
+__all__ = ["MAX_LIMIT", "MAX_SECONDS", "OVERFLOW_POLICIES", "BufferStats", "ClaimStats", "Limits", "Overflow",
+           "SubjectStats"]
 
 Overflow = Literal["reject", "drop_oldest", "block"]
 #: ``reject``: raise BufferFullError, nothing written (the default). ``drop_oldest``: drop (and count) the oldest
@@ -60,6 +61,18 @@ class SubjectStats:
     dead_bytes: int
     dropped: int
     expired: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimStats:
+    """Relays' live claims (see :meth:`pbuffer.Buffer.claim_stats`): ``held`` messages claimed by ``owners``
+    distinct relays, the latest lease ending at ``until_us`` (Unix microseconds; ``None`` when nothing is held),
+    among the ``looked_at`` oldest pending messages."""
+
+    held: int
+    owners: int
+    until_us: int | None
+    looked_at: int
 
 
 @dataclass(frozen=True, slots=True)

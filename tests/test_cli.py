@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from nats_support import add_stream
+from pbuffer.backends import versioning
 
 import pbuffer
 from pbuffer.cli import main
 from pbuffer.natsserver import NatsServer
 
+HEAD = versioning.head_revision()
 PBUFFER = [sys.executable, "-m", "pbuffer.cli"]
 
 
@@ -32,7 +34,7 @@ def invoke(*args: str, input: str | None = None) -> tuple[int, str]:
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    for command in (["demo"], ["inspect"], ["drain"], ["send"], ["requeue"], ["purge"], ["db", "upgrade"],
+    for command in (["demo"], ["inspect"], ["watch"], ["drain"], ["send"], ["requeue"], ["purge"], ["db", "upgrade"],
                     ["db", "downgrade"], ["db", "current"], ["db", "history"], ["db", "check"], ["db", "verify"],
                     ["db", "quarantine"]):
         code, out = invoke(*command, "--help")
@@ -101,12 +103,12 @@ def test_schema_too_new_is_a_clear_line(tmp_path: Path) -> None:
 
 
 def test_db_commands(url: str) -> None:
-    assert invoke("db", "upgrade", "--url", url)[1].strip() == "at revision 0002"
-    assert invoke("db", "current", "--url", url)[1].strip() == "0002"
+    assert invoke("db", "upgrade", "--url", url)[1].strip() == f"at revision {HEAD}"
+    assert invoke("db", "current", "--url", url)[1].strip() == HEAD
     assert "(head) (current)" in invoke("db", "history", "--url", url)[1]
     assert invoke("db", "check", "--url", url) == (0, "the schema matches this pbuffer\n")
     code, _ = invoke("db", "downgrade", "--url", url, "--revision", "base", input="n\n")
-    assert code == 1 and pbuffer.current(url) == "0002"  # declined
+    assert code == 1 and pbuffer.current(url) == HEAD  # declined
     assert invoke("db", "downgrade", "--url", url, "--revision", "base", "--yes")[0] == 0
     assert invoke("db", "current", "--url", url)[1].strip() == "base (empty)"
 
@@ -341,7 +343,7 @@ def test_piped_output_keeps_every_logical_line_whole(tmp_path: Path) -> None:
                 in run.stdout.splitlines())
     run = run_pbuffer("db", "verify", "--url", url)
     assert run.returncode == 0 and "checked 1 pending message(s) and 1 dead letter(s)" in run.stdout.splitlines()
-    assert run_pbuffer("db", "current", "--url", url).stdout == "0002\n"
+    assert run_pbuffer("db", "current", "--url", url).stdout == f"{HEAD}\n"
     missing = f"sqlite:///{deep / 'missing.db'}"
     run = run_pbuffer("inspect", "--url", missing)
     assert run.returncode == 1 and run.stderr == f"error: no buffer at {deep / 'missing.db'}\n"

@@ -624,6 +624,31 @@ class BufferConformance(_Base):
         with pytest.raises(ValidationError):
             buffer.claim(1, owner=relay, lease=1, skip_subjects=stuck)  # one str: a likely mistake
 
+    def test_claim_stats_count_live_claims_at_the_head(self, buffer: Buffer) -> None:
+        stats = buffer.claim_stats()
+        if stats is None:
+            pytest.skip("this backend does not report claims (Buffer._claim_stats returns None)")
+        assert (stats.held, stats.owners, stats.until_us, stats.looked_at) == (0, 0, None, 0)
+        saved = buffer.save_many([str(i).encode() for i in range(10)], subject=SUBJECT)
+        relay, other = pbuffer.ids.new_id(), pbuffer.ids.new_id()
+        before_us = time.time_ns() // 1000
+        buffer.claim(3, owner=relay, lease=30)
+        buffer.claim(2, owner=other, lease=60, after=saved[2].id)
+        after_us = time.time_ns() // 1000
+        stats = buffer.claim_stats()
+        assert stats is not None and (stats.held, stats.owners, stats.looked_at) == (5, 2, 10)
+        # The latest lease end: the 60 s one.
+        assert stats.until_us is not None and before_us + 60_000_000 <= stats.until_us <= after_us + 60_000_000
+        # Only the head is looked at: a window of 4 sees 3 + 1 of the claimed messages.
+        assert buffer.claim_stats(4) == type(stats)(4, 2, stats.until_us, 4)
+        buffer.release([m.id for m in saved[:3]], owner=relay)
+        assert (buffer.claim_stats() or stats).held == 2
+        buffer.delete_many([m.id for m in saved])
+        assert buffer.claim_stats() == type(stats)(0, 0, None, 0)
+        for bad in (0, -1, 1.5, True, "10"):
+            with pytest.raises(ValidationError):
+                buffer.claim_stats(bad)  # type: ignore[arg-type]
+
     def test_a_claim_ends_with_its_lease(self, buffer: Buffer) -> None:
         saved = buffer.save_many([b"1", b"2"], subject=SUBJECT)
         holder, taker = pbuffer.ids.new_id(), pbuffer.ids.new_id()
