@@ -7,18 +7,21 @@ machine. Targets are the issue's, unchanged: a missed one is reported as missed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from . import e2e, peers, processes, servers, workloads
-from .harness import Case, Settings, Target
+from . import e2e, peers, processes, servers, url_cases, workloads
+from .core_cases import POP_SERIES, core_cases, server_core_case
+from .harness import Case, Settings, Target, count_label
+from .payload import DEFAULT_BYTES
 from .workloads import MEMORY, SQLITE, SQLITE_POWER, Store
 
 __all__ = ["BACKENDS", "OPS", "build_cases"]
 
-OPS = ("save", "save_many", "pop", "pop_backlog", "backlog", "get", "get_all", "delete", "processes", "group_commit",
-       "stats", "drain")
+OPS = ("save", "save_many", "pop", "pop_backlog", "backlog", "get", "get_all", "delete", "claim", "processes",
+       "group_commit", "stats", "drain")
 BACKENDS = ("memory", "sqlite", "postgresql", "mariadb", "nats")
 
 #: The payload-size cases (the 100-byte ones are the cases tagged with the same series).
@@ -29,7 +32,6 @@ SAVE_SERIES = "sqlite save()"
 #: file of each size is written per run and copied for every repetition of every case that needs it.
 BIG_BACKLOG = 1_000_000
 QUICK_BACKLOG = 50_000
-POP_SERIES = "sqlite pop()"
 
 _PQ_DEFAULTS = (
     "persist-queue 1.1 sets only PRAGMA journal_mode=WAL on its connections (sqlbase.SQLiteBase._new_db_connection) "
@@ -38,7 +40,7 @@ _PQ_DEFAULTS = (
 _PQ_SETUP = "SQLiteAckQueue(auto_commit=True, multithreading=True); items are pickled."
 _LQ_DEFAULTS = (
     "litequeue sets journal_mode=WAL, synchronous=NORMAL (the same durability as 'process'), temp_store=MEMORY "
-    "and a 256 MB cache_size; it stores text, so the payload is put as a 100-character str. "
+    "and a 256 MB cache_size; it stores text, so the payload is put as a str of the same length. "
 )
 
 
@@ -64,6 +66,17 @@ def _e2e_counts(settings: Settings) -> str:
 
 
 def build_cases(settings: Settings) -> list[Case]:
+    """Every case of this mode (quick mode's are those marked ``headline``). With ``settings.url``: only the core
+    operations on that buffer (:mod:`.url_cases`). With ``settings.payload``: every case at that size, and the
+    payload-size cases (which would repeat the others) left out."""
+    cases = url_cases.url_cases(settings) if settings.url else _builtin_cases(settings)
+    if settings.payload is None:
+        return cases
+    return [dataclasses.replace(case, payload_bytes=settings.payload) for case in cases
+            if case.payload_bytes == DEFAULT_BYTES]
+
+
+def _builtin_cases(settings: Settings) -> list[Case]:
     count = settings.count
     e2e_n = count(50_000, 10_000)
     seed_n = count(5_000, 1_000)
@@ -89,6 +102,7 @@ def build_cases(settings: Settings) -> list[Case]:
     if settings.scale != 1:
         memory_note += f" Scaled by {settings.scale:g}."
     big_backlog = count(BIG_BACKLOG, QUICK_BACKLOG)
+    pq_waiting, pq_pops = count(10_000), count(5_000, 2_000)
     small_backlog = count(1_000)
     backlog_note = (
         f"pop() timed from the front of a buffer holding {big_backlog:,} messages (subject) and {small_backlog:,} "
@@ -128,9 +142,10 @@ def build_cases(settings: Settings) -> list[Case]:
             baseline_label="persist-queue put() [NORMAL]",
             baseline=partial(peers.persistqueue_put, synchronous="NORMAL"),
             count=count(10_000, 4_000),
-            target=Target("sqlite save() >= 3x persist-queue put()", "min_ratio", 3.0),
+            target=Target("sqlite save() >= 0.85x persist-queue put(), equal durability", "min_ratio", 0.85),
             note=_PQ_DEFAULTS + "For equal durability this case sets synchronous=NORMAL on its connections after "
-                 "opening; 'sqlite.save[power] vs persist-queue[default]' compares at its default. " + _PQ_SETUP,
+                 "opening; 'sqlite.save[power] vs persist-queue[default]' compares at its default. The core-speed "
+                 "issue's target (0.85x) replaces the first core issue's 3x. " + _PQ_SETUP,
             requires=("persistqueue",), probe=partial(peers.persistqueue_pragmas, synchronous="NORMAL"),
             headline=True,
         ),
@@ -187,19 +202,24 @@ def build_cases(settings: Settings) -> list[Case]:
             headline=True,
         ),
         Case(
-            name="sqlite.pop vs persist-queue", op="pop", backend="sqlite",
-            subject_label="pbuffer sqlite pop() [process]", subject=workloads.buffer_pop,
+            name=f"sqlite.pop {count_label(pq_pops)} of {count_label(pq_waiting)} waiting vs persist-queue",
+            op="pop", backend="sqlite",
+            subject_label="pbuffer sqlite pop() [process]",
+            subject=partial(workloads.buffer_pop, waiting=pq_waiting),
             baseline_label="persist-queue get()+ack() [NORMAL]",
-            baseline=partial(peers.persistqueue_pop, synchronous="NORMAL"),
-            count=count(5_000, 2_000),
-            target=Target("sqlite pop() >= 5x persist-queue get()+ack()", "min_ratio", 5.0),
+            baseline=partial(peers.persistqueue_pop, synchronous="NORMAL", waiting=pq_waiting),
+            count=pq_pops,
+            target=Target(f"sqlite pop() >= 4x persist-queue get()+ack() with {pq_waiting:,} waiting", "min_ratio",
+                          4.0),
             note=_PQ_DEFAULTS + "For equal durability this case sets synchronous=NORMAL on its connections. Both "
-                 "start with exactly the messages to be popped (pbuffer filled with save_many, persist-queue with "
-                 "put()). persist-queue keeps acked rows (status=5) until clear_acked_data() and its get() scans "
-                 "past them in id order, so its rate falls as a repetition proceeds: the ratio depends on the "
-                 "count popped. " + _PQ_SETUP,
+                 f"start with {pq_waiting:,} messages waiting (the core-speed issue's count; pbuffer filled with "
+                 f"save_many, persist-queue with put(), untimed) and pop the first {pq_pops:,} of them, one at a "
+                 "time. persist-queue keeps acked rows (status=5) until clear_acked_data() and its get() scans "
+                 "past them in id order, so its rate falls as a repetition proceeds: the ratio grows with the "
+                 f"count popped (popping all {pq_waiting:,} took 12 s a repetition on persist-queue's side here). "
+                 "The core-speed issue's target, 4x, replaces the first core issue's 5x (which popped 5,000 of "
+                 "5,000). " + _PQ_SETUP,
             requires=("persistqueue",), probe=partial(peers.persistqueue_pragmas, synchronous="NORMAL"),
-            series=POP_SERIES,
             headline=True,
         ),
         Case(
@@ -229,16 +249,18 @@ def build_cases(settings: Settings) -> list[Case]:
             baseline_label=f"pop() with {small_backlog:,} waiting",
             baseline=partial(workloads.buffer_pop_backlog, backlog=small_backlog),
             count=count(10_000, 3_000),
-            target=Target(f"sqlite pop() with {big_backlog:,} waiting within 2x of {small_backlog:,} waiting",
-                          "max_slowdown", 2.0),
-            note=backlog_note + " The target's measure is the slowdown, rate(small)/rate(big).",
+            target=Target(f"sqlite pop() with {big_backlog:,} waiting >= 0.5x its rate with {small_backlog:,} waiting "
+                          "(within 2x)", "min_ratio", 0.5),
+            note=backlog_note + " The ratio is rate(big)/rate(small); 'within 2x' is a ratio of at least 0.5x.",
             headline=True,
         ),
         Case(
             name="memory.save", op="save", backend="memory",
             subject_label="pbuffer memory save()", subject=partial(workloads.buffer_save, store=MEMORY),
             count=count(100_000, 40_000),
-            target=Target("memory save() >= 250,000 msg/s", "min_rate", 250_000),
+            target=Target("memory save() >= 300,000 msg/s", "min_rate", 300_000),
+            note="The core-speed issue's absolute target (300,000 msg/s; the first core issue asked 250,000). "
+                 "'memory.save vs deque loop' measures the same beside a pinned floor.",
             headline=True,
         ),
         Case(
@@ -312,7 +334,8 @@ def build_cases(settings: Settings) -> list[Case]:
         ),
         ]
     drain = [case for case in cases if case.op == "drain"]
-    return [*(case for case in cases if case.op != "drain"), *_operation_cases(settings), *_process_cases(settings),
+    return [*(case for case in cases if case.op != "drain"), *core_cases(settings), *_operation_cases(settings),
+            *_process_cases(settings),
             *_group_commit_cases(settings), *_stats_cases(settings), *_backlog_cases(settings), *drain]
 
 
@@ -391,30 +414,30 @@ def _operation_cases(settings: Settings) -> list[Case]:
             cases += _power_comparisons(settings)
         for key, (full, quick) in counts["server" if store.server else prefix].items():
             op, label, workload, what = _OPERATIONS[key]
-            cases.append(Case(
+            case = Case(
                 name=f"{prefix}.{key}", op=op, backend=store.backend,
                 subject_label=f"pbuffer {store.label} {label}", subject=partial(workload, store=store),
                 count=count(full, quick), note=_server_note(store) + what + " No target; for context.",
                 skip_if=store.unavailable if store.server else None, probe=_store_probe(store),
                 headline=(prefix, key) in headline,
-            ))
+            )
+            cases.append(server_core_case(case, store, key) if store.server else case)
     return cases
 
 
 def _power_comparisons(settings: Settings) -> list[Case]:
-    """save() and save_many() at durability "power" (synchronous=FULL, an fsync per commit), beside the plain
-    sqlite3 floor at FULL too."""
+    """save_many() at durability "power" (synchronous=FULL, an fsync per commit), beside the plain sqlite3 floor at
+    FULL too (save() at "power" is 'sqlite[power].save vs sqlite3 rev-0002 row [FULL]', in core_cases.py)."""
     count = settings.count
     cases: list[Case] = []
     for key, workload, baseline, label, (full, quick) in (
-            ("save", workloads.buffer_save, workloads.sqlite3_loop, "sqlite3 loop [FULL]", (3_000, 1_000)),
             ("save_many", workloads.buffer_save_many, workloads.sqlite3_executemany, "sqlite3 executemany [FULL]",
-             (20_000, 5_000))):
+             (20_000, 5_000)),):
         cases.append(Case(
             name=f"sqlite[power].{key} vs sqlite3[FULL]", op=key, backend="sqlite",
             subject_label=f"pbuffer sqlite {key}() [power]", subject=partial(workload, store=SQLITE_POWER),
             baseline_label=label, baseline=partial(baseline, synchronous="FULL"), count=count(full, quick),
-            note=f"As 'sqlite.{'save vs sqlite3' if key == 'save' else 'save_many'}' with durability='power' "
+            note=f"As 'sqlite.{key}' with durability='power' "
                  "(synchronous=FULL: an fsync per commit) on both sides, so this measures the disk's flush as much "
                  "as either. No target; for context.",
         ))
@@ -504,14 +527,14 @@ def _backlog_cases(settings: Settings) -> list[Case]:
     """save() and pop() on sqlite buffers already holding 1,000 to 1,000,000 messages: the cost as the buffer
     grows (drawn in backlog.png)."""
     count = settings.count
-    sizes = [(1_000, "1k"), (10_000, "10k"), (100_000, "100k"), (BIG_BACKLOG, "1M")]
+    # Quick mode caps the backlog at QUICK_BACKLOG, so two sizes may come out the same: measured once.
+    backlogs = sorted({count(size, min(size, QUICK_BACKLOG)) for size in (1_000, 10_000, 100_000, BIG_BACKLOG)})
     cases: list[Case] = []
     for op, workload, series in (("save", workloads.buffer_save_backlog, "sqlite save() behind a backlog"),
                                  ("pop", workloads.buffer_pop_backlog, "sqlite pop() from a backlog")):
-        for size, label in sizes:
-            backlog = count(size, min(size, QUICK_BACKLOG))
+        for backlog in backlogs:
             cases.append(Case(
-                name=f"sqlite.{op} with {label} waiting", op="backlog", backend="sqlite",
+                name=f"sqlite.{op} with {count_label(backlog)} waiting", op="backlog", backend="sqlite",
                 subject_label=f"{op}() with {backlog:,} waiting", subject=partial(workload, backlog=backlog),
                 count=count(5_000, 2_000), backlog=backlog, series=series,
                 note=f"{op}() one message at a time (a transaction each, durability='process') on a fresh copy of a "
@@ -529,21 +552,23 @@ def _stats_cases(settings: Settings) -> list[Case]:
     """Buffer.stats() on buffers of growing size: milliseconds per call. Skipped where stats() does not exist."""
     count = settings.count
     calls = 3 if settings.quick else 5
-    # (store, label, full size, quick size); the sqlite sizes reuse the backlog files of 'sqlite.pop backlog'.
-    sizes: list[tuple[Store, str, int, int]] = [
-        (SQLITE, "1k", 1_000, 1_000), (SQLITE, "100k", 100_000, 20_000), (SQLITE, "1M", BIG_BACKLOG, QUICK_BACKLOG),
-        (MEMORY, "1M", 1_000_000, 100_000),
-        *((server, "100k", 100_000, 10_000) for server in _server_stores(settings)),
+    # (store, full size, quick size); the sqlite sizes reuse the backlog files of 'sqlite.pop backlog'. A case is
+    # named by the count it really measures (quick mode's 'sqlite.stats 50k' is the full run's 1M case).
+    sizes: list[tuple[Store, int, int]] = [
+        (SQLITE, 1_000, 1_000), (SQLITE, 100_000, 20_000), (SQLITE, BIG_BACKLOG, QUICK_BACKLOG),
+        (MEMORY, 1_000_000, 100_000),
+        *((server, 100_000, 10_000) for server in _server_stores(settings)),
     ]
     cases: list[Case] = []
-    for store, label, full, quick in sizes:
+    for store, full, quick in sizes:
         n = count(full, quick)
+        biggest = store == SQLITE and full == BIG_BACKLOG
         where = ("a fresh copy (each repetition) of a sqlite file (durability='process') written once per run "
                  "with save_many" if store == SQLITE else
                  "one store filled once per case with save_many and shared by its repetitions (stats() only reads)")
         skip = partial(_skip, workloads.stats_missing, store.unavailable)
         cases.append(Case(
-            name=f"{_prefix(store)}.stats {label}", op="stats", backend=store.backend,
+            name=f"{_prefix(store)}.stats {count_label(n)}", op="stats", backend=store.backend,
             subject_label=f"stats() with {n:,} pending", subject=partial(workloads.buffer_stats, store=store,
                                                                           calls=calls),
             count=n, unit="ms", warmup=False,
@@ -552,10 +577,12 @@ def _stats_cases(settings: Settings) -> list[Case]:
                  f"calls stats() once untimed (checked: pending == {n:,} and every field is there), then times "
                  f"{calls} calls and reports the mean. No warm-up run (the untimed call is the warm-up). Lower is "
                  "better." + (" The concurrency issue's target: under 10 ms on 1,000,000 messages, judged on the "
-                              "worst repetition." if store == SQLITE and label == "1M" else " No target; for context.")
-                 + (" Quick mode: fewer messages than full mode's." if settings.quick and full != quick else ""),
-            target=(Target("stats() < 10 ms on a 1,000,000-message sqlite buffer", "below", 10.0)
-                    if store == SQLITE and label == "1M" else None),
-            skip_if=skip, probe=_store_probe(store), headline=store == SQLITE and label == "1M",
+                              "worst repetition." if biggest else " No target; for context.")
+                 + (f" Quick mode: {n:,} messages, not full mode's {full:,}." if settings.quick and full != quick
+                    else ""),
+            target=(Target(f"stats() < 10 ms on a {n:,}-message sqlite buffer"
+                           + ("" if n == BIG_BACKLOG else f" (the issue's: {BIG_BACKLOG:,})"), "below", 10.0)
+                    if biggest else None),
+            skip_if=skip, probe=_store_probe(store), headline=biggest,
         ))
     return cases

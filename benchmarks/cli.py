@@ -9,14 +9,19 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pbuffer
+from pbuffer.registry import display_url
+
+from . import given
 from .cases import BACKENDS, OPS, build_cases
 from .harness import Case, Context, Settings, run_case
 from .isolation import prepare, run_isolated
 from .machine import machine_info
+from .payload import parse_size
 from .report import markdown, write_json
-from .workloads import PAYLOAD
+from .selection import SelectionError, select
 
 __all__ = ["main", "run"]
 
@@ -32,6 +37,13 @@ def _names(known: tuple[str, ...]) -> Any:
         return chosen
 
     return parse
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _scale(text: str) -> float:
@@ -51,9 +63,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true",
                         help="with --quick: every case, not only the headline ones (full mode runs every case)")
     parser.add_argument("--json", metavar="FILE", help="also write the full document, raw timings included")
-    parser.add_argument("--ops", type=_names(OPS), default=list(OPS), help=f"comma-separated: {','.join(OPS)}")
-    parser.add_argument("--backend", type=_names(BACKENDS), default=list(BACKENDS),
+    parser.add_argument("--ops", type=_names(OPS), default=None, help=f"comma-separated: {','.join(OPS)}")
+    parser.add_argument("--backend", type=_names(BACKENDS), default=None,
                         help=f"comma-separated: {','.join(BACKENDS)}")
+    parser.add_argument("--case", metavar="NAME", action="append", default=None,
+                        help="run this case (its exact name, as the table shows it in this mode; repeatable); "
+                             "--ops, --backend and --all then do not apply")
+    parser.add_argument("--list", action="store_true",
+                        help="print the names of the cases the other options select (op, backend) and exit")
+    parser.add_argument("--url", metavar="URL",
+                        help="run the core cases (save, save_many, pop, get, get_all, delete, claim, stats) on the "
+                             "buffer at URL, any backend pbuffer.open() knows; it must be empty and is left empty; "
+                             "no database is created")
+    parser.add_argument("--payload", metavar="SIZE", type=_size, default=None,
+                        help="bytes per message in every case, e.g. 100, 1KiB, 64KiB (default 100; the payload-size "
+                             "cases are then left out)")
+    parser.add_argument("--profile", metavar="CASE",
+                        help="profile the subject of CASE (cProfile, in this process, quick-mode count): the top "
+                             "entries by cumulative and by own time; measures nothing else")
     parser.add_argument("--scale", type=_scale, default=1.0,
                         help="multiply every message count (at least 1 per case); e.g. 0.001 for a smoke test")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default 7, quick 5)")
@@ -73,21 +100,63 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str) -> NoReturn:
+    """A usage error: the message on stderr, exit status 2 (as argparse's own errors)."""
+    print(f"python -m benchmarks: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _masked(argv: list[str]) -> list[str]:
+    """The command line as recorded in the document: any password in a URL (--url, --postgresql...) masked."""
+    return [display_url(arg) if "://" in arg else arg for arg in argv]
+
+
+def _check_url(url: str) -> None:
+    """Refuse a --url whose buffer cannot be opened or is not empty, before anything runs."""
+    try:
+        given.check_empty(url)
+    except (given.NotEmptyError, pbuffer.PBufferError) as exc:
+        _fail(f"--url {display_url(url)}: {exc}")
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmarks ``argv`` selects, print the table, and return the JSON document."""
     args = _parser().parse_args(argv)
     if args.reps is not None and args.reps < 1:
-        raise SystemExit("--reps must be at least 1")
+        _fail("--reps must be at least 1")
     if args.from_json:
         if not args.plot:
-            raise SystemExit("--from-json needs --plot DIR")
+            _fail("--from-json needs --plot DIR")
         saved: dict[str, Any] = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
         _plot(saved, args.plot)
         return saved
-    settings = Settings(quick=args.quick, scale=args.scale, reps=args.reps, warmup=not args.no_warmup,
-                        postgresql=args.postgresql, mariadb=args.mariadb)
-    cases = [case for case in build_cases(settings)
-             if case.op in args.ops and case.backend in args.backend and (case.headline or not args.quick or args.all)]
+    if args.url is not None and args.backend is not None:
+        _fail("--url runs the core cases on that buffer only; --backend does not apply (use --ops to choose)")
+    settings = Settings(quick=args.quick or args.profile is not None, scale=args.scale, reps=args.reps,
+                        warmup=not args.no_warmup, postgresql=args.postgresql, mariadb=args.mariadb,
+                        payload=args.payload, url=args.url)
+    if args.profile is not None:
+        from .profiling import profile
+
+        try:
+            [case] = select(build_cases(settings), settings, cases=[args.profile])
+        except SelectionError as exc:
+            _fail(str(exc))
+        if args.url is not None:
+            _check_url(args.url)
+        profile(case, settings)
+        return {"profiled": case.name}
+    try:
+        cases = select(build_cases(settings), settings, ops=args.ops, backends=args.backend, cases=args.case,
+                       every=args.all)
+    except SelectionError as exc:
+        _fail(str(exc))
+    if args.list:
+        for case in cases:
+            print(f"{case.name}\t{case.op}\t{case.backend}" + ("\theadline" if case.headline else ""))
+        return {"listed": [case.name for case in cases]}
+    if args.url is not None:
+        _check_url(args.url)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -95,9 +164,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     document: dict[str, Any] = {
         "schema": SCHEMA_VERSION, "mode": settings.mode, "scale": settings.scale, "reps": settings.repetitions,
-        "cases_run": "headline" if args.quick and not args.all else "all", "warmup": settings.warmup,
-        "isolated": not args.in_process,
-        "payload_bytes": len(PAYLOAD), "argv": list(sys.argv[1:] if argv is None else argv),
+        "cases_run": "selected" if args.case else "headline" if args.quick and not args.all else "all",
+        "warmup": settings.warmup, "isolated": not args.in_process,
+        "payload_bytes": settings.payload_bytes, "argv": _masked(sys.argv[1:] if argv is None else argv),
+        "url": None if args.url is None else display_url(args.url),
+        # What the run was filtered to (None: not filtered that way); the plots' titles say it.
+        "selection": {"ops": args.ops, "backends": args.backend, "cases": args.case,
+                      "url": None if args.url is None else display_url(args.url)},
         "machine": machine_info(),
     }
     log(f"{len(cases)} cases, {settings.mode} mode"
@@ -141,6 +214,7 @@ def _plot(document: dict[str, Any], directory: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Exit status 1 only when a case failed to run; a missed target is a result, not an error."""
+    """Exit status 1 only when a case failed to run (2: a usage error, nothing run); a missed target is a result,
+    not an error."""
     document = run(argv)
-    sys.exit(1 if any(record["status"].startswith("error") for record in document["cases"]) else 0)
+    sys.exit(1 if any(record["status"].startswith("error") for record in document.get("cases", [])) else 0)

@@ -24,7 +24,8 @@ from typing import Any
 import pbuffer
 
 from .harness import Context, timed_async
-from .workloads import PAYLOAD, SUBJECT, copy_backlog, fill, open_buffer
+from .payload import current
+from .workloads import SUBJECT, copy_backlog, fill, open_buffer
 
 __all__ = [
     "BATCH_SIZE",
@@ -160,7 +161,7 @@ def relay_drain_behind_a_stuck_subject(context: Context, directory: Path, n: int
     buffer = open_buffer(directory, "sqlite", "process")
     try:
         if stuck:
-            buffer.save_many([PAYLOAD] * stuck, subject=STUCK_SUBJECT)
+            buffer.save_many([current()] * stuck, subject=STUCK_SUBJECT)
         fill(buffer, n)
         return asyncio.run(_relay_drain_healthy(url, buffer, n, stuck, batch_size))
     finally:
@@ -215,11 +216,11 @@ async def _seed_publish_loop(url: str, n: int) -> float:
     try:
         js = nc.jetstream()
         await _fresh_stream(js)
-        publish = js.publish
+        publish, payload = js.publish, current()
 
         async def run() -> None:
             for _ in range(n):
-                await publish(SUBJECT, PAYLOAD)
+                await publish(SUBJECT, payload)
 
         seconds = await timed_async(run)
         _expect(await _stored(js) == n, f"the stream holds {n} messages")
@@ -241,11 +242,11 @@ async def _ceiling_publish_async(url: str, n: int) -> float:
     try:
         js = nc.jetstream(publish_async_max_pending=CEILING_MAX_PENDING)
         await _fresh_stream(js)
-        publish_async = js.publish_async
+        publish_async, payload = js.publish_async, current()
         acks: list[Any] = []
 
         async def run() -> None:
-            futures = [await publish_async(SUBJECT, PAYLOAD) for _ in range(n)]
+            futures = [await publish_async(SUBJECT, payload) for _ in range(n)]
             acks.extend(await asyncio.gather(*futures))
 
         seconds = await timed_async(run)

@@ -14,12 +14,16 @@ import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+from . import payload
+from .payload import DEFAULT_BYTES
 
 __all__ = [
     "Case",
@@ -27,7 +31,9 @@ __all__ = [
     "Settings",
     "Target",
     "Workload",
+    "count_label",
     "new_record",
+    "profile_timed_sections",
     "run_case",
     "skip_reason",
     "summarize",
@@ -61,6 +67,14 @@ class Settings:
         "PBUFFER_BENCH_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     mariadb: str = field(default_factory=lambda: _env(
         "PBUFFER_BENCH_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"))
+    #: ``--payload``: bytes per message in every case (None: 100, and the payload-size cases run too).
+    payload: int | None = None
+    #: ``--url``: the buffer the core cases run on instead of the built-in stores (see :mod:`.url_cases`).
+    url: str | None = None
+
+    @property
+    def payload_bytes(self) -> int:
+        return DEFAULT_BYTES if self.payload is None else self.payload
 
     @property
     def repetitions(self) -> int:
@@ -189,21 +203,82 @@ class Context:
         self._stack = ExitStack()
 
 
+class _Profiler(Protocol):
+    def enable(self) -> None: ...
+
+    def disable(self) -> None: ...
+
+
+#: Set by ``--profile`` (:mod:`.profiling`): enabled around every timed section in this process, so a profile
+#: shows the measured operation and not the setup around it.
+_profiler: list[_Profiler] = []
+
+
+def profile_timed_sections(profiler: _Profiler | None) -> None:
+    """Enable ``profiler`` around each timed section from now on (``None``: stop)."""
+    _profiler.clear()
+    if profiler is not None:
+        _profiler.append(profiler)
+
+
+def timed_threads(work: Callable[[], object], n: int, threads: int) -> float:
+    """Seconds ``threads`` threads take to call ``work()`` ``n`` times in all (split as evenly as can be), timed
+    from the moment they are all released together to the moment the last one ends."""
+    counts = [n // threads + (1 if thread < n % threads else 0) for thread in range(threads)]
+    start = threading.Barrier(threads + 1)
+
+    def producer(count: int) -> None:
+        start.wait()
+        for _ in range(count):
+            work()
+
+    workers = [threading.Thread(target=producer, args=(count,)) for count in counts]
+    for worker in workers:
+        worker.start()
+
+    def run() -> None:
+        start.wait()
+        for worker in workers:
+            worker.join()
+
+    return timed(run)
+
+
 def timed(operation: Callable[[], object]) -> float:
     """Seconds ``operation()`` takes. Garbage left by setup is collected first so it is not billed here; the
     collector stays on during the measurement, as it is in an application."""
     gc.collect()
+    for profiler in _profiler:
+        profiler.enable()
     start = time.perf_counter()
-    operation()
-    return time.perf_counter() - start
+    try:
+        operation()
+        return time.perf_counter() - start
+    finally:
+        for profiler in _profiler:
+            profiler.disable()
 
 
 async def timed_async(operation: Callable[[], Awaitable[object]]) -> float:
     """:func:`timed` for a coroutine: seconds until ``await operation()`` returns, on the running event loop."""
     gc.collect()
+    for profiler in _profiler:
+        profiler.enable()
     start = time.perf_counter()
-    await operation()
-    return time.perf_counter() - start
+    try:
+        await operation()
+        return time.perf_counter() - start
+    finally:
+        for profiler in _profiler:
+            profiler.disable()
+
+
+def count_label(n: int) -> str:
+    """A message count as case names spell it, from the count actually used: 1k, 50k, 2.5k, 1M, 20."""
+    for size, unit in ((1_000_000, "M"), (1_000, "k")):
+        if n >= size and n % (size // 10) == 0:
+            return f"{n / size:g}{unit}"
+    return f"{n:,}"
 
 
 def summarize(rates: list[float]) -> dict[str, float]:
@@ -242,6 +317,7 @@ def run_case(case: Case, settings: Settings, context: Context,
     """Measure one case in this process and return its JSON record (never raises for a failing or skipped
     case). :func:`.isolation.run_isolated` runs it in a process of its own and adds its peak RSS."""
     record = new_record(case, settings)
+    payload.use(settings.payload_bytes)
     try:
         reason = skip_reason(case)
         if reason is not None:

@@ -10,8 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .harness import Context, timed
-from .workloads import PAYLOAD
+from .harness import Context, timed, timed_threads
+from .payload import current
 
 __all__ = [
     "litequeue_pop",
@@ -20,10 +20,9 @@ __all__ = [
     "persistqueue_pop",
     "persistqueue_pragmas",
     "persistqueue_put",
+    "persistqueue_thread_put",
 ]
 
-# litequeue stores text: the same 100 bytes, as a str.
-_TEXT = PAYLOAD.decode()
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
@@ -72,11 +71,11 @@ def persistqueue_pragmas(directory: Path, *, synchronous: str | None = None) -> 
 def persistqueue_put(context: Context, directory: Path, n: int, *, synchronous: str | None = None) -> float:
     queue = _persistqueue(directory, synchronous)
     try:
-        put = queue.put
+        put, payload = queue.put, current()
 
         def run() -> None:
             for _ in range(n):
-                put(PAYLOAD)
+                put(payload)
 
         seconds = timed(run)
         _expect(queue.qsize() == n, f"{n} items put")
@@ -85,12 +84,27 @@ def persistqueue_put(context: Context, directory: Path, n: int, *, synchronous: 
         queue.close()
 
 
-def persistqueue_pop(context: Context, directory: Path, n: int, *, synchronous: str | None = None) -> float:
-    """get() then ack(): SQLiteAckQueue's way to take an item for good (two transactions)."""
+def persistqueue_thread_put(context: Context, directory: Path, n: int, *, threads: int = 8,
+                            synchronous: str | None = None) -> float:
+    """``threads`` threads calling put() on one SQLiteAckQueue (``multithreading=True``), ``n`` items in all."""
     queue = _persistqueue(directory, synchronous)
     try:
-        for _ in range(n):
-            queue.put(PAYLOAD)
+        put, payload = queue.put, current()
+        seconds = timed_threads(lambda: put(payload), n, threads)
+        _expect(queue.qsize() == n, f"{n} items put from {threads} threads")
+        return seconds
+    finally:
+        queue.close()
+
+
+def persistqueue_pop(context: Context, directory: Path, n: int, *, synchronous: str | None = None,
+                     waiting: int | None = None) -> float:
+    """get() then ack(): SQLiteAckQueue's way to take an item for good (two transactions); ``n`` items from a
+    queue holding ``waiting`` (default: exactly ``n``)."""
+    queue = _persistqueue(directory, synchronous)
+    try:
+        for _ in range(n if waiting is None else max(n, waiting)):
+            queue.put(current())
         get, ack = queue.get, queue.ack
 
         def run() -> None:
@@ -124,11 +138,12 @@ def litequeue_pragmas(directory: Path) -> str:
 def litequeue_put(context: Context, directory: Path, n: int) -> float:
     queue = _litequeue(directory)
     try:
-        put = queue.put
+        # litequeue stores text: the same bytes, as a str.
+        put, text = queue.put, current().decode()
 
         def run() -> None:
             for _ in range(n):
-                put(_TEXT)
+                put(text)
 
         seconds = timed(run)
         _expect(queue.qsize() == n, f"{n} items put")
@@ -143,7 +158,7 @@ def litequeue_pop(context: Context, directory: Path, n: int) -> float:
     try:
         with queue.transaction():
             for _ in range(n):
-                queue.put(_TEXT)
+                queue.put(current().decode())
         pop, done = queue.pop, queue.done
 
         def run() -> None:

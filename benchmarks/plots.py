@@ -7,15 +7,20 @@ Agg backend. Without it :func:`plot` prints why and writes nothing. Only cases t
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from .report import filtered
 
 __all__ = ["plot"]
 
 RATE = "msg/s"
 #: Above this max/min spread of the plotted rates, the throughput axis is logarithmic.
 LOG_SPREAD = 20.0
+#: Characters of a title's second line (what the run was filtered to) before it is shortened with "[...]".
+TITLE_WIDTH = 110
 
 
 def _measured(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -32,7 +37,10 @@ def _size(payload_bytes: int) -> str:
 def _title(document: dict[str, Any], what: str) -> str:
     machine = document.get("machine", {})
     commit = (machine.get("git_commit") or "")[:10] or "unknown commit"
-    return f"pbuffer {what}: {document.get('mode', '?')} mode, scale {document.get('scale', 1):g}, {commit}"
+    title = f"pbuffer {what}: {document.get('mode', '?')} mode, scale {document.get('scale', 1):g}, {commit}"
+    selection = filtered(document)
+    # A filtered run's plot shows part of the cases: say which, so it is not read as the whole picture.
+    return f"{title}\n{textwrap.shorten('filtered to ' + selection, TITLE_WIDTH)}" if selection else title
 
 
 def plot(document: dict[str, Any], directory: Path) -> list[Path]:
@@ -64,21 +72,25 @@ def _throughput(plt: Any, document: dict[str, Any]) -> Any:
     cases = _measured(document)
     if not cases:
         return None
-    figure, axes = plt.subplots(figsize=(11, 0.55 * len(cases) + 1.8))
-    height = 0.4
+    # One row per bar: the case's name beside pbuffer's bar, "vs <that baseline>" beside its baseline's.
+    rows: list[tuple[str, dict[str, Any], str]] = []
+    for case in cases:
+        rows.append((case["name"], case["subject"], "tab:blue"))
+        if case["baseline"] is not None:
+            rows.append((f"vs {case['baseline']['label']}", case["baseline"], "tab:gray"))
+    figure, axes = plt.subplots(figsize=(11, 0.3 * len(rows) + 1.8))
     values: list[float] = []
-    for row, case in enumerate(cases):
-        for offset, side, colour, label in ((-height / 2, case["subject"], "tab:blue", "pbuffer (subject)"),
-                                            (height / 2, case["baseline"], "tab:gray", "baseline")):
-            if side is None:
-                continue
-            median = float(side["median"])
-            values.append(median)
-            error = [[median - float(side["min"])], [float(side["max"]) - median]]
-            axes.barh(row + offset, median, height, xerr=error, color=colour, capsize=2,
-                      label=label if label not in axes.get_legend_handles_labels()[1] else None)
-    axes.set_yticks(range(len(cases)))
-    axes.set_yticklabels([case["name"] for case in cases], fontsize=8)
+    for row, (_, side, colour) in enumerate(rows):
+        median = float(side["median"])
+        values.append(median)
+        error = [[median - float(side["min"])], [float(side["max"]) - median]]
+        label = "pbuffer (subject)" if colour == "tab:blue" else "baseline (named on the left)"
+        axes.barh(row, median, 0.8, xerr=error, color=colour, capsize=2,
+                  label=label if label not in axes.get_legend_handles_labels()[1] else None)
+    axes.set_yticks(range(len(rows)))
+    axes.set_yticklabels([name for name, _, _ in rows], fontsize=7)
+    for tick, (_, _, colour) in zip(axes.get_yticklabels(), rows, strict=True):
+        tick.set_color("dimgray" if colour == "tab:gray" else "black")
     axes.invert_yaxis()
     if values and max(values) / max(min(values), 1e-9) > LOG_SPREAD:
         axes.set_xscale("log")

@@ -28,7 +28,8 @@ from typing import Any
 import pbuffer
 
 from .harness import Context
-from .workloads import PAYLOAD, SQLITE, SUBJECT, Store
+from .payload import current
+from .workloads import SQLITE, SUBJECT, Store
 
 __all__ = ["ProducerPool", "save_processes"]
 
@@ -37,13 +38,15 @@ ANSWER_TIMEOUT = 600.0
 
 
 def _producer(connection: Connection) -> None:
-    """A producer's loop: a job (url, options, count) -> open, ``ready``, wait for ``go``, save, answer the count,
-    close, ``closed``. ``None`` (instead of a job or of ``go``) ends it; so does an error, after reporting it."""
+    """A producer's loop: a job (url, options, count, payload size) -> open, ``ready``, wait for ``go``, save,
+    answer the count, close, ``closed``. ``None`` (instead of a job or of ``go``) ends it; so does an error, after
+    reporting it."""
     while True:
         job = connection.recv()
         if job is None:
             return
-        url, options, count = job
+        url, options, count, size = job
+        payload = b"x" * size
         try:
             buffer = pbuffer.open(url, **options)
             try:
@@ -53,7 +56,7 @@ def _producer(connection: Connection) -> None:
                 if connection.recv() is None:
                     return
                 for _ in range(count):
-                    save(PAYLOAD, subject=SUBJECT)
+                    save(payload, subject=SUBJECT)
                 connection.send(count)
             finally:
                 buffer.close()
@@ -117,7 +120,7 @@ class ProducerPool:
         Any failure raises; the pool is then out of step and the case ends (its resources are released)."""
         shares = [n // self.size + (1 if index < n % self.size else 0) for index in range(self.size)]
         for connection, share in zip(self._connections, shares, strict=True):
-            connection.send((url, options, share))
+            connection.send((url, options, share, len(current())))
         for connection in self._connections:
             self._answer(connection, "ready")
         start = time.perf_counter()

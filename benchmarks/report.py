@@ -6,11 +6,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown", "write_json"]
+__all__ = ["filtered", "markdown", "write_json"]
 
 
 def write_json(document: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def filtered(document: dict[str, Any], *, url: bool = True) -> str:
+    """What a run was filtered to, as its options read (``""`` for an unfiltered run): for headers and titles.
+    ``url``: include ``--url`` (the table names it on a line of its own)."""
+    selection = document.get("selection") or {}
+    parts = []
+    chosen = selection.get("cases") or []
+    if len(chosen) > 3:  # a title has room for a few names, not a list
+        parts.append(f"--case x{len(chosen)} ({', '.join(repr(name) for name in chosen[:2])}, ...)")
+    elif chosen:
+        parts.append("--case " + ", ".join(repr(name) for name in chosen))
+    for key, option in (("ops", "--ops"), ("backends", "--backend")):
+        if selection.get(key):
+            parts.append(f"{option} {','.join(selection[key])}")
+    if url and selection.get("url"):
+        parts.append(f"--url {selection['url']}")
+    return " ".join(parts)
 
 
 def markdown(document: dict[str, Any]) -> str:
@@ -26,8 +44,12 @@ def markdown(document: dict[str, Any]) -> str:
         f"{nats}",
         f"- {machine['cpu_model']}, {machine['cpu_count']} cores ({machine['cpu_usable']} usable), "
         f"{machine['platform']}; temp dir {machine['tmpdir']} ({machine['tmpdir_filesystem'] or 'unknown fs'})",
+        *([f"- buffer under test (--url): {document['url']}, used as given; every case is named url.*"]
+          if document.get("url") else []),
+        *([f"- selected: {selection}"] if (selection := filtered(document, url=False)) else []),
         f"- {document['payload_bytes']}-byte payloads unless a case's name gives another size (1KiB, 64KiB); "
-        f"{document['reps']} timed repetitions per case after a warm-up, "
+        f"{document['reps']} timed repetitions per case"
+        f"{' after a warm-up' if document.get('warmup', True) else ' (no warm-up)'}, "
         "each in a fresh temp directory; baseline and subject alternate within each repetition; ratio = median "
         f"of the per-repetition subject/baseline ratios; total {document['duration_s']:.0f} s",
         "- msg/s unless a cell names another unit; a case may set its own repetitions (its note says so)",

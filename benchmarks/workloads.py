@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,18 +17,21 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import pbuffer
+from pbuffer.ids import new_id
+from pbuffer.registry import display_url
 
-from . import servers
-from .harness import Context, timed, timed_async
+from . import given, servers
+from .harness import Context, timed, timed_async, timed_threads
+from .payload import current
 
 __all__ = [
     "MEMORY",
-    "PAYLOAD",
     "SQLITE",
     "SQLITE_POWER",
     "SUBJECT",
     "Store",
     "aio_save",
+    "buffer_claim_delete",
     "buffer_delete",
     "buffer_delete_many",
     "buffer_get",
@@ -47,7 +49,6 @@ __all__ = [
     "stats_missing",
 ]
 
-PAYLOAD = b"x" * 100
 SUBJECT = "bench.x"
 #: Messages per save_many call when a backlog is filled (untimed); bounds memory for a million messages.
 FILL_CHUNK = 10_000
@@ -67,6 +68,8 @@ class Store:
     backend: str = "sqlite"
     durability: str = "process"
     admin_url: str | None = None
+    #: ``--url`` (backend ``url``): a buffer used as given, checked empty before each use and emptied after.
+    given_url: str | None = None
 
     @property
     def server(self) -> bool:
@@ -74,6 +77,8 @@ class Store:
 
     @property
     def label(self) -> str:
+        if self.given_url is not None:
+            return display_url(self.given_url)
         return f"sqlite [{self.durability}]" if self.backend == "sqlite" else self.backend
 
     def options(self) -> dict[str, Any]:
@@ -92,8 +97,12 @@ class Store:
 
     @contextmanager
     def url(self, directory: Path) -> Iterator[str]:
-        """The URL of an empty store, removed afterwards (a server's database is dropped)."""
-        if self.backend == "memory":
+        """The URL of an empty store, removed afterwards (a server's database is dropped; a given URL's buffer
+        is emptied)."""
+        if self.given_url is not None:
+            with given.used(self.given_url) as url:
+                yield url
+        elif self.backend == "memory":
             yield "memory://"  # private: goes with its buffer (a named store would stay for the process's life)
         elif self.backend == "sqlite":
             yield f"sqlite:///{directory / 'buffer.db'}"
@@ -124,8 +133,9 @@ def _open(directory: Path, backend: str, durability: str) -> pbuffer.Buffer:
     return pbuffer.open(f"sqlite:///{directory / 'buffer.db'}", durability=durability)
 
 
-def _fill(buffer: pbuffer.Buffer, count: int, payload: bytes = PAYLOAD) -> None:
+def _fill(buffer: pbuffer.Buffer, count: int, payload: bytes | None = None) -> None:
     """Save ``count`` messages (untimed) in chunks."""
+    payload = current() if payload is None else payload
     # Chunks hold at most FILL_BYTES of payload too, so a 64 KiB fill does not hold 600 MB at once.
     chunk = max(1, min(FILL_CHUNK, FILL_BYTES // max(1, len(payload))))
     for start in range(0, count, chunk):
@@ -136,7 +146,7 @@ def _fill_ids(buffer: pbuffer.Buffer, count: int) -> list[str]:
     """:func:`_fill`, returning the ids, oldest first (for the cases that need them: not a million)."""
     ids: list[str] = []
     for start in range(0, count, FILL_CHUNK):
-        ids += [message.id for message in buffer.save_many([PAYLOAD] * min(FILL_CHUNK, count - start),
+        ids += [message.id for message in buffer.save_many([current()] * min(FILL_CHUNK, count - start),
                                                            subject=SUBJECT)]
     return ids
 
@@ -153,7 +163,8 @@ def _expect(condition: bool, what: str) -> None:
 
 
 def buffer_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
-                payload: bytes = PAYLOAD) -> float:
+                payload: bytes | None = None) -> float:
+    payload = current() if payload is None else payload
     with store.open(directory) as buffer:
         save = buffer.save
 
@@ -171,24 +182,8 @@ def thread_save(context: Context, directory: Path, n: int, *, store: Store = SQL
     """``threads`` threads calling the synchronous save() on one buffer, ``n`` messages in all: saves that arrive
     while a commit runs share the next transaction (the Buffer's own group commit)."""
     with store.open(directory) as buffer:
-        counts = [n // threads + (1 if thread < n % threads else 0) for thread in range(threads)]
-        start = threading.Barrier(threads + 1)
-
-        def producer(count: int) -> None:
-            start.wait()
-            for _ in range(count):
-                buffer.save(PAYLOAD, subject=SUBJECT)
-
-        workers = [threading.Thread(target=producer, args=(count,)) for count in counts]
-        for worker in workers:
-            worker.start()
-
-        def run() -> None:
-            start.wait()
-            for worker in workers:
-                worker.join()
-
-        seconds = timed(run)
+        payload = current()
+        seconds = timed_threads(lambda: buffer.save(payload, subject=SUBJECT), n, threads)
         _expect(len(buffer) == n, f"{n} messages saved")
         return seconds
 
@@ -197,7 +192,7 @@ def buffer_save_many(context: Context, directory: Path, n: int, *, store: Store 
                      batch: int = 1_000) -> float:
     with store.open(directory) as buffer:
         save_many = buffer.save_many
-        batches = [[PAYLOAD] * min(batch, n - start) for start in range(0, n, batch)]
+        batches = [[current()] * min(batch, n - start) for start in range(0, n, batch)]
 
         def run() -> None:
             for items in batches:
@@ -209,9 +204,11 @@ def buffer_save_many(context: Context, directory: Path, n: int, *, store: Store 
 
 
 def buffer_pop(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
-               payload: bytes = PAYLOAD) -> float:
+               payload: bytes | None = None, waiting: int | None = None) -> float:
+    """pop() ``n`` messages, one at a time, from a buffer holding ``waiting`` (default: exactly ``n``)."""
+    held = n if waiting is None else max(n, waiting)
     with store.open(directory) as buffer:
-        _fill(buffer, n, payload)
+        _fill(buffer, held, payload)
         pop = buffer.pop
 
         def run() -> None:
@@ -219,7 +216,7 @@ def buffer_pop(context: Context, directory: Path, n: int, *, store: Store = SQLI
                 pop()
 
         seconds = timed(run)
-        _expect(len(buffer) == 0, f"{n} messages popped")
+        _expect(len(buffer) == held - n, f"{n} messages popped")
         return seconds
 
 
@@ -294,6 +291,28 @@ def buffer_delete_many(context: Context, directory: Path, n: int, *, store: Stor
         return seconds
 
 
+def buffer_claim_delete(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
+                        window: int = WINDOW) -> float:
+    """Microseconds per message to drain ``n`` messages the relay's way, without publishing: claim() a window of
+    ``window``, claim the next one behind it (the relay's read-ahead), delete_many() the first, and so on until a
+    claim comes back empty."""
+    with store.open(directory) as buffer:
+        _fill(buffer, n)
+        claim, delete_many, owner = buffer.claim, buffer.delete_many, new_id()
+        deleted: list[int] = []
+
+        def run() -> None:
+            messages = claim(window, owner=owner, lease=60.0)
+            while messages:
+                following = claim(window, owner=owner, lease=60.0, after=messages[-1].id)
+                deleted.append(delete_many([message.id for message in messages]))
+                messages = following
+
+        seconds = timed(run)
+        _expect(sum(deleted) == n and len(buffer) == 0, f"{n} messages claimed and deleted")
+        return seconds / n * 1e6
+
+
 def aio_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE_POWER, tasks: int = 64,
              group_commit: bool = True) -> float:
     """``tasks`` concurrent producers (asyncio tasks) on one :class:`pbuffer.AsyncBuffer`, each awaiting its saves
@@ -304,10 +323,11 @@ def aio_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE
         try:
             _expect(facade.group_commit == (group_commit and buffer.blocking), "group commit as asked")
             counts = [n // tasks + (1 if task < n % tasks else 0) for task in range(tasks)]
+            payload = current()
 
             async def producer(count: int) -> None:
                 for _ in range(count):
-                    await facade.save(PAYLOAD, subject=SUBJECT)
+                    await facade.save(payload, subject=SUBJECT)
 
             async def run() -> None:
                 await asyncio.gather(*(producer(count) for count in counts if count))
@@ -386,7 +406,8 @@ def copy_backlog(context: Context, directory: Path, backlog: int) -> Path:
         finally:
             buffer.close()
 
-    template = context.template(f"sqlite-backlog-{backlog}", build)
+    # The payload size is in the key: a template is shared on disk by every case's process of the run.
+    template = context.template(f"sqlite-backlog-{backlog}-{len(current())}", build)
     for file in template.iterdir():
         shutil.copyfile(file, directory / file.name)
     return directory / "buffer.db"
@@ -430,10 +451,11 @@ def buffer_save_backlog(context: Context, directory: Path, n: int, *, backlog: i
     buffer = _open(directory, "sqlite", "process")
     try:
         save = buffer.save
+        payload = current()
 
         def run() -> None:
             for _ in range(n):
-                save(PAYLOAD, subject=SUBJECT)
+                save(payload, subject=SUBJECT)
 
         seconds = timed(run)
         _expect(len(buffer) == backlog + n, f"{n} messages saved behind {backlog:,}")
@@ -454,9 +476,10 @@ def _count(connection: sqlite3.Connection) -> int:
     return int(connection.execute("SELECT count(*) FROM messages").fetchone()[0])
 
 
-def seed_buffer_save(context: Context, directory: Path, n: int, *, payload: bytes = PAYLOAD) -> float:
+def seed_buffer_save(context: Context, directory: Path, n: int, *, payload: bytes | None = None) -> float:
     """The original design's Buffer.save(): python's sqlite3 with sqlite's defaults (a rollback journal,
     synchronous=FULL) and a commit per message, into a table of the subject and the payload in save order."""
+    payload = current() if payload is None else payload
     connection = sqlite3.connect(directory / "seed.db")
     try:
         connection.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT NOT NULL, "
@@ -478,8 +501,9 @@ def seed_buffer_save(context: Context, directory: Path, n: int, *, payload: byte
 
 
 def sqlite3_loop(context: Context, directory: Path, n: int, *, synchronous: str = "NORMAL",
-                 payload: bytes = PAYLOAD) -> float:
+                 payload: bytes | None = None) -> float:
     """The floor under save(): python's sqlite3, one BEGIN IMMEDIATE transaction per message."""
+    payload = current() if payload is None else payload
     connection = _plain(directory, synchronous)
     try:
         execute = connection.execute
@@ -505,7 +529,7 @@ def sqlite3_executemany(context: Context, directory: Path, n: int, *, synchronou
     try:
         execute, executemany = connection.execute, connection.executemany
         insert = "INSERT INTO messages (payload) VALUES (?)"
-        batches = [[(PAYLOAD,)] * min(batch, n - start) for start in range(0, n, batch)]
+        batches = [[(current(),)] * min(batch, n - start) for start in range(0, n, batch)]
 
         def run() -> None:
             for rows in batches:

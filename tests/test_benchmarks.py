@@ -17,14 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
+from pbuffer.benchmarks import plots, servers
 from pbuffer.benchmarks.cases import build_cases
 from pbuffer.benchmarks.cli import run
-from pbuffer.benchmarks.harness import Case, Context, Settings, Target, run_case
+from pbuffer.benchmarks.harness import Case, Context, Settings, Target, count_label, run_case
 from pbuffer.benchmarks.isolation import run_isolated
+from pbuffer.benchmarks.payload import current, parse_size
 from pbuffer.benchmarks.plots import plot
+from pbuffer.benchmarks.selection import select
 
 import pbuffer
 import pbuffer.natsserver
+import pbuffer.registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--quick", "--scale", "0.001"]
@@ -32,19 +37,38 @@ TINY = ["--quick", "--scale", "0.001"]
 EVERY_CASE = [*TINY, "--all", "--reps", "1", "--no-warmup"]
 
 SERVERS = ("postgresql", "mariadb")
+DRIVERS = {"postgresql": "psycopg", "mariadb": "pymysql"}
 OPERATIONS = {
     "memory": ("get", "get_all", "delete", "delete_many"),
     "sqlite": ("get", "get_all", "delete", "delete_many"),
     "sqlite[power]": ("pop", "delete", "delete_many"),
-    **dict.fromkeys(SERVERS, ("save", "save_many", "pop", "get", "get_all", "delete", "delete_many")),
+    **dict.fromkeys(SERVERS, ("get", "get_all", "delete", "delete_many")),
 }
+#: The server operations of the core-speed issue: each beside the plain driver running the same statements.
+SERVER_CORE_CASES = {f"{server}.{op} vs {DRIVERS[server]} loop" for server in SERVERS
+                     for op in ("save", "save_many", "pop")}
 PROCESS_CASES = {f"{prefix}.save {n} processes vs 1" for prefix in ("sqlite", *SERVERS) for n in (4, 8)}
 GROUP_COMMIT_CASES = {*(f"{prefix}.aio.save 64 tasks vs save()" for prefix in ("sqlite[power]", "sqlite", *SERVERS)),
                       "sqlite[power].save 16 threads vs save()"}
-STATS_CASES = {"sqlite.stats 1k", "sqlite.stats 100k", "sqlite.stats 1M", "memory.stats 1M",
-               "postgresql.stats 100k", "mariadb.stats 100k"}
+# Names come from the counts measured; at --quick --scale 0.001: sqlite 1k -> 1, 20k -> 20, 50k -> 50, memory
+# 100k -> 100, servers 10k -> 10.
+STATS_CASES = {"sqlite.stats 1", "sqlite.stats 20", "sqlite.stats 50", "memory.stats 100",
+               "postgresql.stats 10", "mariadb.stats 10"}
 DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.e2e behind a stuck subject", "drain.memory"}
-BACKLOG_CASES = {f"sqlite.{op} with {size} waiting" for op in ("save", "pop") for size in ("1k", "10k", "100k", "1M")}
+# Quick mode caps the backlogs at 50,000 (here 50), so 100k and 1M are one case.
+BACKLOG_CASES = {f"sqlite.{op} with {size} waiting" for op in ("save", "pop") for size in ("1", "10", "50")}
+#: The core-speed issue's cases at --quick --scale 0.001 (core_cases.py).
+CORE_CASES = {
+    "sqlite.save vs sqlite3 rev-0002 row",
+    "sqlite[power].save vs sqlite3 rev-0002 row [FULL]",
+    "sqlite.save 8 threads vs 1 thread",
+    "sqlite.save 8 threads vs persist-queue 8 threads",
+    "sqlite.pop vs sqlite3 rev-0002 row DELETE RETURNING",
+    "memory.save vs deque loop",
+    "memory.get_all 100 vs 10 waiting, windows of 500",
+    "sqlite.claim+delete_many windows of 500",
+}
+POP_VS_PERSIST_QUEUE = "sqlite.pop 2 of 10 waiting vs persist-queue"
 EXPECTED_CASES = {
     "sqlite.save vs sqlite3",
     "sqlite[power].save vs seed buffer",
@@ -55,7 +79,7 @@ EXPECTED_CASES = {
     "sqlite.save 1KiB vs sqlite3",
     "sqlite.save 64KiB vs sqlite3",
     "sqlite.save_many",
-    "sqlite.pop vs persist-queue",
+    POP_VS_PERSIST_QUEUE,
     "sqlite.pop vs litequeue",
     "sqlite.pop 1KiB",
     "sqlite.pop 64KiB",
@@ -63,20 +87,22 @@ EXPECTED_CASES = {
     "memory.save",
     "memory.save_many",
     "memory.pop",
-    "sqlite[power].save vs sqlite3[FULL]",
     "sqlite[power].save_many vs sqlite3[FULL]",
     *(f"{prefix}.{op}" for prefix, ops in OPERATIONS.items() for op in ops),
+    *CORE_CASES,
+    *SERVER_CORE_CASES,
     *PROCESS_CASES,
     *GROUP_COMMIT_CASES,
     *STATS_CASES,
     *BACKLOG_CASES,
     *DRAIN_CASES,
 }
-#: Quick mode without --all: the figures the README's speed section reports.
+#: Quick mode without --all: the issues' targets and one figure of each kind.
 HEADLINE_CASES = {
-    "sqlite.save vs sqlite3", "sqlite.save vs persist-queue", "sqlite.save_many", "sqlite.pop vs persist-queue",
+    "sqlite.save vs sqlite3", "sqlite.save vs persist-queue", "sqlite.save_many", POP_VS_PERSIST_QUEUE,
     "sqlite.pop backlog", "memory.save", "sqlite.get", "sqlite.get_all", "sqlite.delete",
-    "sqlite.save 8 processes vs 1", "sqlite[power].aio.save 64 tasks vs save()", "sqlite.stats 1M", *DRAIN_CASES,
+    "sqlite.save 8 processes vs 1", "sqlite[power].aio.save 64 tasks vs save()", "sqlite.stats 50", *DRAIN_CASES,
+    *CORE_CASES,
 }
 PAYLOAD_CASES = {
     "sqlite.save 1KiB vs sqlite3": 1024,
@@ -90,12 +116,14 @@ EXPECTED_TARGETS = {
     "sqlite.save vs sqlite3",
     "sqlite.save vs persist-queue",
     "sqlite.save_many",
-    "sqlite.pop vs persist-queue",
+    POP_VS_PERSIST_QUEUE,
     "sqlite.pop backlog",
     "memory.save",
     "sqlite[power].aio.save 64 tasks vs save()",
-    "sqlite.stats 1M",
+    "sqlite.stats 50",
     *DRAIN_CASES,
+    *(CORE_CASES - {"memory.get_all 100 vs 10 waiting, windows of 500", "sqlite.claim+delete_many windows of 500"}),
+    *SERVER_CORE_CASES,
 }
 
 
@@ -176,10 +204,14 @@ def _check_document(document: dict[str, Any], names: set[str], *, reps: int = 1,
 
     targets = {target["case"]: target for target in document["targets"]}
     assert set(targets) == EXPECTED_TARGETS & names
-    for target in targets.values():
+    for name, target in targets.items():
         assert set(target) >= {"name", "measured", "threshold", "met"}
+        if cases[name]["status"] != "ok":
+            continue
         assert target["measured"] > 0
         assert isinstance(target["met"], bool)
+        if target["kind"] == "min_ratio":  # one way of saying it: the ratio column is what the target judges
+            assert target["measured"] == cases[name]["ratio"], name
 
 
 def _check_plots(directory: Path) -> None:
@@ -227,7 +259,7 @@ def test_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     document = run([*TINY, "--in-process", "--ops", "save_many,get,stats", "--backend", "memory", "--all",
                     "--reps", "2", "--json", str(out)])
-    names = {"memory.save_many", "memory.get", "memory.stats 1M"}
+    names = {"memory.save_many", "memory.get", "memory.stats 100"}
     _check_document(document, names, reps=2, isolated=False)
     _check_document(json.loads(out.read_text(encoding="utf-8")), names, reps=2, isolated=False)
     table = capsys.readouterr().out
@@ -240,8 +272,10 @@ def test_quick_mode_runs_the_headline_cases() -> None:
     assert {case.name for case in build_cases(settings) if case.headline} == HEADLINE_CASES
     document = run([*TINY, "--in-process", "--reps", "1", "--no-warmup", "--ops", "get,get_all,delete",
                     "--backend", "memory,sqlite"])
-    assert [case["name"] for case in document["cases"]] == ["sqlite.get", "sqlite.get_all", "sqlite.delete"]
+    assert [case["name"] for case in document["cases"]] == [
+        "memory.get_all 100 vs 10 waiting, windows of 500", "sqlite.get", "sqlite.get_all", "sqlite.delete"]
     assert document["cases_run"] == "headline"
+
 
 def test_plots_without_matplotlib_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -258,8 +292,9 @@ def test_from_json_needs_plot(tmp_path: Path) -> None:
 
 def test_filters_select_cases() -> None:
     document = run([*TINY, "--all", "--in-process", "--ops", "save,pop", "--backend", "memory"])
-    assert [case["name"] for case in document["cases"]] == ["memory.save", "memory.pop"]
-    assert [target["case"] for target in document["targets"]] == ["memory.save"]
+    assert [case["name"] for case in document["cases"]] == ["memory.save", "memory.pop", "memory.save vs deque loop"]
+    assert [target["case"] for target in document["targets"]] == ["memory.save", "memory.save vs deque loop"]
+    assert document["selection"] == {"ops": ["save", "pop"], "backends": ["memory"], "cases": None, "url": None}
     backends = {case.backend for case in build_cases(Settings(quick=True, scale=0.001))}
     assert backends == {"memory", "sqlite", "postgresql", "mariadb", "nats"}
 
@@ -268,8 +303,10 @@ def test_drain_op_selects_the_nats_cases() -> None:
     cases = build_cases(Settings(quick=True, scale=0.001))
     assert {case.name for case in cases if case.op == "drain"} == DRAIN_CASES
     assert {case.name for case in cases if case.backend == "nats"} == DRAIN_CASES
-    # Nothing runs: no other case is chosen by this filter.
-    assert run([*TINY, "--ops", "drain", "--backend", "memory"])["cases"] == []
+    # No case is chosen by this filter: an error that says how to select, not a run of nothing.
+    with pytest.raises(SystemExit) as exit_:
+        run([*TINY, "--ops", "drain", "--backend", "memory"])
+    assert exit_.value.code == 2
 
 
 def test_missing_nats_server_skips_the_drain_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -387,3 +424,233 @@ def test_an_isolated_case_reports_its_peak_rss(tmp_path: Path) -> None:
     memory = record["memory"]
     assert memory["peak_rss_mb"] - memory["start_rss_mb"] >= 45
     assert memory["children_peak_rss_mb"] is None
+
+
+# ------------------------------------------------------------------------------------- selecting what runs
+
+
+def test_an_empty_selection_is_an_error_that_says_how_to_select(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run(["--quick", "--ops", "processes", "--backend", "memory"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "no case to run" in err and "--backend memory: --ops get_all,save" in err and "--case NAME" in err
+    # A filter that matches non-headline cases only: --all is suggested.
+    with pytest.raises(SystemExit):
+        run(["--quick", "--ops", "delete", "--backend", "memory"])
+    assert "Add --all to run the 2 non-headline case(s)" in capsys.readouterr().err
+
+
+def test_quick_mode_on_a_server_says_how_to_select(capsys: pytest.CaptureFixture[str]) -> None:
+    # A new user's `--quick --backend postgresql` printed "0 cases", an empty table and exit status 0.
+    with pytest.raises(SystemExit) as exit_:
+        run(["--quick", "--backend", "postgresql"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "none of the headline cases of quick mode matches --backend postgresql" in err
+    assert "Add --all to run the 11 non-headline case(s) that match" in err and "--backend sqlite: --ops " in err
+    chosen = select(build_cases(Settings(quick=True)), Settings(quick=True), backends=["postgresql"], every=True)
+    targets = {case.name: case.target for case in chosen if case.target is not None}
+    assert set(targets) == {f"postgresql.{op} vs psycopg loop" for op in ("save", "save_many", "pop")}
+    assert all(target.kind == "min_ratio" and target.threshold == 0.7 for target in targets.values())
+
+
+def test_case_names_say_the_count_they_measure() -> None:
+    assert [count_label(n) for n in (1, 20, 999, 1_000, 2_500, 50_000, 1_000_000, 1_050)] == [
+        "1", "20", "999", "1k", "2.5k", "50k", "1M", "1,050"]
+    quick = {case.name for case in build_cases(Settings(quick=True))}
+    full = {case.name for case in build_cases(Settings())}
+    assert "sqlite.stats 50k" in quick and "sqlite.stats 1M" not in quick  # quick mode measures 50,000
+    assert {"sqlite.stats 1M", "sqlite.stats 100k", "sqlite.pop with 1M waiting"} <= full
+    assert "sqlite.pop with 50k waiting" in quick and "sqlite.pop with 1M waiting" not in quick
+    assert "sqlite.pop 2k of 10k waiting vs persist-queue" in quick
+    assert "sqlite.pop 5k of 10k waiting vs persist-queue" in full
+    assert "memory.get_all 100k vs 10k waiting, windows of 500" in quick & full
+    for settings in (Settings(quick=True), Settings(), Settings(quick=True, scale=0.001)):
+        names = [case.name for case in build_cases(settings)]
+        assert len(names) == len(set(names)), settings  # no two cases measure under one name
+
+
+def test_pop_backlog_reports_one_ratio() -> None:
+    # The row showed "1.22x" beside "met (slowdown 0.82x)": the target now judges the ratio the row shows.
+    [case] = [case for case in build_cases(Settings(quick=True)) if case.name == "sqlite.pop backlog"]
+    assert case.target is not None and case.target.kind == "min_ratio" and case.target.threshold == 0.5
+
+
+def test_case_option_runs_exactly_that_case(capsys: pytest.CaptureFixture[str]) -> None:
+    document = run([*TINY, "--in-process", "--reps", "1", "--no-warmup", "--case", "memory.save_many",
+                    "--case", "sqlite.stats 50"])  # not headline cases: --case needs no --all
+    assert [case["name"] for case in document["cases"]] == ["memory.save_many", "sqlite.stats 50"]
+    assert all(case["status"] == "ok" for case in document["cases"])
+    assert "--case 'memory.save_many', 'sqlite.stats 50'" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        run([*TINY, "--case", "sqlite.stats 1M"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "no case named 'sqlite.stats 1M'" in err and "'sqlite.stats 50'" in err and "--list" in err
+
+
+def test_list_prints_the_selected_names(capsys: pytest.CaptureFixture[str]) -> None:
+    listed = run([*TINY, "--list", "--ops", "claim"])
+    assert listed == {"listed": ["sqlite.claim+delete_many windows of 500"]}
+    assert capsys.readouterr().out == "sqlite.claim+delete_many windows of 500\tclaim\tsqlite\theadline\n"
+
+
+# --------------------------------------------------------------------------------------------- payload size
+
+
+def test_payload_sizes_parse() -> None:
+    assert [parse_size(text) for text in ("100", "1KiB", "64KiB", "1kB", "2MiB", " 7 b ")] == [
+        100, 1024, 65536, 1000, 2 * 1024 * 1024, 7]
+    for bad in ("", "0", "1.5KiB", "3XB", "17MiB", "-1"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    with pytest.raises(SystemExit):
+        run([*TINY, "--payload", "lots"])
+
+
+def test_payload_option_reaches_every_case_process(tmp_path: Path) -> None:
+    def uses_the_payload(context: Context, directory: Path, n: int) -> float:
+        if len(current()) != 1024:
+            raise RuntimeError(f"payload of {len(current())} bytes")
+        return 0.01
+
+    case = Case(name="sized", op="save", backend="memory", subject_label="s", subject=uses_the_payload, count=1,
+                warmup=False)
+    settings = Settings(quick=True, reps=1, payload=1024)
+    assert run_isolated(case, settings, Context(tmp_path), lambda _line: None)["status"] == "ok"
+    assert run_case(case, settings, Context(tmp_path))["status"] == "ok"
+    # The payload-size cases would repeat the others at one size: left out; every other case takes the size.
+    cases = build_cases(Settings(quick=True, payload=1024))
+    assert not {"sqlite.save 1KiB vs sqlite3", "sqlite.pop 64KiB"} & {case.name for case in cases}
+    assert {case.payload_bytes for case in cases} == {1024}
+
+
+def test_payload_option_in_a_run() -> None:
+    document = run([*TINY, "--in-process", "--reps", "1", "--no-warmup", "--payload", "1KiB",
+                    "--case", "sqlite.save vs sqlite3 rev-0002 row",
+                    "--case", "sqlite.pop vs sqlite3 rev-0002 row DELETE RETURNING"])
+    assert document["payload_bytes"] == 1024
+    assert [(case["payload_bytes"], case["status"]) for case in document["cases"]] == [(1024, "ok"), (1024, "ok")]
+
+
+# ------------------------------------------------------------------------------------------------ --url
+
+
+def _url_run(url: str, *extra: str) -> dict[str, Any]:
+    return run([*TINY, "--in-process", "--reps", "1", "--no-warmup", "--url", url, *extra])
+
+
+def _check_url_document(document: dict[str, Any], shown: str) -> None:
+    names = [case["name"] for case in document["cases"]]
+    assert names == ["url.save", "url.save_many", "url.pop", "url.get", "url.get_all", "url.delete",
+                     "url.delete_many", "url.claim+delete_many", "url.stats 1"]
+    assert all(case["status"] == "ok" and case["backend"] == "url" for case in document["cases"]), [
+        (case["name"], case["status"]) for case in document["cases"]]
+    assert document["url"] == shown and shown in document["cases"][0]["note"]
+
+
+def test_url_runs_the_core_cases_and_leaves_the_buffer_empty(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'given.db'}"
+    document = _url_run(url)
+    _check_url_document(document, url)
+    assert f"- buffer under test (--url): {url}" in capsys.readouterr().out
+    with pbuffer.open(url) as buffer:
+        assert len(buffer) == 0 and buffer.dead_letters() == []
+        buffer.save(b"someone's", subject="app.x")
+    # A buffer holding anything is refused, and left as it was.
+    with pytest.raises(SystemExit) as exit_:
+        _url_run(url)
+    assert exit_.value.code == 2
+    assert "is not empty (1 pending)" in capsys.readouterr().err
+    with pbuffer.open(url) as buffer:
+        assert [message.payload for message in buffer.get_all()] == [b"someone's"]
+    with pytest.raises(SystemExit):
+        _url_run(url, "--backend", "sqlite")  # --url chooses the backend
+
+
+def test_url_of_a_third_party_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if a package registered a scheme under the pbuffer.backends entry point (here served by the memory
+    # backend's class): pbuffer.open() resolves it, and so does --url.
+    found = pbuffer.registry._backend_entry_points()
+    monkeypatch.setattr(pbuffer.registry, "_backend_entry_points",
+                        lambda: {**found, "thirdparty": "pbuffer.backends.memory:MemoryBuffer"})
+    _check_url_document(_url_run("thirdparty://bench-url"), "thirdparty://bench-url")
+    assert len(pbuffer.open("thirdparty://bench-url")) == 0
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+def test_url_on_a_server_database_masks_the_password(backend: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    admin = Settings().postgresql if backend == "postgresql" else Settings().mariadb
+    reason = servers.unreachable(backend, admin)
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+        pytest.skip(reason)
+    with servers.fresh_database(admin) as database:  # the harness itself never creates one for --url
+        with_password = sqlalchemy.make_url(database).set(password="s3cret").render_as_string(hide_password=False)
+        # The local PostgreSQL trusts any password; the local MariaDB's root has none, so it refuses this one.
+        url = with_password if backend == "postgresql" else database
+        out = tmp_path / "bench.json"
+        document = _url_run(url, "--ops", "save,pop,stats", "--json", str(out))
+        assert [case["name"] for case in document["cases"]] == ["url.save", "url.pop", "url.stats 1"]
+        assert all(case["status"] == "ok" for case in document["cases"])
+        if backend == "postgresql":
+            assert "s3cret" not in out.read_text(encoding="utf-8") and ":***@" in document["url"]
+            assert "s3cret" not in capsys.readouterr().out
+        else:  # a URL that cannot be opened is refused before anything runs, its password masked
+            with pytest.raises(SystemExit) as exit_:
+                _url_run(with_password)
+            assert exit_.value.code == 2
+            err = capsys.readouterr().err
+            assert "Access denied" in err and "s3cret" not in err and ":***@" in err
+        with pbuffer.open(database) as buffer:
+            assert len(buffer) == 0
+
+
+# ------------------------------------------------------------------------------------------ profile, plots
+
+
+def test_profile_prints_where_the_time_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--profile", "memory.save", "--scale", "0.01"]) == {"profiled": "memory.save"}
+    out = capsys.readouterr().out
+    assert out.startswith("profile of memory.save: pbuffer memory save(), ")
+    assert "=== top 25 by cumulative ===" in out and "=== top 25 by tottime ===" in out
+    assert "(save)" in out  # Buffer.save is in the profile: the subject ran under it
+    with pytest.raises(SystemExit) as exit_:
+        run(["--profile", "no such case"])
+    assert exit_.value.code == 2
+
+
+def _document(cases: list[dict[str, Any]], selection: dict[str, Any] | None) -> dict[str, Any]:
+    return {"mode": "quick", "scale": 1, "machine": {"git_commit": "abc"}, "cases": cases, "selection": selection}
+
+
+def _case(name: str, baseline: str | None) -> dict[str, Any]:
+    side = {"median": 10.0, "min": 9.0, "max": 11.0}
+    return {"name": name, "status": "ok", "unit": "msg/s", "subject": {"label": "pbuffer", **side},
+            "baseline": None if baseline is None else {"label": baseline, **side}}
+
+
+def test_throughput_plot_names_each_baseline_and_the_filter() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    document = _document([_case("sqlite.save vs sqlite3", "sqlite3 loop"), _case("memory.save", None),
+                          _case("sqlite.save vs persist-queue", "persist-queue put() [NORMAL]")],
+                         {"ops": ["save"], "backends": ["sqlite", "memory"], "cases": None, "url": None})
+    figure = plots._throughput(plt, document)
+    try:
+        axes = figure.axes[0]
+        assert [label.get_text() for label in axes.get_yticklabels()] == [
+            "sqlite.save vs sqlite3", "vs sqlite3 loop", "memory.save", "sqlite.save vs persist-queue",
+            "vs persist-queue put() [NORMAL]"]
+        assert axes.get_title().endswith("filtered to --ops save --backend sqlite,memory")
+    finally:
+        plt.close(figure)
+    unfiltered = _document([], {"ops": None, "backends": None, "cases": None, "url": None})
+    assert "filtered" not in plots._title(unfiltered, "throughput by case")
