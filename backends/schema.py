@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.dialects import mysql
 
-__all__ = ["COUNTERS", "COUNTER_COLUMNS", "DEAD_LETTERS", "MESSAGES", "VERSION_TABLE", "WRITER_REVISION", "counters",
-           "dead_letters", "messages", "metadata"]
+__all__ = ["COUNTED", "COUNTERS", "COUNTER_COLUMNS", "DEAD_LETTERS", "MESSAGES", "VERSION_TABLE", "WRITER_REVISION",
+           "counted", "counters", "dead_letters", "messages", "metadata"]
 
 VERSION_TABLE = "pbuffer_alembic_version"
 #: The newest revision that changed what a writer must do; the writers' tables carry it in their names.
@@ -30,6 +30,7 @@ WRITER_REVISION = "0003"
 MESSAGES = f"pbuffer_messages_{WRITER_REVISION}"
 DEAD_LETTERS = f"pbuffer_dead_letters_{WRITER_REVISION}"
 COUNTERS = f"pbuffer_counters_{WRITER_REVISION}"
+COUNTED = f"pbuffer_counted_{WRITER_REVISION}"
 #: What pbuffer_counters counts, per subject and shard.
 COUNTER_COLUMNS = ("pending", "pending_bytes", "dead", "dead_bytes", "dropped", "expired")
 
@@ -91,5 +92,15 @@ counters = Table(
     Column("subject", SUBJECT_TYPE, primary_key=True),
     Column("shard", Integer, primary_key=True, autoincrement=False),
     *(Column(name, BigInteger, nullable=False) for name in COUNTER_COLUMNS),
+    **_MYSQL,
+)
+
+# One row: on sqlite, the pending messages with seq <= up_to_seq are in the counters; newer ones (the tail) are
+# added up when read and folded in by a writer every so often, so a save writes its row and nothing else. Server
+# databases count in every transaction instead (their seqs commit out of order) and leave it alone.
+counted = Table(
+    COUNTED,
+    metadata,
+    Column("up_to_seq", BigInteger, nullable=False),
     **_MYSQL,
 )

@@ -31,7 +31,7 @@ from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encod
 from . import sqlite_file, versioning
 from .database import Database
 from .errors import is_missing_table, map_driver_error
-from .schema import COUNTER_COLUMNS, COUNTERS, DEAD_LETTERS, MESSAGES
+from .schema import COUNTED, COUNTER_COLUMNS, COUNTERS, DEAD_LETTERS, MESSAGES
 
 __all__ = ["SQLBuffer"]
 
@@ -60,6 +60,11 @@ _SHARDS = 16
 _DROPPED, _EXPIRED = 4, 5
 _KIND = {"dropped": _DROPPED, "expired": _EXPIRED}
 Changes = dict[str, list[int]]
+# sqlite counts new messages lazily (revision 0003): a writer folds the uncounted tail into the counters once it may
+# hold this many rows (fewer when limits are set: each limited save reads the tail), so stats() adds up at most
+# about that many rows per writing process.
+_FOLD_EVERY = 1024
+_FOLD_EVERY_LIMITED = 64
 # Most idle connections a buffer may keep: far above any useful thread count; more is a typo.
 _MAX_POOL_SIZE = 10_000
 
@@ -126,6 +131,9 @@ class SQLBuffer(Buffer):
         self._database = database
         self._engine = database.engine
         self._sql = _Statements(self._engine, self.subject)
+        # sqlite: saves leave their rows uncounted (the tail above pbuffer_counted's mark); see _maybe_fold.
+        self._lazy = self._sqlite
+        self._mark: int | None = None  # the mark as this process last saw it
         self._connections = _Connections(self._engine, keep=pool_size)
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
         self._removed_since_check = 0
@@ -212,7 +220,8 @@ class SQLBuffer(Buffer):
 
     def _insert(self, messages: list[Message]) -> None:
         # The hot path of save(): the same steps as _cursor, spelled out to spare a generator per message.
-        rows = [_row(message) for message in messages]
+        # sqlite binds positional parameters faster than named ones.
+        rows = [_row_values(message) for message in messages] if self._sqlite else [_row(m) for m in messages]
         with self._write_lock:
             conn = self._connections.take("save")
             try:
@@ -222,12 +231,18 @@ class SQLBuffer(Buffer):
                 if self.limits.bounded:
                     self._make_room(cursor, messages)
                 if len(rows) == 1:
-                    cursor.execute(self._sql.insert, rows[0])
-                    message = messages[0]
-                    self._bump(cursor, {message.subject: [1, len(message.payload), 0, 0, 0, 0]})
+                    cursor.execute(self._sql.insert_row, rows[0])
+                    if self._lazy:
+                        self._maybe_fold(cursor, cursor.lastrowid)
+                    else:
+                        message = messages[0]
+                        self._bump(cursor, {message.subject: [1, len(message.payload), 0, 0, 0, 0]})
                 else:
-                    cursor.executemany(self._sql.insert, rows)
-                    self._bump(cursor, _tally(((m.subject, len(m.payload)) for m in messages), pending=1))
+                    cursor.executemany(self._sql.insert_row, rows)
+                    if self._lazy:
+                        self._maybe_fold(cursor, None)
+                    else:
+                        self._bump(cursor, _tally(((m.subject, len(m.payload)) for m in messages), pending=1))
                 conn.commit()
             except BaseException as exc:
                 self._failed(conn, exc, "save")
@@ -253,8 +268,10 @@ class SQLBuffer(Buffer):
                 chunk = victims[start:start + _CHUNK]
                 cursor.execute(self._sql.delete_seqs(MESSAGES, len(chunk)),
                                dict(zip(_SEQ_PARAMS, (seq for seq, _, _ in chunk), strict=False)))
-            self._bump(cursor, _tally(((subject, size) for _, subject, size in victims), pending=-1,
-                                      kind=_DROPPED))
+            mark = self._read_mark(cursor)
+            changes = _tally(((subject, size) for seq, subject, size in victims if seq <= mark), pending=-1)
+            self._bump(cursor, _tally(((subject, 0) for _, subject, _ in victims), kind=_DROPPED, into=changes))
+            self._removed_pending(cursor)
             self._note_removed("dropped", len(victims))
 
     def _bump(self, cursor: Any, changes: Changes) -> None:
@@ -266,20 +283,60 @@ class SQLBuffer(Buffer):
             if any(values):
                 cursor.execute(self._sql.bump, {"subject": subject, "shard": shard,
                                                 **dict(zip(COUNTER_COLUMNS, values, strict=True))})
+            elif self._lazy:
+                # Rows that left sqlite's uncounted tail: their subject keeps a counters row (at zero) all the
+                # same, as a drained subject does.
+                cursor.execute(self._sql.touch, {"subject": subject})
 
-    def _remove_rows(self, cursor: Any, table: str, ids: list[bytes]) -> list[tuple[str, int]]:
-        """Delete the rows with these ids (at most _CHUNK) in scope; returns each one's subject and size."""
+    # ---------------------------------------------------------------- sqlite's lazy count of new messages
+    #
+    # Invariant, kept by every writer inside its write transaction: a pending row is in the counters exactly when
+    # its seq <= the mark (pbuffer_counted.up_to_seq), and every row sqlite will insert next gets a seq above the
+    # mark. sqlite gives a new row max(seq) + 1, so the second half holds as long as the mark never exceeds the
+    # largest seq present: a removal that takes the newest rows lowers the mark to the largest seq left.
+
+    def _maybe_fold(self, cursor: Any, last_seq: int | None) -> None:
+        """After a save's insert (in its transaction): fold the tail into the counters once it may hold
+        ``_FOLD_EVERY`` rows. ``last_seq``: the inserted row's seq (``None`` after a batch: asked for)."""
+        if last_seq is None:
+            cursor.execute(self._sql.newest_seq)
+            last_seq = int(cursor.fetchone()[0] or 0)
+        mark = self._mark
+        every = _FOLD_EVERY_LIMITED if self.limits.bounded else _FOLD_EVERY
+        # last_seq <= mark: the mark moved since this process saw it (another process folded, or removals
+        # lowered it): look again.
+        if mark is not None and mark < last_seq < mark + every:
+            return
+        cursor.execute(self._sql.fold)
+        cursor.execute(self._sql.move_mark)
+        self._mark = int(cursor.fetchone()[0])
+
+    def _read_mark(self, cursor: Any) -> int:
+        """The mark, read in the caller's write transaction; on server databases every row is counted."""
+        if not self._lazy:
+            return _NO_LIMIT
+        cursor.execute(self._sql.mark)
+        return int(cursor.fetchone()[0])
+
+    def _removed_pending(self, cursor: Any) -> None:
+        """After pending rows were removed in this transaction: lower the mark if the newest rows went."""
+        if self._lazy:
+            cursor.execute(self._sql.lower_mark)
+
+    def _remove_rows(self, cursor: Any, table: str, ids: list[bytes]) -> list[tuple[str, int, bool]]:
+        """Delete the rows with these ids (at most _CHUNK) in scope; returns each one's subject, size and whether
+        it was in the counters (a pending row above sqlite's mark is not)."""
         params: dict[str, Any] = dict(zip(_ID_PARAMS, ids, strict=False))
         params.update(self._sql.scope)
         if self._sql.delete_returning:
             cursor.execute(self._sql.delete_ids(table, len(ids)), params)
-            return [(subject, int(size)) for subject, size in cursor.fetchall()]
+            return [(subject, int(size), bool(counted)) for subject, size, counted in cursor.fetchall()]
         cursor.execute(self._sql.select_ids(table, len(ids)), params)
         rows = cursor.fetchall()
         if rows:
             cursor.execute(self._sql.delete_seqs(table, len(rows)),
                            dict(zip(_SEQ_PARAMS, (row[0] for row in rows), strict=False)))
-        return [(subject, int(size)) for _, subject, size in rows]
+        return [(subject, int(size), True) for _, subject, size in rows]
 
     def _get(self, limit: int | None, after: str | None) -> list[Message]:
         with self._cursor("get", write=False) as cursor:
@@ -306,9 +363,13 @@ class SQLBuffer(Buffer):
                 if found:
                     cursor.execute(self._sql.delete_seq, {"seq": found[0]})
             # Verified inside the transaction: a damaged row raises and its delete is rolled back.
-            message = None if row is None else _message(row)
+            message = None if row is None else _message(row[:6])
             if message is not None:
-                self._bump(cursor, {message.subject: [-1, -len(message.payload), 0, 0, 0, 0]})
+                # (sqlite returns whether the row was in the counters)
+                counted = not self._lazy or row[6]
+                self._bump(cursor, {message.subject: [-1, -len(message.payload), 0, 0, 0, 0] if counted else
+                                    [0, 0, 0, 0, 0, 0]})
+                self._removed_pending(cursor)
         if message is not None:
             self._removed(1)
         return message
@@ -372,12 +433,17 @@ class SQLBuffer(Buffer):
             for start in range(0, len(message_ids), _CHUNK):
                 chunk = [to_bytes(message_id) for message_id in message_ids[start:start + _CHUNK]]
                 pending = self._remove_rows(cursor, MESSAGES, chunk)
-                _tally(pending, pending=-1, kind=kind, into=changes)
+                _tally(((subject, size) for subject, size, counted in pending if counted), pending=-1, into=changes)
+                _tally(((subject, size) for subject, size, counted in pending if not counted), into=changes)
+                if kind is not None:
+                    _tally(((subject, 0) for subject, _, _ in pending), kind=kind, into=changes)
                 dead = (self._remove_rows(cursor, DEAD_LETTERS, chunk)
                         if kind is None and len(pending) < len(chunk) else [])
-                _tally(dead, dead=-1, into=changes)
+                _tally(((subject, size) for subject, size, _ in dead), dead=-1, into=changes)
                 removed += len(pending) + len(dead)
             self._bump(cursor, changes)
+            if removed:
+                self._removed_pending(cursor)
         self._removed(removed)
         return removed
 
@@ -466,7 +532,9 @@ class SQLBuffer(Buffer):
             cursor.execute(self._sql.insert_dead, {**dict(zip(_SEQ_COLUMNS[1:], row[1:], strict=True)),
                                                    "reason": reason, "attempts": attempts, "failed_us": now_us})
             cursor.execute(self._sql.delete_seq, {"seq": row[0]})
-            self._bump(cursor, _tally([(row[2], len(row[3]))], pending=-1, dead=1))
+            counted = row[0] <= self._read_mark(cursor)
+            self._bump(cursor, _tally([(row[2], len(row[3]))], pending=-1 if counted else 0, dead=1))
+            self._removed_pending(cursor)
             return True
 
     def _dead_letters(self, limit: int | None) -> list[DeadLetter]:
@@ -488,7 +556,8 @@ class SQLBuffer(Buffer):
             # deduplication by JetStream, is unchanged.
             cursor.execute(self._sql.insert, dict(zip(_SEQ_COLUMNS[1:], row[1:], strict=True)))
             cursor.execute(self._sql.delete_dead_seq, {"seq": row[0]})
-            self._bump(cursor, _tally([(row[2], len(row[3]))], pending=1, dead=-1))
+            # On sqlite the new row is in the uncounted tail (its seq is above the mark).
+            self._bump(cursor, _tally([(row[2], len(row[3]))], pending=0 if self._lazy else 1, dead=-1))
             return True
 
     def _close(self) -> None:
@@ -505,6 +574,13 @@ class SQLBuffer(Buffer):
         finally:
             if isinstance(self._write_lock, sqlite_file.WriteLock):
                 self._write_lock.close()
+
+
+def _row_values(message: Message) -> tuple[Any, ...]:
+    """:func:`_row` as a tuple, in the order of ``_COLUMNS``."""
+    headers = encode_headers(message.headers)
+    return (to_bytes(message.id), message.subject, message.payload, headers, message.created_us,
+            checksum(message.id, message.subject, headers, message.created_us, message.payload))
 
 
 def _row(message: Message) -> dict[str, Any]:
@@ -628,6 +704,8 @@ class _Statements:
 
         values = ", ".join(f":{column}" for column in _COLUMNS.split(", "))
         self.insert = compile_(f"INSERT INTO {MESSAGES} ({_COLUMNS}) VALUES ({values})")
+        # What save() runs: positional on sqlite (see _row_values), named elsewhere (see _row).
+        self.insert_row = f"INSERT INTO {MESSAGES} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)" if sqlite else self.insert
         self.insert_dead = compile_(f"INSERT INTO {DEAD_LETTERS} ({_COLUMNS}, reason, attempts, failed_us) "
                                     f"VALUES ({values}, :reason, :attempts, :failed_us)")
         self.get_all = compile_(f"SELECT {_COLUMNS} FROM {MESSAGES}{where} ORDER BY seq")
@@ -651,7 +729,10 @@ class _Statements:
         # DELETE ... RETURNING pops in one statement (sqlite >= 3.35, PostgreSQL); MariaDB locks, then deletes.
         self.pop_returning = dialect.name in ("sqlite", "postgresql")
         oldest = f"SELECT seq FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq LIMIT 1{skip_locked}"
-        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {_COLUMNS}")
+        # sqlite also returns whether the row was in the counters (its seq at or below the mark).
+        counted_flag = f"seq <= (SELECT up_to_seq FROM {COUNTED})" if sqlite else "1"
+        self._counted_flag = counted_flag
+        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {_COLUMNS}, {counted_flag}")
         self.pop_lock = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq "
                                  f"LIMIT 1{skip_locked}")
         claimable = "(claim_until_us IS NULL OR claim_until_us < :now OR claim_owner = :owner)"
@@ -660,21 +741,7 @@ class _Statements:
         self.claim_after = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE seq > {after_seq} AND "
                                     f"{claimable}{and_scope} ORDER BY seq LIMIT :limit{skip_locked}")
         self._claim_parts = (claimable, and_scope, after_seq, skip_locked)
-        # Counters: add a transaction's changes to its (subject, shard) row, creating the row the first time.
-        counted = ", ".join(COUNTER_COLUMNS)
-        added = ", ".join(f":{name}" for name in COUNTER_COLUMNS)
-        if dialect.name in ("mysql", "mariadb"):
-            upsert = "ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = {c} + VALUES({c})" for c in COUNTER_COLUMNS)
-        else:
-            upsert = "ON CONFLICT (subject, shard) DO UPDATE SET " + ", ".join(
-                f"{c} = {COUNTERS}.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
-        self.bump = compile_(f"INSERT INTO {COUNTERS} (subject, shard, {counted}) VALUES (:subject, :shard, {added}) "
-                             f"{upsert}")
-        self.totals = compile_("SELECT " + ", ".join(f"COALESCE(SUM({c}), 0)" for c in COUNTER_COLUMNS) +
-                               f" FROM {COUNTERS}{where}")
-        # shard -1 is no subject's: the lock row that writers enforcing limits take on servers (revision 0002).
-        self.subject_totals = compile_("SELECT subject, " + ", ".join(f"SUM({c})" for c in COUNTER_COLUMNS) +
-                                       f" FROM {COUNTERS} WHERE shard >= 0{and_scope} GROUP BY subject")
+        self._counter_statements(dialect.name, compile_, where, and_scope)
         # The head of the queue, where relays claim: an index range of :limit rows.
         self.claim_stats = compile_(
             "SELECT COUNT(*), SUM(CASE WHEN claim_until_us >= :now THEN 1 ELSE 0 END), COUNT(DISTINCT CASE WHEN "
@@ -688,6 +755,45 @@ class _Statements:
         self.delete_returning = bool(dialect.delete_returning)
         self._for_update = for_update
 
+    def _counter_statements(self, dialect: str, compile_: Callable[[str], str], where: str, and_scope: str) -> None:
+        """The counters' statements: the upsert every write runs, and the reads (with sqlite's uncounted tail)."""
+        added = ", ".join(f":{name}" for name in COUNTER_COLUMNS)
+        if dialect in ("mysql", "mariadb"):
+            upsert = "ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = {c} + VALUES({c})" for c in COUNTER_COLUMNS)
+        else:
+            upsert = "ON CONFLICT (subject, shard) DO UPDATE SET " + ", ".join(
+                f"{c} = {COUNTERS}.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
+        self.bump = compile_(f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES "
+                             f"(:subject, :shard, {added}) {upsert}")
+        sums = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in COUNTER_COLUMNS)
+        totals = f"SELECT {sums} FROM {COUNTERS}{where}"
+        # shard -1 is no subject's: the lock row that writers enforcing limits take on servers (revision 0002).
+        rows = f"SELECT subject, {', '.join(COUNTER_COLUMNS)} FROM {COUNTERS} WHERE shard >= 0{and_scope}"
+        if dialect == "sqlite":
+            # The counters plus the uncounted tail, each in one statement: one consistent snapshot, no transaction.
+            tail = f"FROM {MESSAGES} WHERE seq > (SELECT up_to_seq FROM {COUNTED}){and_scope}"
+            totals = (f"SELECT c.pending + t.pending, c.pending_bytes + t.pending_bytes, c.dead, c.dead_bytes, "
+                      f"c.dropped, c.expired FROM ({totals}) c, (SELECT COUNT(*) AS pending, "
+                      f"COALESCE(SUM(LENGTH(payload)), 0) AS pending_bytes {tail}) t")
+            rows = f"{rows} UNION ALL SELECT subject, 1, LENGTH(payload), 0, 0, 0, 0 {tail}"
+        self.totals = compile_(totals)
+        self.subject_totals = compile_("SELECT subject, " + ", ".join(f"SUM({c})" for c in COUNTER_COLUMNS) +
+                                       f" FROM ({rows}) counted GROUP BY subject")
+        # sqlite's lazy count (see SQLBuffer._maybe_fold): fold the tail in, move the mark to the newest row.
+        self.mark = f"SELECT up_to_seq FROM {COUNTED}"
+        self.touch = (f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES (:subject, 0"
+                      f"{', 0' * len(COUNTER_COLUMNS)}) ON CONFLICT (subject, shard) DO NOTHING")
+        self.newest_seq = f"SELECT MAX(seq) FROM {MESSAGES}"
+        self.fold = (f"INSERT INTO {COUNTERS} (subject, shard, pending, pending_bytes, dead, dead_bytes, dropped, "
+                     f"expired) SELECT subject, 0, COUNT(*), SUM(LENGTH(payload)), 0, 0, 0, 0 FROM {MESSAGES} "
+                     f"WHERE seq > (SELECT up_to_seq FROM {COUNTED}) GROUP BY subject ON CONFLICT (subject, shard) DO "
+                     "UPDATE SET pending = pending + excluded.pending, "
+                     "pending_bytes = pending_bytes + excluded.pending_bytes")
+        self.move_mark = (f"UPDATE {COUNTED} SET up_to_seq = (SELECT COALESCE(MAX(seq), 0) FROM {MESSAGES}) "
+                          "RETURNING up_to_seq")
+        newest = f"(SELECT COALESCE(MAX(seq), 0) FROM {MESSAGES})"
+        self.lower_mark = f"UPDATE {COUNTED} SET up_to_seq = {newest} WHERE up_to_seq > {newest}"
+
     def _in_list(self, key: str, count: int, build: Callable[[str], str], prefix: str = "id") -> str:
         sql = self._by_count.get((key, count))
         if sql is None:
@@ -697,8 +803,10 @@ class _Statements:
 
     def delete_ids(self, table: str, count: int) -> str:
         """Delete rows by id in scope, returning each one's subject and payload size."""
+        counted = self._counted_flag if table == MESSAGES else "1"
         return self._in_list(f"delete {table}", count, lambda ids: (
-            f"DELETE FROM {table} WHERE id IN ({ids}){self._and_scope} RETURNING subject, length(payload)"))
+            f"DELETE FROM {table} WHERE id IN ({ids}){self._and_scope} RETURNING subject, length(payload), "
+            f"{counted}"))
 
     def select_ids(self, table: str, count: int) -> str:
         """Where DELETE cannot return rows (MySQL): the rows to delete, locked."""

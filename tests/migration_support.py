@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from pbuffer.backends import versioning
-from pbuffer.backends.schema import COUNTERS, DEAD_LETTERS, MESSAGES, WRITER_REVISION
+from pbuffer.backends.schema import COUNTED, COUNTERS, DEAD_LETTERS, MESSAGES, WRITER_REVISION
 
 SYNTHETIC_REVISION = "0099"
 
@@ -70,7 +70,7 @@ def writer_change_scripts(directory: Path) -> Path:
     location = directory / "migrations"
     shutil.copytree(versioning.SCRIPT_LOCATION, location, ignore=shutil.ignore_patterns("__pycache__"))
     renames = {name: name.removesuffix(WRITER_REVISION) + SYNTHETIC_REVISION
-               for name in (MESSAGES, DEAD_LETTERS, COUNTERS)}
+               for name in (MESSAGES, DEAD_LETTERS, COUNTERS, COUNTED)}
     objects = {(kind, name.replace(f"_{WRITER_REVISION}", f"_{SYNTHETIC_REVISION}"))
                for kind, name in versioning.sqlite_objects(versioning.head_revision())}
     (location / "versions" / "0099_writers.py").write_text(textwrap.dedent(f'''

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from pbuffer.backends import versioning
 from pbuffer.backends.database import Database
-from pbuffer.backends.schema import COUNTERS, DEAD_LETTERS, MESSAGES
+from pbuffer.backends.schema import COUNTED, COUNTERS, DEAD_LETTERS, MESSAGES
 
 import pbuffer
 from backends import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, missing_service
@@ -27,7 +27,7 @@ from pbuffer import ConfigurationError, SchemaTooOldError
 HEAD = versioning.head_revision()
 FIRST = versioning.known_revisions()[0]
 PBUFFER = [sys.executable, "-m", "pbuffer.cli"]
-PBUFFER_TABLES = {MESSAGES, DEAD_LETTERS, COUNTERS, "pbuffer_alembic_version"}
+PBUFFER_TABLES = {MESSAGES, DEAD_LETTERS, COUNTERS, COUNTED, "pbuffer_alembic_version"}
 
 
 def revision_rows(url: str) -> list[str]:

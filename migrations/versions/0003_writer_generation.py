@@ -1,4 +1,4 @@
-"""Revision 3: the tables carry the writer generation in their names, so a process running an older pbuffer stops.
+"""Revision 3: the writers' tables carry their revision in their names; sqlite counts new messages lazily.
 
 Revision ID: 0003
 Revises: 0002
@@ -12,6 +12,12 @@ statement of an older process now fails at once ("no such table", "relation does
 the wrong way; readers stop too. A later revision that changes what a writer must do renames them again; one that
 does not keeps the names. The rename is a catalogue change on every backend (no row is copied), and downgrade
 renames them back, so a process running this pbuffer stops in turn.
+
+``pbuffer_counted_0003`` holds one row, ``up_to_seq``: on sqlite, the pending messages with ``seq <= up_to_seq`` are
+in the counters and the newer ones (the tail) are not yet, so a save writes its row and nothing else; ``stats()``
+adds the tail, and a writer folds it into the counters every so often. Removals decrement the counters only for
+rows at or below the mark, and lower the mark when they remove the newest rows (sqlite may then reuse their seq).
+Server databases keep counting in every transaction (their seqs commit out of order) and never move the mark.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ SQLITE_OBJECTS: frozenset[tuple[str, str]] = frozenset({
     ("index", "sqlite_autoindex_pbuffer_dead_letters_0003_1"),
     ("table", "pbuffer_counters_0003"),
     ("index", "sqlite_autoindex_pbuffer_counters_0003_1"),
+    ("table", "pbuffer_counted_0003"),
 })
 
 
@@ -63,7 +70,24 @@ def _rename(pairs: dict[str, str]) -> None:
 
 def upgrade() -> None:
     _rename(RENAMES)
+    bind = op.get_bind()
+    if not sa.inspect(bind).has_table("pbuffer_counted_0003"):  # (made already by a stopped MariaDB run)
+        op.create_table("pbuffer_counted_0003", sa.Column("up_to_seq", sa.BigInteger(), nullable=False),
+                        mysql_engine="InnoDB", mysql_charset="utf8mb4")
+    op.execute("DELETE FROM pbuffer_counted_0003")
+    # Revision 0002 counted every row in its transaction: all of them are in the counters.
+    op.execute("INSERT INTO pbuffer_counted_0003 (up_to_seq) "
+               "SELECT COALESCE(MAX(seq), 0) FROM pbuffer_messages_0003")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        # Revision 0002 expects every pending row counted: fold the tail in first.
+        op.execute(
+            "INSERT INTO pbuffer_counters_0003 (subject, shard, pending, pending_bytes, dead, dead_bytes, dropped, "
+            "expired) SELECT subject, 0, COUNT(*), SUM(LENGTH(payload)), 0, 0, 0, 0 FROM pbuffer_messages_0003 "
+            "WHERE seq > (SELECT up_to_seq FROM pbuffer_counted_0003) GROUP BY subject "
+            "ON CONFLICT (subject, shard) DO UPDATE SET pending = pending + excluded.pending, "
+            "pending_bytes = pending_bytes + excluded.pending_bytes")
+    op.drop_table("pbuffer_counted_0003")
     _rename({new: old for old, new in RENAMES.items()})
