@@ -303,6 +303,7 @@ def _builtin_cases(settings: Settings) -> list[Case]:
                  f"publish_async_max_pending={e2e.CEILING_MAX_PENDING:,} so it never stalls (nats-py's default, "
                  "4,000, would make it wait for acks part way); no Nats-Msg-Id, default connection options. "
                  f"Both sides move {e2e_n:,} messages per repetition." + _e2e_counts(settings),
+            probe=e2e.relay_stages,
             skip_if=e2e.nats_missing,
             headline=True,
         ),

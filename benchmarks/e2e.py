@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "relay_drain",
     "relay_drain_behind_a_stuck_subject",
     "relay_drain_memory",
+    "relay_stages",
     "seed_publish_loop",
 ]
 
@@ -141,6 +143,77 @@ async def _relay_drain(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int
                 and stats.dead_lettered == 0, f"{n} messages relayed (stats: {stats}, {len(buffer)} left)")
         _expect(await _stored(transport.js) == n, f"the stream holds {n} messages")
         return seconds
+    finally:
+        await _drop_stream(transport.js)
+        await transport.close()
+
+
+#: Messages the stage probe drains (once per run, untimed by the harness).
+STAGES_COUNT = 20_000
+
+
+def relay_stages(directory: Path, n: int = STAGES_COUNT) -> str:
+    """Where a relay's time goes per message, as a note for the drain case: ``n`` messages drained from a sqlite
+    buffer through a nats-server of its own, with each stage's calls timed (wall time, summed): reading and
+    claiming windows (the buffer, in its worker thread), publishing a window and awaiting its acks (the
+    transport), deleting what was acknowledged (the buffer). The relay runs these concurrently (the next window
+    is read and the last one deleted while one is in flight), so the stages add up to more than the drain took."""
+    from pbuffer.natsserver import NatsServer
+
+    buffer = open_buffer(directory, "sqlite", "process")
+    server = NatsServer(store_dir=directory / "nats").start()
+    try:
+        fill(buffer, n)
+        spent = {"read": 0.0, "publish": 0.0, "delete": 0.0}
+
+        def timed_call(stage: str, call: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return call(*args, **kwargs)
+                finally:
+                    spent[stage] += time.perf_counter() - started
+            return wrapper
+
+        # Instance attributes shadow the methods: the relay's AsyncBuffer calls these in its worker thread.
+        buffer.claim = timed_call("read", buffer.claim)  # type: ignore[method-assign]
+        buffer.get_all = timed_call("read", buffer.get_all)  # type: ignore[method-assign]
+        buffer.delete_many = timed_call("delete", buffer.delete_many)  # type: ignore[method-assign]
+        wall = asyncio.run(_drain_timing_publish(server.url, buffer, spent))
+    finally:
+        server.stop()
+        buffer.close()
+    per = {stage: seconds / n * 1e6 for stage, seconds in spent.items()}
+    return (f"Where the relay's time goes ({n:,} messages, measured once, untimed by the harness): read and claim "
+            f"{per['read']:.1f} us/msg, publish and await acks {per['publish']:.1f} us/msg, delete "
+            f"{per['delete']:.1f} us/msg, against {wall / n * 1e6:.1f} us/msg of drain wall time (the stages "
+            "overlap: the relay reads the next window and deletes the last one while a window is in flight).")
+
+
+async def _drain_timing_publish(url: str, buffer: pbuffer.Buffer, spent: dict[str, float]) -> float:
+    from pbuffer.jetstream import JetStreamTransport
+
+    transport = await JetStreamTransport.connect(url)
+    try:
+        await _fresh_stream(transport.js)
+        publish = transport.publish
+
+        async def timed_publish(messages: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await publish(messages)
+            finally:
+                spent["publish"] += time.perf_counter() - started
+
+        transport.publish = timed_publish  # type: ignore[method-assign]
+        relay = pbuffer.Relay(buffer, transport, batch_size=BATCH_SIZE, close_transport=False)
+        try:
+            wall = await timed_async(relay.drain)
+        finally:
+            await relay.close()
+        _expect(len(buffer) == 0 and relay.stats.published == await _stored(transport.js),
+                "every message relayed")
+        return wall
     finally:
         await _drop_stream(transport.js)
         await transport.close()
