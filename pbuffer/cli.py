@@ -384,29 +384,36 @@ def watch(url: str | None, once: bool, interval: float, as_json: bool) -> None:
 @click.option("--strict-order", is_flag=True, help="One publish in flight per subject.")
 @click.option("--lease", type=float, default=None, metavar="SECONDS",
               help="How long a claimed window stays this relay's if it dies (default 30).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Serve Prometheus /metrics and /healthz on this port while draining (needs pbuffer[metrics]).")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, metavar="ADDR",
+              help="The address --metrics-port listens on (0.0.0.0: every interface).")
 @JSON
 @friendly
 def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool, lease: float | None,
-          as_json: bool, **options: Any) -> None:
+          metrics_port: int | None, metrics_addr: str, as_json: bool, **options: Any) -> None:
     """Publish a buffer's messages to JetStream, deleting each after its PubAck.
 
     SIGTERM and Ctrl-C stop it after the window in flight: nothing is lost or left half-done. Stopped with
     messages left, it exits with 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM); --follow exits 0.
     Ended with messages pending that were saved while it ran, it exits 3: the buffer is not empty (run it again,
     or use --follow). A buffer that does not exist is an error, with or without --follow (a typo would wait on an
-    empty file). --json prints the summary as JSON (no progress bar).
+    empty file). --json prints the summary as JSON (no progress bar). --metrics-port serves /metrics (Prometheus)
+    and /healthz (200 while connected and making progress, 503 with the reason) while it runs.
 
     \b
     Example:
-      pbuffer drain --url sqlite:///orders.db -s nats://127.0.0.1:4222 --follow
+      pbuffer drain --url sqlite:///orders.db -s nats://127.0.0.1:4222 --follow --metrics-port 9464
     """
-    code = asyncio.run(_drain(url, servers, follow, batch_size, strict_order, lease, _pick(options), as_json))
+    code = asyncio.run(_drain(url, servers, follow, batch_size, strict_order, lease, _pick(options), as_json,
+                              (metrics_addr, metrics_port) if metrics_port is not None else None))
     if code:
         sys.exit(code)
 
 
 async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool,
-                 lease: float | None, options: dict[str, Any], as_json: bool = False) -> int:
+                 lease: float | None, options: dict[str, Any], as_json: bool = False,
+                 metrics_at: tuple[str, int] | None = None) -> int:
     """Drain (or follow) the buffer; returns the exit status."""
     from .schema import require_buffer
 
@@ -419,6 +426,17 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
         await transport.close()
         raise
     relay = pbuffer.Relay(buf, transport, batch_size=batch_size, strict_order=strict_order, lease=lease)
+    server = None
+    if metrics_at is not None:
+        from . import metrics
+
+        try:
+            server = metrics.serve(buf, relay, metrics_at[1], metrics_at[0])
+        except BaseException:
+            await relay.close()
+            await buf.close()
+            raise
+        err_console.print(f"metrics on {server.url}/metrics and {server.url}/healthz")
     loop = asyncio.get_running_loop()
     stopped_by: list[int] = []
 
@@ -448,11 +466,17 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
             left = await buf.count()
             progress.update(task, completed=stats.published + stats.duplicates if follow else total - left)
     finally:
+        if server is not None:
+            server.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await relay.close()
         await buf.close()
-    seconds = time.monotonic() - started
+    return _drain_summary(stats, left, time.monotonic() - started, stopped_by, follow, as_json)
+
+
+def _drain_summary(stats: pbuffer.RelayStats, left: int, seconds: float, stopped_by: list[int], follow: bool, as_json: bool) -> int:
+    """Print what a drain did (text or JSON); returns its exit status."""
     signal_name = signal.Signals(stopped_by[0]).name if stopped_by else None
     code = 0
     if not follow and left:

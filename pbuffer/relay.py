@@ -44,7 +44,7 @@ from .errors import ConfigurationError, CorruptDatabaseError, PublishError
 from .message import Message, Payload
 from .transport import Failure, Outcome, PublishResult, Transport
 
-__all__ = ["Relay", "RelayStats", "send"]
+__all__ = ["Relay", "RelayObserver", "RelayStats", "send"]
 
 _log = logging.getLogger("pbuffer.relay")
 
@@ -76,6 +76,26 @@ RetryCallback = Callable[[Message, Failure, int], object]
 DeadLetterCallback = Callable[[Message, str, int], object]
 
 
+class RelayObserver:
+    """What a relay tells an observer (metrics: :mod:`pbuffer.metrics`), window by window. Subclass it and override
+    what you need; every method does nothing by default.
+
+    Called in the relay's event loop, so keep them quick and non-blocking; an exception in one is logged and never
+    reaches the relay. A relay without observers pays one truth test per window.
+    """
+
+    def window_published(self, messages: Sequence[Message], results: Sequence[PublishResult],
+                         seconds: float) -> None:
+        """A window was published: one result per message, in order (stored, duplicate or failed); ``seconds`` from
+        its first publish to its last reply (or the transport's timeout)."""
+
+    def retried(self, message: Message, failure: Failure) -> None:
+        """A transient failure of ``message`` will be retried (counted in :attr:`RelayStats.retried`)."""
+
+    def dead_lettered(self, message_id: str, reason: str) -> None:
+        """A message was dead-lettered (counted in :attr:`RelayStats.dead_lettered`)."""
+
+
 class Relay:
     """Drains ``buffer`` into ``transport``. Use ``async with Relay(...) as relay: await relay.drain()``.
 
@@ -92,13 +112,15 @@ class Relay:
         lease: seconds a claimed window stays this relay's before another relay may take it over; longer than
             one publish attempt (the transport's timeout) plus ``backoff_max``. Default: 30, or twice
             ``backoff_max`` plus 10 when that is longer.
+        observer: a :class:`RelayObserver` told about every window, retry and dead letter (more with
+            :meth:`add_observer`).
     """
 
     def __init__(self, buffer: Buffer | AsyncBuffer, transport: Transport, *, batch_size: int = 500,
                  strict_order: bool = False, backoff_initial: float = 0.05, backoff_max: float = 10.0,
                  poll_interval: float = 1.0, on_retry: RetryCallback | None = None,
                  on_dead_letter: DeadLetterCallback | None = None, close_transport: bool = True,
-                 lease: float | None = None) -> None:
+                 lease: float | None = None, observer: RelayObserver | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1_000_000:
             raise ConfigurationError(f"batch_size must be an int from 1 to 1,000,000, not {batch_size!r}")
         for name, value in (("backoff_initial", backoff_initial), ("backoff_max", backoff_max),
@@ -135,6 +157,8 @@ class Relay:
         #: Subjects held back after a transient failure: until when (time.monotonic()), and their current backoff.
         self._held: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
+        # A tuple, replaced whole: drain() walks it while add_observer() may run from another task.
+        self._observers: tuple[RelayObserver, ...] = () if observer is None else (observer,)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -149,6 +173,13 @@ class Relay:
             await self.transport.close()
         if self._owns_buffer_facade:
             await self.buffer.close(close_buffer=False)  # the caller's Buffer stays open
+
+    def add_observer(self, observer: RelayObserver) -> None:
+        """Tell ``observer`` about every window, retry and dead letter from now on."""
+        self._observers = (*self._observers, observer)
+
+    def remove_observer(self, observer: RelayObserver) -> None:
+        self._observers = tuple(o for o in self._observers if o is not observer)
 
     def stop(self) -> None:
         """Ask :meth:`run` (or a drain) to stop after the window in flight; nothing is left half-done."""
@@ -180,10 +211,13 @@ class Relay:
             while window and not self._stopping.is_set():
                 await self._check_duplicate_windows(window)
                 prefetch = asyncio.ensure_future(self._read_window(stats, after=window[-1].id))
+                started = time.perf_counter() if self._observers else 0.0
                 if self.strict_order:
                     results = await self._publish_strictly(window)
                 else:
                     results = await self.transport.publish(window)
+                if self._observers:
+                    self._observe("window_published", window, results, time.perf_counter() - started)
                 acknowledged, retry = await self._settle(window, results, stats)
                 self.stats.add(stats.minus(counted))
                 counted = stats.copy()
@@ -276,6 +310,8 @@ class Relay:
                 if await self.buffer.mark_dead(exc.message_id, f"corrupt: {exc}", attempts=0):
                     stats.dead_lettered += 1
                     _log.error("dead-lettered message %s: its stored bytes fail their checksum", exc.message_id)
+                    if self._observers:
+                        self._observe("dead_lettered", exc.message_id, f"corrupt: {exc}")
 
     async def _publish_strictly(self, batch: Sequence[Message]) -> list[PublishResult]:
         """Per subject, one message at a time, stopping a subject at its first transient failure."""
@@ -332,6 +368,8 @@ class Relay:
             self._warn_retry(message, failure, attempts)
             if self.on_retry is not None:
                 self.on_retry(message, failure, attempts)
+            if self._observers:
+                self._observe("retried", message, failure)
         return acknowledged, retry
 
     async def _dead_letter(self, message: Message, reason: str, attempts: int, stats: RelayStats) -> None:
@@ -343,6 +381,16 @@ class Relay:
                        attempts, reason)
             if self.on_dead_letter is not None:
                 self.on_dead_letter(message, reason, attempts)
+            if self._observers:
+                self._observe("dead_lettered", message.id, reason)
+
+    def _observe(self, event: str, *args: object) -> None:
+        """Tell every observer; an observer's bug must never stop delivery."""
+        for observer in self._observers:
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                _log.exception("relay observer %r failed in %s", observer, event)
 
     def _warn_retry(self, message: Message, failure: Failure, attempts: int) -> None:
         if failure.no_stream:
