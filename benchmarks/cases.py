@@ -308,6 +308,29 @@ def _builtin_cases(settings: Settings) -> list[Case]:
             headline=True,
         ),
         Case(
+            name="sqlite.save with metrics", op="save", backend="sqlite",
+            subject_label="save() while pbuffer.metrics.serve() is scraped every second",
+            subject=partial(workloads.buffer_save, metrics=True),
+            baseline_label="save(), no metrics", baseline=workloads.buffer_save,
+            count=count(20_000, 5_000),
+            target=Target("metrics cost nothing measurable on save() (>= 0.95x)", "min_ratio", 0.95),
+            note="Both sides: single save() calls on a sqlite buffer (durability='process'); the subject also serves "
+                 "/metrics and a thread fetches it every second (each scrape reads stats() and subject_stats()).",
+            requires=("prometheus_client",),
+        ),
+        Case(
+            name="drain.e2e with metrics", op="drain", backend="nats",
+            subject_label=f"relay drain() with pbuffer.metrics.serve() scraped every second [batch {e2e.BATCH_SIZE}]",
+            subject=partial(e2e.relay_drain, metrics=True),
+            baseline_label="the same relay drain(), no metrics", baseline=e2e.relay_drain,
+            count=e2e_n,
+            target=Target("metrics cost < 5% of the drain's throughput", "min_ratio", 0.95),
+            note=_E2E_SETUP + "Subject: the same drain with pbuffer.metrics.serve(buffer, relay, port=0) on and a "
+                 "thread fetching /metrics every second; baseline: no observer, no server." + _e2e_counts(settings),
+            skip_if=e2e.nats_missing,
+            requires=("prometheus_client",),
+        ),
+        Case(
             name="drain.e2e behind a stuck subject", op="drain", backend="nats",
             subject_label=f"relay drain() with {e2e.STUCK_COUNT:,} messages of a stuck subject ahead",
             subject=e2e.relay_drain_behind_a_stuck_subject,

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,19 +116,46 @@ async def _drop_stream(js: Any) -> None:
 # ------------------------------------------------------------------------------------------ the relay (subject)
 
 
-def relay_drain(context: Context, directory: Path, n: int, *, batch_size: int = BATCH_SIZE) -> float:
+def relay_drain(context: Context, directory: Path, n: int, *, batch_size: int = BATCH_SIZE,
+                metrics: bool = False) -> float:
     """Fill a sqlite buffer (durability "process") with ``n`` messages, untimed; time ``relay.drain()`` until the
-    buffer is empty."""
+    buffer is empty. ``metrics``: with ``pbuffer.metrics.serve()`` on and scraped every second meanwhile."""
     url = _server_url(context)
     buffer = open_buffer(directory, "sqlite", "process")
     try:
         fill(buffer, n)
-        return asyncio.run(_relay_drain(url, buffer, n, batch_size))
+        return asyncio.run(_relay_drain(url, buffer, n, batch_size, metrics))
     finally:
         buffer.close()
 
 
-async def _relay_drain(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int) -> float:
+@contextlib.contextmanager
+def _scraped_metrics(buffer: pbuffer.Buffer, relay: pbuffer.Relay) -> Iterator[None]:
+    """``pbuffer.metrics.serve()`` on a free port, with a thread fetching /metrics every second."""
+    import urllib.request
+
+    from pbuffer import metrics
+
+    server = metrics.serve(buffer, relay, port=0)
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+                response.read()
+            done.wait(1.0)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        scraper.join()
+        server.close()
+
+
+async def _relay_drain(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int, metrics: bool = False) -> float:
     from pbuffer.jetstream import JetStreamTransport
 
     transport = await JetStreamTransport.connect(url)
@@ -135,7 +163,8 @@ async def _relay_drain(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int
         await _fresh_stream(transport.js)
         relay = pbuffer.Relay(buffer, transport, batch_size=batch_size, close_transport=False)
         try:
-            seconds = await timed_async(relay.drain)
+            with _scraped_metrics(buffer, relay) if metrics else contextlib.nullcontext():
+                seconds = await timed_async(relay.drain)
         finally:
             await relay.close()
         stats = relay.stats

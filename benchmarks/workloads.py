@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -163,9 +164,11 @@ def _expect(condition: bool, what: str) -> None:
 
 
 def buffer_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE,
-                payload: bytes | None = None) -> float:
+                payload: bytes | None = None, metrics: bool = False) -> float:
+    """``n`` single saves; ``metrics``: with ``pbuffer.metrics.serve()`` on the buffer, scraped every second
+    meanwhile (Prometheus scrapes every 15-60 s by default)."""
     payload = current() if payload is None else payload
-    with store.open(directory) as buffer:
+    with store.open(directory) as buffer, _scraped(buffer) if metrics else nullcontext():
         save = buffer.save
 
         def run() -> None:
@@ -175,6 +178,31 @@ def buffer_save(context: Context, directory: Path, n: int, *, store: Store = SQL
         seconds = timed(run)
         _expect(len(buffer) == n, f"{n} messages saved")
         return seconds
+
+
+@contextmanager
+def _scraped(buffer: pbuffer.Buffer) -> Iterator[None]:
+    import urllib.request
+
+    from pbuffer import metrics
+
+    server = metrics.serve(buffer, None, port=0)
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+                response.read()
+            done.wait(1.0)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        scraper.join()
+        server.close()
 
 
 def thread_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE_POWER,
