@@ -55,6 +55,8 @@ GROUP_COMMIT_CASES = {*(f"{prefix}.aio.save 64 tasks vs save()" for prefix in ("
 STATS_CASES = {"sqlite.stats 1", "sqlite.stats 20", "sqlite.stats 50", "memory.stats 100",
                "postgresql.stats 10", "mariadb.stats 10"}
 DRAIN_CASES = {"drain.e2e vs seed", "drain.e2e vs ceiling", "drain.e2e behind a stuck subject", "drain.memory"}
+#: Metrics on vs off, side by side (the metrics issue); not headline cases.
+METRICS_CASES = {"sqlite.save with metrics", "drain.e2e with metrics"}
 # Quick mode caps the backlogs at 50,000 (here 50), so 100k and 1M are one case.
 BACKLOG_CASES = {f"sqlite.{op} with {size} waiting" for op in ("save", "pop") for size in ("1", "10", "50")}
 #: The core-speed issue's cases at --quick --scale 0.001 (core_cases.py).
@@ -96,6 +98,7 @@ EXPECTED_CASES = {
     *STATS_CASES,
     *BACKLOG_CASES,
     *DRAIN_CASES,
+    *METRICS_CASES,
 }
 #: Quick mode without --all: the issues' targets and one figure of each kind.
 HEADLINE_CASES = {
@@ -122,6 +125,7 @@ EXPECTED_TARGETS = {
     "sqlite[power].aio.save 64 tasks vs save()",
     "sqlite.stats 50",
     *DRAIN_CASES,
+    *METRICS_CASES,
     *(CORE_CASES - {"memory.get_all 100 vs 10 waiting, windows of 500", "sqlite.claim+delete_many windows of 500"}),
     *SERVER_CORE_CASES,
 }
@@ -301,8 +305,8 @@ def test_filters_select_cases() -> None:
 
 def test_drain_op_selects_the_nats_cases() -> None:
     cases = build_cases(Settings(quick=True, scale=0.001))
-    assert {case.name for case in cases if case.op == "drain"} == DRAIN_CASES
-    assert {case.name for case in cases if case.backend == "nats"} == DRAIN_CASES
+    assert {case.name for case in cases if case.op == "drain"} == DRAIN_CASES | {"drain.e2e with metrics"}
+    assert {case.name for case in cases if case.backend == "nats"} == DRAIN_CASES | {"drain.e2e with metrics"}
     # No case is chosen by this filter: an error that says how to select, not a run of nothing.
     with pytest.raises(SystemExit) as exit_:
         run([*TINY, "--ops", "drain", "--backend", "memory"])
