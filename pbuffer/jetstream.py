@@ -26,7 +26,9 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from . import ids
 from .errors import PublishError
+from .fast_ingest import BatchOutcome, FastBatch, StreamModes, publish_batch
 from .message import Message
 from .natscompat import check_client, drop_unsent_publishes
 from .transport import PublishResult, Transport
@@ -88,12 +90,22 @@ class JetStreamTransport(Transport):
     would drop the whole connection for it. A connection nats-py closed for good (a server ``-ERR``, refused
     credentials, reconnect attempts used up) is opened again with the same options when pbuffer owns it, with a
     WARNING naming the cause at most once a minute while it cannot be.
+
+    Fast-ingest batches (:mod:`pbuffer.fast_ingest`): the messages of a window whose subjects map to a stream with
+    ``allow_batched`` go as one fast-ingest batch per stream (gap mode ``fail``, committed with the window's last
+    message), the others one by one, at the same time. A subject's stream and whether it allows batches are read
+    when the transport first meets the subject, again at least once a minute, and at once after a no-stream
+    failure or a batch the stream refused. Messages of a batch are acknowledged only by its final PubAck; after any
+    error, gap, timeout or disconnect the messages it did not confirm go one by one in the same call (the server
+    drops copies it already has by ``Nats-Msg-Id``). A batch sees no duplicates: those it confirms are reported
+    stored, all with the batch's final stream sequence. ``fast_ingest=False`` turns batches off.
     """
 
     #: Opens a new connection with the options :meth:`connect` was given (None: the caller owns the connection).
     _reopen: Callable[[], Awaitable[Client]] | None = None
 
-    def __init__(self, nc: Client, *, timeout: float = 5.0, owns_connection: bool = False) -> None:
+    def __init__(self, nc: Client, *, timeout: float = 5.0, owns_connection: bool = False,
+                 fast_ingest: bool = True) -> None:
         if not isinstance(nc, Client):
             raise TypeError(f"JetStreamTransport takes a connected nats.aio.client.Client, not {type(nc).__name__}"
                             " (a JetStream context is made from the client)")
@@ -111,6 +123,17 @@ class JetStreamTransport(Transport):
         self._warned_closed = -1e9
         self._jetstream_checked = (-1e9, True)  # (when, whether $JS.API.INFO answered)
         self._api_subjects: dict[str, bool] = {}  # is_server_api_subject by subject: a relay meets few subjects
+        #: Publish a window's messages for a stream with ``allow_batched`` as one fast-ingest batch.
+        self.fast_ingest = fast_ingest
+        #: Messages confirmed by the final PubAck of a fast-ingest batch (the others went one by one).
+        self.fast_ingested = 0
+        self._modes = StreamModes(timeout=min(timeout, 2.0))
+        self._fast_inbox = ""
+        self._fast_replies: Any = None  # the subscription on <fast inbox>.>
+        self._batches: dict[str, FastBatch] = {}
+        #: Streams whose last batch got no answer in time: their next window goes one by one (the fallback of a
+        #: batch that timed out, kept out of that call so no publish call waits more than about ``timeout``).
+        self._after_timeout: set[str] = set()
 
     @classmethod
     async def connect(
@@ -132,6 +155,7 @@ class JetStreamTransport(Transport):
         connect_attempts: int = 3,
         timeout: float = 5.0,
         name: str = "pbuffer",
+        fast_ingest: bool = True,
     ) -> JetStreamTransport:
         """Connect to NATS: ``connect_attempts`` tries per server (at least 2), then
         :class:`~pbuffer.PublishError`; refused credentials or an untrusted certificate fail at once. Once
@@ -139,7 +163,8 @@ class JetStreamTransport(Transport):
         outages, and its messages wait in the buffer meanwhile. Should nats-py close the connection for good anyway,
         the transport opens a new one with the same options at its next publish.
 
-        Credentials are passed to nats-py as given and never logged.
+        Credentials are passed to nats-py as given and never logged. ``fast_ingest=False`` publishes every message
+        on its own even into streams that allow fast-ingest batches.
         """
         options: dict[str, Any] = {
             "servers": [servers] if isinstance(servers, str) else list(servers),
@@ -166,7 +191,9 @@ class JetStreamTransport(Transport):
         async def open_client() -> Client:
             return await _open_client(options, max_reconnect_attempts)
 
+        # Set after construction: subclasses whose __init__ predates the option keep working.
         transport = cls(await open_client(), timeout=timeout, owns_connection=True)
+        transport.fast_ingest = fast_ingest
         transport._reopen = open_client
         return transport
 
@@ -182,6 +209,16 @@ class JetStreamTransport(Transport):
             await self._subscribe_replies()
         except Exception as exc:  # the connection went away between the check and the subscribe
             return [classify(exc, message) for message in messages]
+        batched = await self._batched_streams(messages) if self.fast_ingest and len(messages) > 1 else None
+        if not batched:
+            results = await self._publish_each(messages)
+        else:
+            results = await self._publish_batched(messages, batched)
+        self._forget_unstreamed(messages, results)
+        return results
+
+    async def _publish_each(self, messages: Sequence[Message]) -> list[PublishResult]:
+        """The per-message pipeline: every message its own publish and PubAck, all in flight at once."""
         max_payload = self.nc.max_payload
         publish = self.nc.publish
         loop = asyncio.get_running_loop()
@@ -225,6 +262,106 @@ class JetStreamTransport(Transport):
                 results.append(await self._explain(item.result(), message))
         return results
 
+    # ------------------------------------------------------------------------------------ fast-ingest batches
+
+    async def _batched_streams(self, messages: Sequence[Message]) -> dict[str, str] | None:
+        """The streams that allow fast-ingest batches, by subject, for the subjects of ``messages`` (None: none)."""
+        found: dict[str, str] = {}
+        for subject in {message.subject for message in messages}:
+            stream = await self._modes.batched_stream(self.nc, subject)
+            if stream is not None:
+                found[subject] = stream
+        return found or None
+
+    async def _publish_batched(self, messages: Sequence[Message], batched: Mapping[str, str]
+                               ) -> list[PublishResult]:
+        """One fast-ingest batch per stream that allows them, the other messages one by one, all at once; a batch
+        that ends early falls back to the per-message pipeline for every message its PubAck did not confirm."""
+        results: list[PublishResult | None] = [None] * len(messages)
+        by_stream: dict[str, list[int]] = {}
+        single: list[int] = []
+        headers: dict[int, dict[str, str]] = {}
+        max_payload = self.nc.max_payload
+        for index, message in enumerate(messages):
+            stream = batched.get(message.subject)
+            if stream is None or stream in self._after_timeout:
+                single.append(index)
+                continue
+            message_headers = headers[index] = {**message.headers, "Nats-Msg-Id": message.id}
+            refused = self._refused_before_sending(message, message_headers, max_payload)
+            if refused is not None:
+                results[index] = refused
+            else:
+                by_stream.setdefault(stream, []).append(index)
+
+        async def one_by_one(indexes: Sequence[int]) -> None:
+            if indexes:
+                for index, result in zip(indexes, await self._publish_each([messages[i] for i in indexes]),
+                                         strict=True):
+                    results[index] = result
+
+        async def as_batch(indexes: list[int]) -> None:
+            if len(indexes) < 2:  # a batch of one is a plain publish with extra steps
+                await one_by_one(indexes)
+                return
+            outcome = await self._send_batch([messages[i] for i in indexes], [headers[i] for i in indexes])
+            assert outcome.stream is not None or outcome.confirmed == 0
+            self.fast_ingested += outcome.confirmed
+            stored = PublishResult.stored(outcome.stream or "", outcome.sequence)  # immutable: one for all
+            for index in indexes[:outcome.confirmed]:
+                results[index] = stored
+            if outcome.timed_out:
+                # Outcome unknown, and the call's time is up: the relay retries these from the oldest, and that
+                # window goes one by one.
+                self._after_timeout.add(outcome.stream or batched[messages[indexes[0]].subject])
+                _log.info("fast-ingest batch of %d message(s) ended after %d confirmed (%s); the next window of its "
+                          "stream goes one by one", len(indexes), outcome.confirmed, outcome.failure)
+                for index in indexes[outcome.confirmed:]:
+                    results[index] = classify(asyncio.TimeoutError(), messages[index])
+            elif outcome.failure is not None:
+                if outcome.stale_mode:
+                    self._modes.forget({messages[i].subject for i in indexes})
+                _log.info("fast-ingest batch of %d message(s) ended after %d confirmed (%s); publishing the rest "
+                          "one by one", len(indexes), outcome.confirmed, outcome.failure)
+                await one_by_one(indexes[outcome.confirmed:])
+
+        await asyncio.gather(one_by_one(single), *(as_batch(indexes) for indexes in by_stream.values()))
+        done = [result for result in results if result is not None]
+        assert len(done) == len(messages)
+        if self._after_timeout:
+            # A stream whose window went one by one after a timeout gets batches again once one succeeded whole.
+            outcomes: dict[str, bool] = {}
+            for index in single:
+                stream = batched.get(messages[index].subject)
+                if stream is not None:
+                    outcomes[stream] = outcomes.get(stream, True) and done[index].acknowledged
+            self._after_timeout -= {stream for stream, succeeded in outcomes.items() if succeeded}
+        return done
+
+    async def _send_batch(self, messages: Sequence[Message], headers: Sequence[dict[str, str]]) -> BatchOutcome:
+        batch = FastBatch(ids.new_id(), len(messages))
+        self._batches[batch.batch_id] = batch
+        sent = 0
+
+        def on_sent(count: int) -> None:
+            nonlocal sent
+            sent += count
+            self.in_flight += count
+
+        try:
+            return await publish_batch(self.nc, self._fast_inbox, batch, messages, headers, self.timeout, on_sent)
+        finally:
+            self.in_flight -= sent
+            # Late replies of an abandoned batch (a timeout, a fallback) are dropped from now on.
+            del self._batches[batch.batch_id]
+
+    def _forget_unstreamed(self, messages: Sequence[Message], results: Sequence[PublishResult]) -> None:
+        """After a no-stream failure, read the subject's stream again next time: a stream created meanwhile may
+        allow batches."""
+        for message, result in zip(messages, results, strict=True):
+            if result.failure is not None and result.failure.no_stream:
+                self._modes.forget([message.subject])
+
     def _refused_before_sending(self, message: Message, headers: Mapping[str, str],
                                 max_payload: int) -> PublishResult | None:
         """A permanent failure for a message the server must never get: a server API subject, or more than
@@ -256,10 +393,12 @@ class JetStreamTransport(Transport):
         return float(window) if window is not None else None
 
     async def close(self) -> None:
-        if self._replies is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self._replies.unsubscribe()
-        self._replies = None
+        for subscription in (self._replies, self._fast_replies):
+            if subscription is not None and not self.nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+        self._replies = self._fast_replies = None
+        self._modes.close()
         if self._owns_connection and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), self.timeout)
@@ -269,18 +408,28 @@ class JetStreamTransport(Transport):
     # ------------------------------------------------------------------------------------------------ internals
 
     async def _subscribe_replies(self) -> None:
-        """One subscription for every reply; nats-py re-subscribes it by itself after a reconnect."""
-        if self._replies is not None:
-            return
-        self._inbox = self.nc.new_inbox()
-        # Generous pending limits: a reply dropped as a "slow consumer" would cost a timeout and a retry.
-        self._replies = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply, pending_msgs_limit=-1,
-                                                pending_bytes_limit=-1)
+        """One subscription for every reply (and one for fast-ingest batches' replies); nats-py re-subscribes
+        them by itself after a reconnect."""
+        if self._replies is None:
+            self._inbox = self.nc.new_inbox()
+            # Generous pending limits: a reply dropped as a "slow consumer" would cost a timeout and a retry.
+            self._replies = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply, pending_msgs_limit=-1,
+                                                    pending_bytes_limit=-1)
+        if self._fast_replies is None and self.fast_ingest:
+            # Batches answer on <fast inbox>.<batch id>.<flow>.<gap mode>.<batch seq>.<op>.$FI.
+            self._fast_inbox = self.nc.new_inbox()
+            self._fast_replies = await self.nc.subscribe(f"{self._fast_inbox}.>", cb=self._on_fast_reply,
+                                                         pending_msgs_limit=-1, pending_bytes_limit=-1)
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject.rpartition(".")[2], None)
         if future is not None and not future.done():
             future.set_result(parse_reply(msg.data, msg.headers))
+
+    async def _on_fast_reply(self, msg: Msg) -> None:
+        batch = self._batches.get(msg.subject[len(self._fast_inbox) + 1:].partition(".")[0])
+        if batch is not None:
+            batch.on_reply(msg.data, msg.headers)
 
     async def _explain(self, result: PublishResult, message: Message) -> PublishResult:
         """Name the subject in a no-stream failure, and say so when the cause is JetStream being off."""
@@ -321,7 +470,7 @@ class JetStreamTransport(Transport):
                 reason = f"the NATS connection was closed ({why}) and cannot be opened again: {exc}"
             else:
                 self.nc, self.js = nc, nc.jetstream(timeout=self.timeout)
-                self._replies = None
+                self._replies = self._fast_replies = None
                 _log.warning("the NATS connection was closed (%s); opened a new one", why)
                 self._warned_closed = -1e9
                 return None
