@@ -205,17 +205,20 @@ def main(debug: bool, verbose: int, quiet: bool) -> None:
 @click.option("--messages", "-n", default=5000, show_default=True, help="How many messages to save and relay.")
 @click.option("--servers", "-s", default=None, envvar=None,
               help="Use this NATS server instead of starting one (no outage is played then).")
+@click.option("--fast-ingest", is_flag=True,
+              help="Let the demo's stream take fast-ingest batches (allow_batched; nats-server >= 2.14).")
 @friendly
-def demo(messages: int, servers: str | None) -> None:
+def demo(messages: int, servers: str | None, fast_ingest: bool) -> None:
     """Play an outage: save while nats-server is down, then relay and get every echo back.
 
     \b
     Example:
       pbuffer demo --messages 10000
+      pbuffer demo --fast-ingest
     """
     from .demo import run_demo
 
-    result = asyncio.run(run_demo(messages, servers, console))
+    result = asyncio.run(run_demo(messages, servers, console, fast_ingest=fast_ingest))
     sys.exit(0 if result.ok else 1)
 
 
@@ -475,7 +478,8 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
     return _drain_summary(stats, left, time.monotonic() - started, stopped_by, follow, as_json)
 
 
-def _drain_summary(stats: pbuffer.RelayStats, left: int, seconds: float, stopped_by: list[int], follow: bool, as_json: bool) -> int:
+def _drain_summary(stats: pbuffer.RelayStats, left: int, seconds: float, stopped_by: list[int], follow: bool,
+                   as_json: bool) -> int:
     """Print what a drain did (text or JSON); returns its exit status."""
     signal_name = signal.Signals(stopped_by[0]).name if stopped_by else None
     code = 0

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 from pbuffer.backends import sql
-from pbuffer.testing.state_machine import make_state_machine
 
 import pbuffer
 from pbuffer import Buffer
+from pbuffer.testing.state_machine import make_state_machine
 
 
 def _mark(path: Path) -> int:
