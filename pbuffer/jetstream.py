@@ -31,7 +31,7 @@ from .errors import PublishError
 from .fast_ingest import BatchOutcome, FastBatch, StreamModes, publish_batch
 from .message import Message
 from .natscompat import check_client, drop_unsent_publishes
-from .transport import PublishResult, Transport
+from .transport import FailureKind, PublishResult, Transport
 from .validation import is_server_api_subject
 
 __all__ = ["JetStreamTransport", "classify", "parse_reply"]
@@ -50,7 +50,16 @@ _TRANSIENT = (
     nats.js.errors.ServiceUnavailableError,
     nats.js.errors.ServerError,
 )
+_DISCONNECTED = (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                 nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError,
+                 nats.errors.StaleConnectionError)
+_UNAVAILABLE = (nats.js.errors.ServiceUnavailableError, nats.js.errors.ServerError)
 _PERMANENT = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.BadHeaderError)
+
+
+def _kind_of_code(code: object) -> FailureKind:
+    """A 5xx code or status from the server means it or the stream is unavailable for now."""
+    return "unavailable" if str(code).startswith("5") else "other"
 
 
 def classify(exc: BaseException, message: Message) -> PublishResult:
@@ -63,14 +72,16 @@ def classify(exc: BaseException, message: Message) -> PublishResult:
         return PublishResult.failed(f"{type(exc).__name__}: {exc} ({len(message.payload)} bytes)", transient=False)
     if isinstance(exc, asyncio.TimeoutError):
         return PublishResult.failed("no ack before the timeout: outcome unknown, retried with the same id",
-                                    transient=True)
+                                    transient=True, kind="timeout")
     if isinstance(exc, _TRANSIENT):
-        return PublishResult.failed(f"{type(exc).__name__}: {exc}", transient=True)
+        kind: FailureKind = ("disconnected" if isinstance(exc, _DISCONNECTED) else
+                             "unavailable" if isinstance(exc, _UNAVAILABLE) else "other")
+        return PublishResult.failed(f"{type(exc).__name__}: {exc}", transient=True, kind=kind)
     if isinstance(exc, nats.js.errors.APIError):
         # A 400 is the stream refusing this message (a rule it breaks); anything else may pass on retry.
         transient = exc.code != 400
         return PublishResult.failed(f"JetStream error {exc.code} ({exc.err_code}): {exc.description}",
-                                    transient=transient)
+                                    transient=transient, kind=_kind_of_code(exc.code))
     # Unknown failures are retried: dropping a message on a guess would break the one promise that matters.
     return PublishResult.failed(f"{type(exc).__name__}: {exc}", transient=True)
 
@@ -201,10 +212,11 @@ class JetStreamTransport(Transport):
         if self.nc.is_closed:
             reason = await self._open_again()
             if reason is not None:
-                return [PublishResult.failed(reason, transient=True) for _ in messages]
+                return [PublishResult.failed(reason, transient=True, kind="disconnected") for _ in messages]
         if not self.nc.is_connected:
             # Nothing is queued while disconnected (see connect): the whole window waits in the buffer.
-            return [PublishResult.failed("not connected to NATS", transient=True) for _ in messages]
+            return [PublishResult.failed("not connected to NATS", transient=True, kind="disconnected")
+                    for _ in messages]
         try:
             await self._subscribe_replies()
         except Exception as exc:  # the connection went away between the check and the subscribe
@@ -494,7 +506,7 @@ def parse_reply(data: bytes, headers: dict[str, str] | None) -> PublishResult:
         if status == "503":  # no responders: no stream covers the subject, or its stream has no leader
             return PublishResult.failed("no stream responded", transient=True, no_stream=True)
         return PublishResult.failed(f"status {status} {headers.get('Description', '') if headers else ''}".strip(),
-                                    transient=True)
+                                    transient=True, kind=_kind_of_code(status))
     try:
         ack = json.loads(data)
     except ValueError:
@@ -505,7 +517,8 @@ def parse_reply(data: bytes, headers: dict[str, str] | None) -> PublishResult:
             code = error.get("code")
             # A 400 is the stream refusing this message (a rule it breaks); anything else may pass on retry.
             return PublishResult.failed(f"JetStream error {code} ({error.get('err_code')}): "
-                                        f"{error.get('description')}", transient=code != 400)
+                                        f"{error.get('description')}", transient=code != 400,
+                                        kind=_kind_of_code(code))
         stream, seq = ack.get("stream"), ack.get("seq")
         if isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
             return PublishResult.duplicate(stream, seq) if ack.get("duplicate") else PublishResult.stored(stream, seq)

@@ -15,7 +15,6 @@ held (kept at 0 once drained), the oldest age at 0 when the buffer is empty.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ from .jetstream import JetStreamTransport
 from .limits import BufferStats, SubjectStats
 from .message import Message
 from .relay import Relay, RelayObserver
-from .transport import Failure, Outcome, PublishResult
+from .transport import FAILURE_KINDS, Failure, Outcome, PublishResult
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -57,32 +56,17 @@ __all__ = [
 _log = logging.getLogger("pbuffer.metrics")
 
 #: The ``reason`` label of ``pbuffer_relay_retries_total``: a small fixed set, every one exported from the start.
-RETRY_REASONS = ("timeout", "no_stream", "unavailable", "disconnected", "other")
+RETRY_REASONS: tuple[str, ...] = FAILURE_KINDS
 #: Upper bounds (seconds) of ``pbuffer_relay_publish_duration_seconds``: a window of 500 takes tens of ms on a
 #: LAN; the top buckets catch the transport's timeout (5 s by default).
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: The ``subject`` label that sums the subjects beyond ``max_subjects`` (and a subject named ``other`` itself).
 OTHER = "other"
 
-# The texts pbuffer.jetstream writes into Failure.reason, by retry label. Failure has no typed kind beyond
-# no_stream yet, so the label is read from the text here, in one place, for a label only (never control flow);
-# tests/test_metrics.py feeds every exception jetstream.classify() maps through this and fails when a text changes.
-_REASON_PATTERNS = (
-    ("timeout", re.compile(r"no ack before the timeout|TimeoutError")),
-    ("disconnected", re.compile(r"not connected to NATS|NATS connection (is|was) closed|Connection(Closed|Reconnecting"
-                                r"|Draining)Error|OutboundBufferLimitError|StaleConnectionError")),
-    ("unavailable", re.compile(r"JetStream error 5\d\d|ServiceUnavailableError|ServerError|status 503")),
-)
-
 
 def retry_reason(failure: Failure) -> str:
-    """The ``reason`` label (one of :data:`RETRY_REASONS`) for a transient failure."""
-    if failure.no_stream:
-        return "no_stream"
-    for label, pattern in _REASON_PATTERNS:
-        if pattern.search(failure.reason):
-            return label
-    return "other"
+    """The ``reason`` label (one of :data:`RETRY_REASONS`) for a transient failure: its typed kind."""
+    return failure.kind
 
 
 # --------------------------------------------------------------------------------------------------- the relay

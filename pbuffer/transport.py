@@ -14,10 +14,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal, get_args
 
 from .message import Message
 
-__all__ = ["Failure", "MockTransport", "Outcome", "PublishResult", "Transport"]
+__all__ = ["FAILURE_KINDS", "Failure", "FailureKind", "MockTransport", "Outcome", "PublishResult", "Transport"]
+
+#: What a failure was: no ack in time (outcome unknown), no stream answered, the server or stream unavailable (a
+#: 503, a server error), the connection down or closing, anything else.
+FailureKind = Literal["timeout", "no_stream", "unavailable", "disconnected", "other"]
+FAILURE_KINDS: tuple[FailureKind, ...] = get_args(FailureKind)
 
 
 class Outcome(Enum):
@@ -38,6 +44,8 @@ class Failure:
     # False: the message was never handed to the server (held back behind an earlier failure), so this was no
     # attempt: it counts as no retry and raises no warning.
     attempted: bool = True
+    #: What kind of failure, for metrics and logs (one of :data:`FAILURE_KINDS`); set where the failure is read.
+    kind: FailureKind = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +69,11 @@ class PublishResult:
         return cls(Outcome.DUPLICATE, stream, sequence)
 
     @classmethod
-    def failed(cls, reason: str, *, transient: bool, no_stream: bool = False, attempted: bool = True
-               ) -> PublishResult:
-        return cls(Outcome.FAILED, failure=Failure(reason, transient, no_stream, attempted))
+    def failed(cls, reason: str, *, transient: bool, no_stream: bool = False, attempted: bool = True,
+               kind: FailureKind | None = None) -> PublishResult:
+        """A failed publish; ``kind`` defaults to ``"no_stream"`` for a no-stream failure, else ``"other"``."""
+        chosen: FailureKind = kind if kind is not None else "no_stream" if no_stream else "other"
+        return cls(Outcome.FAILED, failure=Failure(reason, transient, no_stream, attempted, chosen))
 
 
 class Transport(ABC):

@@ -279,12 +279,12 @@ def test_retry_reasons_and_dead_letters_are_counted_by_the_observer() -> None:
 
 
 def test_every_transient_failure_jetstream_reports_has_its_reason_label() -> None:
-    """Pins retry_reason to the texts pbuffer.jetstream writes: a changed text fails here, not on a dashboard."""
+    """Every transient failure pbuffer.jetstream reports carries the typed kind its label needs."""
     message = Message("0" * 8 + "-0000-7000-8000-" + "0" * 12, "s", b"", {}, 0)
     cases: list[tuple[PublishResult, str]] = [
         (classify(asyncio.TimeoutError(), message), "timeout"),
         (classify(nats.errors.TimeoutError(), message), "timeout"),
-        (classify(nats.errors.FlushTimeoutError(), message), "timeout"),
+        (classify(nats.errors.FlushTimeoutError(), message), "timeout"),  # (an asyncio.TimeoutError)
         (classify(nats.errors.NoRespondersError(), message), "no_stream"),
         (classify(nats.js.errors.NoStreamResponseError(), message), "no_stream"),
         (classify(nats.js.errors.ServiceUnavailableError(), message), "unavailable"),
@@ -300,8 +300,14 @@ def test_every_transient_failure_jetstream_reports_has_its_reason_label() -> Non
         (parse_reply(b"", {"Status": "503"}), "no_stream"),
         (parse_reply(b'{"error":{"code":503,"err_code":10077,"description":"x"}}', None), "unavailable"),
         (parse_reply(b"", {"Status": "408"}), "other"),
-        (PublishResult.failed("not connected to NATS", transient=True), "disconnected"),  # JetStreamTransport.publish
     ]
+    # JetStreamTransport.publish on a client that is not connected.
+    from nats.aio.client import Client
+
+    from pbuffer.jetstream import JetStreamTransport
+
+    cases += [(result, "disconnected")
+              for result in asyncio.run(JetStreamTransport(Client()).publish([message]))]
     for result, label in cases:
         assert result.failure is not None and result.failure.transient, result
         assert retry_reason(result.failure) == label, result.failure.reason
