@@ -8,9 +8,9 @@ name in this process (the way several buffers can open one sqlite file).
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,17 +33,92 @@ class _Dead:
 # Positions in a subject's counters: the same as the SQL backends' pbuffer_counters columns.
 _PENDING, _PENDING_BYTES, _DEAD, _DEAD_BYTES = 0, 1, 2, 3
 _KIND = {"dropped": 4, "expired": 5}
+# A lane is compacted when it holds more than twice its live messages plus this many entries.
+_COMPACT_SLACK = 1024
 
 
-@dataclass
+class _Lane(list[int]):
+    """The sequence numbers of one scope's pending messages (all, or one subject's), in queue order.
+
+    Removing a message does not touch its lane: an entry whose sequence number is no longer in ``_Store.pending``
+    is dead, and walks pass over it. So a save appends one int, a removal costs nothing here, and a read that
+    starts behind a message (``after=``) finds its place by bisection instead of walking from the head. Walks
+    remember what they passed over (``head`` for the front, ``skip`` for runs of dead entries further in), so no
+    run of dead entries is walked twice, and the lane is rebuilt once the dead outnumber the live
+    (:meth:`_Store.remove`): every operation costs the messages it returns, amortized.
+    """
+
+    __slots__ = ("head", "skip")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = 0  # every entry before it is dead
+        self.skip: dict[int, int] = {}  # index of a dead entry -> an index at or before the next live entry
+
+    def walk(self, pending: dict[int, Message], behind: int | None, limit: int | None,
+             keep: Callable[[Message], bool] | None = None) -> list[tuple[int, Message]]:
+        """Up to ``limit`` (all if ``None``) live ``(seq, message)`` pairs, oldest first, that ``keep`` accepts;
+        with ``behind``, only those queued behind that sequence number. The caller holds the store's lock."""
+        head = self.head
+        index = head if behind is None else max(head, bisect_right(self, behind, head))
+        at_head = index == head
+        found: list[tuple[int, Message]] = []
+        if limit == 0:
+            return found
+        skip, end = self.skip, len(self)
+        passed: list[int] = []  # the dead entries since the last live one
+        while index < end:
+            jump = skip.get(index)
+            if jump is not None:
+                passed.append(index)
+                index = jump
+                continue
+            seq = self[index]
+            message = pending.get(seq)
+            if message is None:
+                passed.append(index)
+                index += 1
+                continue
+            if passed:
+                if at_head:
+                    self.head = index
+                else:
+                    for dead in passed:
+                        skip[dead] = index
+                passed.clear()
+            at_head = False
+            if keep is None or keep(message):
+                found.append((seq, message))
+                if limit is not None and len(found) >= limit:
+                    return found
+            index += 1
+        if passed:
+            # Dead up to the end: the next walk starts after them.
+            if at_head:
+                self.head = end
+            else:
+                for dead in passed:
+                    skip[dead] = end
+        return found
+
+    def compact(self, pending: dict[int, Message]) -> None:
+        """Drop the dead entries (the caller holds the store's lock)."""
+        self[:] = [seq for seq in self[self.head:] if seq in pending]
+        self.head = 0
+        self.skip.clear()
+
+
+@dataclass(slots=True)
 class _Store:
     """The shared state; every access holds ``lock``."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_seq: int = 1
-    # Pending messages by sequence number; OrderedDict pops from the front in O(1), a plain dict does not.
-    pending: OrderedDict[int, Message] = field(default_factory=OrderedDict)
-    pending_by_subject: dict[str, OrderedDict[int, Message]] = field(default_factory=dict)
+    # Pending messages by sequence number (dict order is queue order, but a dict cannot start a walk in the middle,
+    # nor pop its front without leaving holes to skip: the lanes give the order).
+    pending: dict[int, Message] = field(default_factory=dict)
+    lane: _Lane = field(default_factory=_Lane)
+    lanes_by_subject: dict[str, _Lane] = field(default_factory=dict)
     seq_by_id: dict[str, int] = field(default_factory=dict)
     # Dead letters in the order they died (dicts keep insertion order).
     dead: dict[str, _Dead] = field(default_factory=dict)
@@ -53,26 +128,53 @@ class _Store:
     counters: dict[str, list[int]] = field(default_factory=dict)
 
     def count(self, subject: str, position: int, change: int) -> None:
-        self.counters.setdefault(subject, [0] * 6)[position] += change
+        counts = self.counters.get(subject)
+        if counts is None:
+            counts = self.counters[subject] = [0] * 6
+        counts[position] += change
 
     def add(self, message: Message) -> None:
-        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        # MemoryBuffer._insert spells these steps out for speed: keep the two in step.
+        seq = self.next_seq
+        self.next_seq = seq + 1
         self.pending[seq] = message
-        self.pending_by_subject.setdefault(message.subject, OrderedDict())[seq] = message
         self.seq_by_id[message.id] = seq
-        self.count(message.subject, _PENDING, 1)
-        self.count(message.subject, _PENDING_BYTES, len(message.payload))
+        self.lane.append(seq)
+        subject = message.subject
+        lane = self.lanes_by_subject.get(subject)
+        if lane is None:
+            lane = self.lanes_by_subject[subject] = _Lane()
+        lane.append(seq)
+        counts = self.counters.get(subject)
+        if counts is None:
+            counts = self.counters[subject] = [0] * 6
+        counts[_PENDING] += 1
+        counts[_PENDING_BYTES] += len(message.payload)
 
     def remove(self, seq: int) -> Message:
-        message = self.pending.pop(seq)
-        per_subject = self.pending_by_subject[message.subject]
-        del per_subject[seq]
-        if not per_subject:
-            del self.pending_by_subject[message.subject]
+        """Remove a pending message. Its lanes keep a dead entry, until there are enough of them to rebuild."""
+        pending = self.pending
+        message = pending.pop(seq)
         del self.seq_by_id[message.id]
-        self.claims.pop(message.id, None)
-        self.count(message.subject, _PENDING, -1)
-        self.count(message.subject, _PENDING_BYTES, -len(message.payload))
+        if self.claims:
+            self.claims.pop(message.id, None)
+        counts = self.counters[message.subject]
+        counts[_PENDING] -= 1
+        counts[_PENDING_BYTES] -= len(message.payload)
+        left = counts[_PENDING]
+        if not left:
+            del self.lanes_by_subject[message.subject]
+        else:
+            lane = self.lanes_by_subject[message.subject]
+            if len(lane) > 2 * left + _COMPACT_SLACK:
+                lane.compact(pending)
+        lane = self.lane
+        if not pending:
+            lane.clear()
+            lane.head = 0
+            lane.skip.clear()
+        elif len(lane) > 2 * len(pending) + _COMPACT_SLACK:
+            lane.compact(pending)
         return message
 
     def add_dead(self, dead: _Dead) -> None:
@@ -109,6 +211,8 @@ class MemoryBuffer(Buffer):
         else:
             self._store = _Store()
         self.name = name
+        # Read on every save; the limits are fixed when the buffer is opened.
+        self._bounded = self.limits.bounded
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryBuffer:
@@ -119,18 +223,43 @@ class MemoryBuffer(Buffer):
 
     def _insert(self, messages: list[Message]) -> None:
         store = self._store
-        with store.lock:
-            if self.limits.bounded:
-                counts = self._counts()
-                pending = self._pending()
-                victims = self.limits.make_room(
-                    counts[_PENDING], counts[_PENDING_BYTES], [len(m.payload) for m in messages],
-                    lambda n: [(seq, len(m.payload)) for seq, m in islice(pending.items(), n)])
-                for seq in victims:
-                    store.count(store.remove(seq).subject, _KIND["dropped"], 1)
-                self._note_removed("dropped", len(victims))
+        lock = store.lock
+        # acquire/release rather than ``with``: half the cost on CPython 3.11 (measured), on every save.
+        lock.acquire()
+        try:
+            if self._bounded:
+                self._make_room(messages)
+            # _Store.add spelled out: a call less on every save. Keep the two in step.
             for message in messages:
-                store.add(message)
+                seq = store.next_seq
+                store.next_seq = seq + 1
+                store.pending[seq] = message
+                store.seq_by_id[message.id] = seq
+                store.lane.append(seq)
+                subject = message.subject
+                lane = store.lanes_by_subject.get(subject)
+                if lane is None:
+                    lane = store.lanes_by_subject[subject] = _Lane()
+                lane.append(seq)
+                counts = store.counters.get(subject)
+                if counts is None:
+                    counts = store.counters[subject] = [0] * 6
+                counts[_PENDING] += 1
+                counts[_PENDING_BYTES] += len(message.payload)
+        finally:
+            lock.release()
+
+    def _make_room(self, messages: list[Message]) -> None:
+        """Apply the limits before ``messages`` are added: drop the oldest or raise (the caller holds the lock)."""
+        store = self._store
+        counts = self._counts()
+        lane = self._lane()
+        victims = self.limits.make_room(
+            counts[_PENDING], counts[_PENDING_BYTES], [len(m.payload) for m in messages],
+            lambda n: [] if lane is None else [(seq, len(m.payload)) for seq, m in lane.walk(store.pending, None, n)])
+        for seq in victims:
+            store.count(store.remove(seq).subject, _KIND["dropped"], 1)
+        self._note_removed("dropped", len(victims))
 
     def _counts(self) -> list[int]:
         """This scope's counters (the caller holds the lock)."""
@@ -139,32 +268,35 @@ class MemoryBuffer(Buffer):
             return list(counters.get(self.subject, [0] * 6))
         return [sum(column) for column in zip(*counters.values(), strict=True)] if counters else [0] * 6
 
-    def _pending(self) -> OrderedDict[int, Message]:
+    def _lane(self) -> _Lane | None:
+        """This scope's lane, ``None`` when the scope has nothing pending (the caller holds the lock)."""
         if self.subject is None:
-            return self._store.pending
-        return self._store.pending_by_subject.get(self.subject) or OrderedDict()
+            return self._store.lane
+        return self._store.lanes_by_subject.get(self.subject)
+
+    def _walk(self, after: str | None, limit: int | None,
+              keep: Callable[[Message], bool] | None = None) -> list[tuple[int, Message]]:
+        """:meth:`_Lane.walk` over this scope, behind the pending message ``after`` (from the oldest when it is not
+        pending); the caller holds the lock."""
+        lane = self._lane()
+        if lane is None:
+            return []
+        behind = None if after is None else self._store.seq_by_id.get(after)
+        return lane.walk(self._store.pending, behind, limit, keep)
 
     def _get(self, limit: int | None, after: str | None) -> list[Message]:
         with self._store.lock:
-            pending = self._pending()
-            start = self._store.seq_by_id.get(after, 0) if after is not None else 0
-            if limit is None and not start:
-                return list(pending.values())
-            found: list[Message] = []
-            for seq, message in pending.items():
-                if limit is not None and len(found) >= limit:
-                    break
-                if seq > start:
-                    found.append(message)
-            return found
+            if limit is None and after is None and self.subject is None:
+                return list(self._store.pending.values())
+            return [message for _, message in self._walk(after, limit)]
 
     def _pop(self, now_us: int) -> Message | None:
         store = self._store
         with store.lock:
-            for seq, message in self._pending().items():
-                if not store.claimed_by_other(message.id, None, now_us):
-                    return store.remove(seq)
-            return None
+            free = None if not store.claims else (
+                lambda message: not store.claimed_by_other(message.id, None, now_us))
+            head = self._walk(None, 1, free)
+            return store.remove(head[0][0]) if head else None
 
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
         return self._claim_skipping(limit, after, owner, until_us, now_us, frozenset())
@@ -173,14 +305,10 @@ class MemoryBuffer(Buffer):
                         skip: frozenset[str]) -> list[Message]:
         store = self._store
         with store.lock:
-            start = store.seq_by_id.get(after, 0) if after is not None else 0
-            found: list[Message] = []
-            for seq, message in self._pending().items():
-                if len(found) >= limit:
-                    break
-                if seq > start and message.subject not in skip and not store.claimed_by_other(message.id, owner,
-                                                                                                now_us):
-                    found.append(message)
+            def free(message: Message) -> bool:
+                return message.subject not in skip and not store.claimed_by_other(message.id, owner, now_us)
+
+            found = [message for _, message in self._walk(after, limit, free)]
             for message in found:
                 store.claims[message.id] = (owner, until_us)
             return found
@@ -209,7 +337,8 @@ class MemoryBuffer(Buffer):
     def _stats(self, now_us: int) -> BufferStats:
         with self._store.lock:
             counts = self._counts()
-            oldest = next(iter(self._pending().values()), None)
+            head = self._walk(None, 1)
+        oldest = head[0][1] if head else None
         age = None if oldest is None else max(0.0, (now_us - oldest.created_us) / 1e6)
         return BufferStats(counts[0], counts[1], counts[2], counts[3], age, counts[4], counts[5])
 
@@ -221,8 +350,7 @@ class MemoryBuffer(Buffer):
     def _claim_stats(self, window: int, now_us: int) -> ClaimStats:
         store = self._store
         with store.lock:
-            pending = store.pending if self.subject is None else store.pending_by_subject.get(self.subject)
-            head = [] if pending is None else list(islice(pending.values(), window))
+            head = [message for _, message in self._walk(None, window)]
             live = [claim for claim in (store.claims.get(m.id) for m in head) if claim is not None
                     and claim[1] >= now_us]
         return ClaimStats(len(live), len({owner for owner, _ in live}), max((u for _, u in live), default=None),
@@ -252,8 +380,12 @@ class MemoryBuffer(Buffer):
             return sum(self._delete_locked(message_id) for message_id in message_ids)
 
     def _count(self) -> int:
-        with self._store.lock:
-            return len(self._pending())
+        store = self._store
+        with store.lock:
+            if self.subject is None:
+                return len(store.pending)
+            counts = store.counters.get(self.subject)
+            return 0 if counts is None else counts[_PENDING]
 
     def _mark_dead(self, message_id: str, reason: str, attempts: int, now_us: int) -> bool:
         store = self._store

@@ -43,6 +43,17 @@ class Message:
     headers: Mapping[str, str]
     created_us: int
 
+    def __init__(self, id: str, subject: str, payload: bytes, headers: Mapping[str, str],
+                 created_us: int) -> None:
+        # The dataclass's own __init__ of a frozen class calls object.__setattr__ per field: 0.85 us a message,
+        # more than the memory backend's whole insert. Setting the slots through their descriptors is the same
+        # thing at 0.5 us (measured, CPython 3.11); every save and every read builds a Message.
+        _set_id(self, id)
+        _set_subject(self, subject)
+        _set_payload(self, payload)
+        _set_headers(self, headers)
+        _set_created_us(self, created_us)
+
     @property
     def created_at(self) -> datetime:
         return from_micros(self.created_us)
@@ -50,6 +61,14 @@ class Message:
     def __repr__(self) -> str:
         # Never show payloads: they may hold secrets and end up in logs.
         return f"Message(id={self.id!r}, subject={self.subject!r}, payload=<{len(self.payload)} bytes>)"
+
+
+# The slot descriptors Message.__init__ sets its fields through (it is frozen: plain assignment raises).
+_set_id = Message.__dict__["id"].__set__
+_set_subject = Message.__dict__["subject"].__set__
+_set_payload = Message.__dict__["payload"].__set__
+_set_headers = Message.__dict__["headers"].__set__
+_set_created_us = Message.__dict__["created_us"].__set__
 
 
 @dataclass(frozen=True, slots=True)
