@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, NoReturn
@@ -19,6 +23,7 @@ from sqlalchemy.engine import URL, Engine
 from pbuffer.buffer import Buffer
 from pbuffer.errors import (
     BackendError,
+    BufferFullError,
     ConfigurationError,
     CorruptDatabaseError,
     PBufferError,
@@ -27,9 +32,10 @@ from pbuffer.errors import (
 from pbuffer.ids import from_bytes, to_bytes
 from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, checksum, decode_headers, encode_headers, from_micros
+from pbuffer.outbox import caller_connection, same_database
 
 from . import sqlite_file, versioning
-from .database import Database
+from .database import Database, sqlite_path
 from .errors import is_missing_table, map_driver_error
 from .schema import COUNTED, COUNTER_COLUMNS, COUNTERS, DEAD_LETTERS, MESSAGES
 
@@ -67,6 +73,16 @@ _FOLD_EVERY = 1024
 _FOLD_EVERY_LIMITED = 64
 # Most idle connections a buffer may keep: far above any useful thread count; more is a typo.
 _MAX_POOL_SIZE = 10_000
+# Outbox saves on server databases count into a counters row of their own: a shard drawn from this range, which no
+# other writer uses, so the row locked until the caller commits is nobody else's (see _insert_in). Relays' deletes
+# fold committed ones back into the shared shards, at most every _FOLD_OUTBOX_EVERY seconds per process.
+_OUTBOX_SHARDS = (_SHARDS, 2**31 - 1)
+_FOLD_OUTBOX_EVERY = 1.0
+_FOLD_OUTBOX_ROWS = 1000
+# PostgreSQL: the channel every save NOTIFYs at its commit and buffers LISTEN on (wait_for_messages across
+# processes); seconds between the listening thread's looks at whether the buffer was closed.
+_CHANNEL = "pbuffer"
+_LISTEN_TICK = 0.5
 
 
 class SQLBuffer(Buffer):
@@ -137,7 +153,20 @@ class SQLBuffer(Buffer):
         self._connections = _Connections(self._engine, keep=pool_size)
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
         self._removed_since_check = 0
-        if self._engine.dialect.name in ("mysql", "mariadb"):
+        self._outbox_folded_at = 0.0
+        # Callers' databases already found to be this one (or not: why), by their URL.
+        self._same_database: dict[str, str | None] = {}
+        # PostgreSQL with psycopg 3: saves NOTIFY at commit; a listener added to this buffer starts a thread
+        # that LISTENs, so saves of other processes wake this one's relay too.
+        dialect = self._engine.dialect
+        self._listens = dialect.name == "postgresql" and dialect.driver == "psycopg"
+        # The NOTIFY names this buffer object, whose own saves already woke its listeners in-process.
+        self._token = uuid.uuid4().hex
+        self._notify_sql = f"NOTIFY {_CHANNEL}, '{self._token}'" if dialect.name == "postgresql" else ""
+        self._listen_lock = threading.Lock()
+        self._listen_thread: threading.Thread | None = None
+        self._listen_stop = threading.Event()
+        if dialect.name in ("mysql", "mariadb"):
             self._limit_to_packet_size()
 
     def _limit_to_packet_size(self) -> None:
@@ -243,23 +272,35 @@ class SQLBuffer(Buffer):
                         self._maybe_fold(cursor, None)
                     else:
                         self._bump(cursor, _tally(((m.subject, len(m.payload)) for m in messages), pending=1))
+                if self._notify_sql:
+                    cursor.execute(self._notify_sql)
                 conn.commit()
             except BaseException as exc:
                 self._failed(conn, exc, "save")
             self._connections.give_back(conn)
 
-    def _make_room(self, cursor: Any, messages: list[Message]) -> None:
-        """Inside a save's transaction: apply the size limits (raise, or drop the oldest pending messages)."""
-        if not self._sqlite:
+    def _make_room(self, cursor: Any, messages: list[Message], outbox: bool = False) -> None:
+        """Inside a save's transaction: apply the size limits (raise, or drop the oldest pending messages).
+
+        ``outbox``: in a caller's transaction, which holds whatever it locks until the caller commits. On a server
+        database it then takes no turn on the limits lock (every limited save would wait for the caller) and drops
+        only messages no relay holds a claim on (the relay's delete would wait for the caller).
+        """
+        if not self._sqlite and not outbox:
             # Writers that enforce limits take turns on a server database (sqlite's BEGIN IMMEDIATE already does),
             # so two saves cannot both see the last free place.
             cursor.execute(self._sql.limit_lock)
             cursor.fetchall()
         cursor.execute(self._sql.totals, self._sql.scope)
         totals = cursor.fetchone()
+        unclaimed = outbox and not self._sqlite
+        oldest_sql = self._sql.outbox_oldest if unclaimed else self._sql.oldest_sizes
 
         def oldest(count: int) -> list[tuple[tuple[int, str, int], int]]:
-            cursor.execute(self._sql.oldest_sizes, {**self._sql.scope, "limit": count})
+            params = {**self._sql.scope, "limit": count}
+            if unclaimed:
+                params["now"] = time.time_ns() // 1000
+            cursor.execute(oldest_sql, params)
             return [((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall()]
 
         victims = self.limits.make_room(int(totals[0]), int(totals[1]), [len(m.payload) for m in messages], oldest)
@@ -270,17 +311,20 @@ class SQLBuffer(Buffer):
                                dict(zip(_SEQ_PARAMS, (seq for seq, _, _ in chunk), strict=False)))
             mark = self._read_mark(cursor)
             changes = _tally(((subject, size) for seq, subject, size in victims if seq <= mark), pending=-1)
-            self._bump(cursor, _tally(((subject, 0) for _, subject, _ in victims), kind=_DROPPED, into=changes))
+            self._bump(cursor, _tally(((subject, 0) for _, subject, _ in victims), kind=_DROPPED, into=changes),
+                       outbox=outbox)
             self._removed_pending(cursor)
             self._note_removed("dropped", len(victims))
 
-    def _bump(self, cursor: Any, changes: Changes) -> None:
-        """Add a transaction's changes to the counters, in the same transaction."""
-        shard = 0 if self._sqlite else random.randrange(_SHARDS)
+    def _bump(self, cursor: Any, changes: Changes, outbox: bool = False, keep: Iterable[str] = ()) -> None:
+        """Add a transaction's changes to the counters, in the same transaction (``outbox``: a caller's, whose
+        counters row must be no other writer's: see _OUTBOX_SHARDS)."""
+        shards = (0, 1) if self._sqlite else _OUTBOX_SHARDS if outbox else (0, _SHARDS)
+        shard = random.randrange(*shards)
         # Subjects in sorted order: concurrent transactions lock counter rows in one order, so never deadlock.
         for subject in sorted(changes):
             values = changes[subject]
-            if any(values):
+            if any(values) or (subject in keep and not self._lazy):
                 cursor.execute(self._sql.bump, {"subject": subject, "shard": shard,
                                                 **dict(zip(COUNTER_COLUMNS, values, strict=True))})
             elif self._lazy:
@@ -328,10 +372,20 @@ class SQLBuffer(Buffer):
         it was in the counters (a pending row above sqlite's mark is not)."""
         params: dict[str, Any] = dict(zip(_ID_PARAMS, ids, strict=False))
         params.update(self._sql.scope)
-        if self._sql.delete_returning:
+        if not self._sql.by_seq:
             cursor.execute(self._sql.delete_ids(table, len(ids)), params)
             return [(subject, int(size), bool(counted)) for subject, size, counted in cursor.fetchall()]
-        cursor.execute(self._sql.select_ids(table, len(ids)), params)
+        # MariaDB/MySQL: a DELETE or locking read by id may scan the primary key (small tables) and then waits on
+        # every row it passes that another transaction holds, an open outbox transaction's new row among them.
+        # So: find the seqs without locking, then lock and delete exactly those rows by primary key.
+        cursor.execute(self._sql.seqs_of_ids(table, len(ids)), params)
+        seqs = dict(zip(_SEQ_PARAMS, (row[0] for row in cursor.fetchall()), strict=False))
+        if not seqs:
+            return []
+        if self._sql.delete_returning:
+            cursor.execute(self._sql.delete_seqs_returning(table, len(seqs)), seqs)
+            return [(subject, int(size), True) for subject, size in cursor.fetchall()]
+        cursor.execute(self._sql.lock_seqs(table, len(seqs)), seqs)
         rows = cursor.fetchall()
         if rows:
             cursor.execute(self._sql.delete_seqs(table, len(rows)),
@@ -390,6 +444,13 @@ class SQLBuffer(Buffer):
         else:
             statement = self._sql.claim if after is None else self._sql.claim_after
         with self._cursor("claim", write=True) as cursor:
+            if after is not None and not self._sqlite:
+                # A late commit: a row older than `after` committed after this owner claimed past its place. A
+                # window behind `after` would publish its producer's later messages before it: claim nothing, so
+                # the relay starts again from the oldest (sqlite commits in insert order: never late).
+                cursor.execute(self._sql.late_before(len(skip)), params)
+                if cursor.fetchall():
+                    return []
             # Server databases: FOR UPDATE SKIP LOCKED, so competing claimers pass each other's rows by.
             cursor.execute(statement, params)
             rows = cursor.fetchall()
@@ -441,11 +502,122 @@ class SQLBuffer(Buffer):
                         if kind is None and len(pending) < len(chunk) else [])
                 _tally(((subject, size) for subject, size, _ in dead), dead=-1, into=changes)
                 removed += len(pending) + len(dead)
-            self._bump(cursor, changes)
+            folded: set[str] = set()
+            if not self._sqlite and time.monotonic() - self._outbox_folded_at >= _FOLD_OUTBOX_EVERY:
+                folded = self._fold_outbox_counters(cursor, changes)
+            self._bump(cursor, changes, keep=folded)
             if removed:
                 self._removed_pending(cursor)
         self._removed(removed)
         return removed
+
+    def _fold_outbox_counters(self, cursor: Any, changes: Changes) -> set[str]:
+        """Server databases, in a relay's delete: move the counters rows of committed outbox saves (each its own,
+        see _OUTBOX_SHARDS) into ``changes``, so the counters table stays about subjects x shards rows. Rows of
+        open transactions are invisible or locked: passed over (SKIP LOCKED), never waited for. Returns the
+        subjects folded (each keeps a shared counters row, at zero if need be: drained subjects stay listed)."""
+        self._outbox_folded_at = time.monotonic()
+        cursor.execute(self._sql.outbox_counters, {"limit": _FOLD_OUTBOX_ROWS})
+        rows = cursor.fetchall()
+        if not rows:
+            return set()
+        cursor.executemany(self._sql.delete_counter, [{"subject": row[0], "shard": row[1]} for row in rows])
+        for subject, _, *values in rows:
+            total = changes.setdefault(subject, [0, 0, 0, 0, 0, 0])
+            for i, value in enumerate(values):
+                total[i] += int(value)
+        return {row[0] for row in rows}
+
+    # ----------------------------------------------------------------------------------------------- outbox
+
+    def _insert_in(self, messages: list[Message], connection: object) -> Any:
+        """The outbox (see :meth:`Buffer._insert_in`): the rows, their counters and any drops go through the
+        caller's transaction.
+
+        Nothing it writes holds a lock another writer waits for: the counters go to a row of this save's own
+        (server databases: a shard from _OUTBOX_SHARDS); limits take no turn on the limits lock and drop only
+        unclaimed, unlocked messages. sqlite just inserts: the rows land in the uncounted tail (see _maybe_fold),
+        which the next plain save folds once they are committed.
+        """
+        conn, target = caller_connection(connection)
+        if self.serialize_writes:
+            raise ConfigurationError(
+                f"this sqlite buffer runs in one-writer mode (serialize_writes: sqlite {sqlite3.sqlite_version} "
+                "has the WAL-reset bug), and your connection's writes would bypass its lock; nothing was written. "
+                "Use a sqlite library without the bug (3.51.3+, 3.50.7+, 3.44.6+), or open the buffer with "
+                "serialize_writes=False if only one process writes to the file")
+        self._check_same_database(conn)
+        cursor = _CallerCursor(conn, self._sql.raw)
+        try:
+            if self.limits.bounded:
+                try:
+                    self._make_room(cursor, messages, outbox=True)
+                except BufferFullError as exc:
+                    if self.limits.overflow != "block":
+                        raise
+                    raise BufferFullError(f"{exc}; overflow='block' cannot wait inside your transaction (room "
+                                          "is made by relays whose deletes your open transaction may need): "
+                                          "nothing was written") from None
+            cursor.executemany(self._sql.insert, [_row(message) for message in messages])
+            if not self._lazy:
+                self._bump(cursor, _tally(((m.subject, len(m.payload)) for m in messages), pending=1), outbox=True)
+            if self._notify_sql:
+                cursor.execute(self._notify_sql)
+        except sa.exc.DBAPIError as exc:
+            # The caller's transaction is the caller's to roll back: only the error is ours to map.
+            orig = exc.orig if exc.orig is not None else exc
+            if is_missing_table(orig):
+                raise self._schema_changed("save") from exc
+            raise map_driver_error(orig, "save") from exc
+        return target
+
+    def _check_same_database(self, conn: sa.Connection) -> None:
+        url = conn.engine.url
+        key = url.render_as_string(hide_password=False)
+        if key not in self._same_database:
+            self._same_database[key] = same_database(url, self.url, sqlite_path)
+        reason = self._same_database[key]
+        if reason is not None:
+            raise ConfigurationError(
+                f"connection= is not on this buffer's database ({self._database.display_url}): {reason}. The outbox "
+                "writes the message in your transaction, so it must be the same database (same server and "
+                "database name, or the same sqlite file); nothing was written")
+
+    # -------------------------------------------------------------------- PostgreSQL: LISTEN for other processes
+
+    def add_listener(self, callback: Callable[[], object]) -> None:
+        super().add_listener(callback)
+        if self._listens:
+            with self._listen_lock:
+                if self._listen_thread is None and not self._closed:
+                    self._listen_thread = threading.Thread(target=self._listen, name="pbuffer-listen", daemon=True)
+                    self._listen_thread.start()
+
+    def _listen(self) -> None:
+        """Wake this buffer's listeners at every save another connection commits (each NOTIFYs, see _insert),
+        until the buffer is closed. After (re)connecting it wakes them once: saves may have committed unheard."""
+        connection: Any = None
+        first = True
+        while not self._listen_stop.is_set():
+            try:
+                if connection is None:
+                    connection = self._connections.take("listen")
+                    connection.autocommit = True
+                    connection.execute(f"LISTEN {_CHANNEL}")
+                    if not first:
+                        self._notify()
+                    first = False
+                for notification in connection.notifies(timeout=_LISTEN_TICK, stop_after=1):
+                    if notification.payload != self._token:
+                        self._notify()
+            except Exception as exc:  # a lost connection: listen again on a new one (polling covers the gap)
+                _log.debug("listening for saves failed, listening again: %s", exc)
+                if connection is not None:
+                    self._connections.discard(connection)
+                    connection = None
+                self._listen_stop.wait(_LISTEN_TICK)
+        if connection is not None:
+            self._connections.discard(connection)
 
     def _count_removed(self, message: Message, kind: str) -> None:
         with self._cursor("count", write=True) as cursor:
@@ -561,6 +733,9 @@ class SQLBuffer(Buffer):
             return True
 
     def _close(self) -> None:
+        self._listen_stop.set()
+        if self._listen_thread is not None and self._listen_thread is not threading.current_thread():
+            self._listen_thread.join(timeout=2 * _LISTEN_TICK + 1)
         try:
             with self._write_lock:  # closing the last connection checkpoints
                 self._connections.close()
@@ -623,6 +798,31 @@ def _message(row: Sequence[Any]) -> Message:
     except ValueError as exc:  # pragma: no cover - the checksum catches this first
         raise CorruptDatabaseError(f"message {message_id} has unreadable headers", message_id=message_id) from exc
     return Message(message_id, subject, payload, decoded, created_us)
+
+
+class _CallerCursor:
+    """The DBAPI-cursor face the shared steps (_make_room, _bump) use, over a caller's SQLAlchemy Connection.
+
+    Statements run as ``text()`` of their dialect-neutral SQL, so SQLAlchemy compiles them for the caller's
+    dialect and driver (psycopg or asyncpg, say), which may differ from the buffer's.
+    """
+
+    def __init__(self, connection: sa.Connection, raw: dict[str, str]) -> None:
+        self._connection = connection
+        self._raw = raw
+        self._result: Any = None
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self._result = self._connection.execute(sa.text(self._raw.get(sql, sql)), params or {})
+
+    def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        self._result = self._connection.execute(sa.text(self._raw.get(sql, sql)), rows)
+
+    def fetchone(self) -> Any:
+        return self._result.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._result.fetchall())
 
 
 class _Connections:
@@ -695,8 +895,13 @@ class _Statements:
         # Competing poppers skip each other's locked rows instead of queueing behind them.
         skip_locked = "" if sqlite else " FOR UPDATE SKIP LOCKED"
 
+        #: Each compiled statement's dialect-neutral SQL: the outbox runs it on a caller's connection (_CallerCursor).
+        self.raw: dict[str, str] = {}
+
         def compile_(sql: str) -> str:
-            return sql if sqlite else str(sa.text(sql).compile(dialect=dialect))
+            compiled = sql if sqlite else str(sa.text(sql).compile(dialect=dialect))
+            self.raw[compiled] = sql
+            return compiled
 
         self._compile = compile_
         self._and_scope = and_scope
@@ -748,11 +953,20 @@ class _Statements:
             "claim_until_us >= :now THEN claim_owner END), MAX(CASE WHEN claim_until_us >= :now THEN claim_until_us "
             f"END) FROM (SELECT claim_owner, claim_until_us FROM {MESSAGES}{where} ORDER BY seq LIMIT :limit) head")
         self.oldest_created = compile_(f"SELECT created_us FROM {MESSAGES}{where} ORDER BY seq LIMIT 1")
+        # Rows an outbox save holds deleted until its caller commits are passed over, not waited for.
         self.oldest_sizes = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES}{where} ORDER BY seq "
-                                     f"LIMIT :limit{for_update}")
+                                     f"LIMIT :limit{skip_locked}")
+        # An outbox save's drop_oldest (server databases): only rows no relay holds, so no relay's delete waits for
+        # the caller's commit.
+        self.outbox_oldest = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES} WHERE {free}{and_scope} "
+                                      f"ORDER BY seq LIMIT :limit{skip_locked}")
         # The row that writers enforcing limits on a server database take turns on (revision 0002 made it).
         self.limit_lock = compile_(f"SELECT shard FROM {COUNTERS} WHERE subject = '' AND shard = -1 FOR UPDATE")
         self.delete_returning = bool(dialect.delete_returning)
+        # MariaDB/MySQL remove rows by id in two steps (see SQLBuffer._remove_rows), and bound every UPDATE or
+        # DELETE of listed rows with LIMIT: without it the optimizer may scan a small table whole, and a scanning
+        # DELETE waits on each row another transaction holds (an open outbox transaction's new row, say).
+        self.by_seq = dialect.name in ("mysql", "mariadb")
         self._for_update = for_update
 
     def _counter_statements(self, dialect: str, compile_: Callable[[str], str], where: str, and_scope: str) -> None:
@@ -765,6 +979,11 @@ class _Statements:
                 f"{c} = {COUNTERS}.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
         self.bump = compile_(f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES "
                              f"(:subject, :shard, {added}) {upsert}")
+        # The outbox's own counters rows (shard _SHARDS and up), folded back by relays' deletes (server databases).
+        skip_locked = "" if dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+        self.outbox_counters = compile_(f"SELECT subject, shard, {', '.join(COUNTER_COLUMNS)} FROM {COUNTERS} "
+                                        f"WHERE shard >= {_SHARDS} LIMIT :limit{skip_locked}")
+        self.delete_counter = compile_(f"DELETE FROM {COUNTERS} WHERE subject = :subject AND shard = :shard")
         sums = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in COUNTER_COLUMNS)
         totals = f"SELECT {sums} FROM {COUNTERS}{where}"
         # shard -1 is no subject's: the lock row that writers enforcing limits take on servers (revision 0002).
@@ -808,15 +1027,28 @@ class _Statements:
             f"DELETE FROM {table} WHERE id IN ({ids}){self._and_scope} RETURNING subject, length(payload), "
             f"{counted}"))
 
-    def select_ids(self, table: str, count: int) -> str:
-        """Where DELETE cannot return rows (MySQL): the rows to delete, locked."""
-        return self._in_list(f"select {table}", count, lambda ids: (
-            f"SELECT seq, subject, length(payload) FROM {table} WHERE id IN ({ids}){self._and_scope}"
-            f"{self._for_update}"))
+    def seqs_of_ids(self, table: str, count: int) -> str:
+        """MariaDB/MySQL: the seqs of rows with these ids in scope, read without locking (see _remove_rows)."""
+        return self._in_list(f"seqs {table}", count, lambda ids: (
+            f"SELECT seq FROM {table} WHERE id IN ({ids}){self._and_scope}"))
+
+    def _limit(self, count: int) -> str:
+        return f" LIMIT {int(count)}" if self.by_seq else ""
+
+    def delete_seqs_returning(self, table: str, count: int) -> str:
+        return self._in_list(f"delete seq returning {table}", count, lambda seqs: (
+            f"DELETE FROM {table} WHERE seq IN ({seqs}){self._limit(count)} RETURNING subject, length(payload)"),
+            prefix="s")
+
+    def lock_seqs(self, table: str, count: int) -> str:
+        """Where DELETE cannot return rows (MySQL): the rows to delete, locked by primary key."""
+        return self._in_list(f"lock seq {table}", count, lambda seqs: (
+            f"SELECT seq, subject, length(payload) FROM {table} WHERE seq IN ({seqs}){self._limit(count)}"
+            f"{self._for_update}"), prefix="s")
 
     def delete_seqs(self, table: str, count: int) -> str:
-        return self._in_list(f"delete seq {table}", count, lambda seqs: f"DELETE FROM {table} WHERE seq IN ({seqs})",
-                             prefix="s")
+        return self._in_list(f"delete seq {table}", count, lambda seqs: (
+            f"DELETE FROM {table} WHERE seq IN ({seqs}){self._limit(count)}"), prefix="s")
 
     def claim_skipping(self, count: int, after: bool) -> str:
         """:attr:`claim` (or :attr:`claim_after`) passing over ``count`` subjects (params ``k0``...)."""
@@ -826,12 +1058,22 @@ class _Statements:
             f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE {behind}{claimable}{and_scope} "
             f"AND subject NOT IN ({subjects}) ORDER BY seq LIMIT :limit{skip_locked}"), prefix="k")
 
+    def late_before(self, skipping: int) -> str:
+        """A row if ``:after`` is claimed by ``:owner`` and an older row in scope (not on a skipped subject,
+        params ``k0``...) is free: one that committed after this owner claimed past it (see _claim_skipping)."""
+        free = "(m.claim_until_us IS NULL OR m.claim_until_us < :now)"
+        scope = " AND m.subject = :subject" if self._and_scope else ""
+        return self._in_list("late", skipping, lambda subjects: (
+            f"SELECT 1 FROM {MESSAGES} a WHERE a.id = :after AND a.claim_owner = :owner AND EXISTS (SELECT 1 FROM "
+            f"{MESSAGES} m WHERE m.seq < a.seq AND {free}{scope}"
+            + (f" AND m.subject NOT IN ({subjects})" if skipping else "") + ")"), prefix="k")
+
     def set_claims(self, count: int) -> str:
         return self._in_list("claim", count, lambda seqs: (
-            f"UPDATE {MESSAGES} SET claim_owner = :owner, claim_until_us = :until WHERE seq IN ({seqs})"),
-            prefix="s")
+            f"UPDATE {MESSAGES} SET claim_owner = :owner, claim_until_us = :until WHERE seq IN ({seqs})"
+            f"{self._limit(count)}"), prefix="s")
 
     def release(self, count: int) -> str:
         return self._in_list("release", count, lambda ids: (
             f"UPDATE {MESSAGES} SET claim_owner = NULL, claim_until_us = NULL WHERE id IN ({ids}) "
-            "AND claim_owner = :owner"))
+            f"AND claim_owner = :owner{self._limit(count)}"))

@@ -11,7 +11,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 from .buffer import Buffer
-from .errors import BufferFullError
+from .errors import BufferFullError, ConfigurationError
 from .limits import BufferStats, ClaimStats, SubjectStats
 from .message import DeadLetter, Message, Outgoing, Payload
 
@@ -50,13 +50,20 @@ class AsyncBuffer:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     async def save(self, payload: Payload, *, subject: str | None = None,
-                   headers: Mapping[str, str] | None = None) -> Message:
+                   headers: Mapping[str, str] | None = None, connection: object | None = None) -> Message:
         """Like :meth:`Buffer.save`: returns once this message is committed.
 
         With group commit (the default for storage that blocks), saves made while a commit is running are
         committed together in the next transaction; each caller still returns only after its own message is
         durable, and a failed commit fails every save in it (none of them was written).
+
+        ``connection``: a SQLAlchemy ``AsyncConnection`` or ``AsyncSession`` in a transaction on the buffer's
+        database: the message is written in that transaction (the outbox, see :class:`~pbuffer.Buffer`), through
+        the caller's async driver, and is stored when the caller commits.
         """
+        if connection is not None:
+            return await _in_caller(connection, functools.partial(
+                _save_in, self.buffer, payload, subject=subject, headers=headers))
         if not self.group_commit:
             return await self._run(self.buffer.save, payload, subject=subject, headers=headers)
         message = self.buffer.prepare(payload, subject=subject, headers=headers)  # bad input raises here
@@ -115,7 +122,11 @@ class AsyncBuffer:
                     done.set_result(message)
 
     async def save_many(self, items: Iterable[Payload | Outgoing], *, subject: str | None = None,
-                        headers: Mapping[str, str] | None = None) -> list[Message]:
+                        headers: Mapping[str, str] | None = None, connection: object | None = None) -> list[Message]:
+        """Like :meth:`Buffer.save_many`; ``connection`` as in :meth:`save`."""
+        if connection is not None:
+            return await _in_caller(connection, functools.partial(
+                _save_many_in, self.buffer, list(items), subject=subject, headers=headers))
         return await self._run(self.buffer.save_many, list(items), subject=subject, headers=headers)
 
     async def get(self) -> Message | None:
@@ -169,8 +180,10 @@ class AsyncBuffer:
     async def wait_for_messages(self, timeout: float | None = None) -> bool:
         """Wait until a pending message is available; ``True`` if one is, ``False`` after ``timeout`` seconds.
 
-        Wakes at once on a save through this buffer object (from any thread of this process). Saves made by
-        other processes or other buffer objects are not signalled: a relay should also poll.
+        Wakes at once on a save through this buffer object (from any thread of this process), and for an outbox
+        save when its caller commits. On PostgreSQL (psycopg 3) it also wakes at the commit of a save by any
+        other process or buffer object on the database (LISTEN/NOTIFY). Elsewhere, saves made by other processes
+        or other buffer objects are not signalled: a relay should also poll.
         """
         event = self._ensure_listener()
         event.clear()  # cleared before looking, so a save between the look and the wait still wakes us
@@ -222,6 +235,27 @@ class AsyncBuffer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+async def _in_caller(connection: object, work: Callable[[Any], T]) -> T:
+    """Run ``work(sync_connection_or_session)`` inside the caller's AsyncConnection or AsyncSession, through its
+    async driver (SQLAlchemy's ``run_sync``), on this event loop."""
+    run_sync = getattr(connection, "run_sync", None)
+    if run_sync is None:
+        raise ConfigurationError(f"AsyncBuffer takes an AsyncConnection or AsyncSession as connection=, not "
+                                 f"{type(connection).__name__} (a Connection or Session goes to Buffer.save)")
+    result: T = await run_sync(work)
+    return result
+
+
+def _save_in(buffer: Buffer, payload: Payload, sync: object, *, subject: str | None,
+             headers: Mapping[str, str] | None) -> Message:
+    return buffer.save(payload, subject=subject, headers=headers, connection=sync)
+
+
+def _save_many_in(buffer: Buffer, items: list[Payload | Outgoing], sync: object, *, subject: str | None,
+                  headers: Mapping[str, str] | None) -> list[Message]:
+    return buffer.save_many(items, subject=subject, headers=headers, connection=sync)
 
 
 class _LoopGroup:

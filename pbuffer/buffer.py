@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from . import ids
-from .errors import BackendError, BufferFullError, ValidationError
+from .errors import BackendError, BufferFullError, ConfigurationError, ValidationError
 from .limits import BufferStats, ClaimStats, Limits, Overflow, SubjectStats
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
 from .validation import check_headers, check_payload, check_reason, check_subject, check_subject_prefixes
@@ -72,6 +72,17 @@ class Buffer(ABC):
     **Integrity.** Backends that store bytes keep a checksum per message and verify it on every read; a damaged
     message raises :class:`~pbuffer.CorruptDatabaseError` naming its id and is never returned.
 
+    **Outbox.** ``save(..., connection=conn)`` and ``save_many(..., connection=conn)`` write through the caller's
+    SQLAlchemy ``Connection`` or ORM ``Session``, in its open transaction, on the buffer's own database (same
+    server and database name, or the same sqlite file): the message is pending exactly when that transaction
+    commits, and never existed if it rolls back. pbuffer never commits, rolls back or closes it. Listeners run at
+    the caller's commit, never at the save. Other databases and storage that is not a database (``memory://``)
+    raise :class:`~pbuffer.ConfigurationError` before anything is written. Order: sequence numbers are taken at
+    insert and transactions commit in any order, so a message can commit after newer ones were published (a
+    late commit); it is still published, once, and each producer's messages keep the order of its commits (the
+    SQL backend's :meth:`claim` behind ``after`` claims nothing while an older message is free, so a relay
+    starts again from the oldest).
+
     **Bad input** (a payload that is not bytes-like: ``TypeError``; a bad subject or header:
     :class:`~pbuffer.ValidationError`) is refused before anything is written.
 
@@ -115,23 +126,30 @@ class Buffer(ABC):
     # ----------------------------------------------------------------------------------------------- writing
 
     def save(self, payload: Payload, *, subject: str | None = None,
-             headers: Mapping[str, str] | None = None) -> Message:
-        """Store one message and return it (with its id). Returning means it is stored (see Durability)."""
+             headers: Mapping[str, str] | None = None, connection: object | None = None) -> Message:
+        """Store one message and return it (with its id). Returning means it is stored (see Durability).
+
+        ``connection``: a SQLAlchemy ``Connection`` or ORM ``Session`` on this buffer's database, to save in the
+        caller's own transaction (see Outbox above): then the message is stored when that transaction commits.
+        """
         if self._closed:
             self._check_open()
         now_ns = time.time_ns()
         message = self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
+        if connection is not None:
+            self._save_in([message], connection)
+            return message
         self._commit_call([message])
         if self._listeners:
             self._notify()
         return message
 
     def save_many(self, items: Iterable[Payload | Outgoing], *, subject: str | None = None,
-                  headers: Mapping[str, str] | None = None) -> list[Message]:
+                  headers: Mapping[str, str] | None = None, connection: object | None = None) -> list[Message]:
         """Store many messages in one transaction, all or nothing, in the order given.
 
         Each item is a bytes-like payload (saved with ``subject`` and ``headers``) or an :class:`Outgoing` with
-        its own subject and headers (``None`` fields fall back to the call's).
+        its own subject and headers (``None`` fields fall back to the call's). ``connection``: as in :meth:`save`.
         """
         self._check_open()
         items = list(items)
@@ -144,6 +162,10 @@ class Buffer(ABC):
             if isinstance(item, Outgoing) else prepare(item, subject, headers, message_id, created_us)
             for item, message_id in zip(items, ids.new_ids(len(items), now_ns), strict=True)
         ]
+        if connection is not None:
+            if messages:
+                self._save_in(messages, connection)
+            return messages
         if messages:
             self._commit_call(messages)
             self._notify()
@@ -241,7 +263,10 @@ class Buffer(ABC):
         :func:`pbuffer.ids.new_id` makes one). ``after``: only messages queued behind that pending message, as in
         :meth:`get_all`. ``skip_subjects``: messages on these subjects are passed over (neither returned nor
         claimed): the relay holds back a subject that keeps failing so that it does not stall the others. A claim
-        ends when the lease runs out, on :meth:`release`, or when the message is deleted.
+        ends when the lease runs out, on :meth:`release`, or when the message is deleted. On PostgreSQL and
+        MariaDB, where a save can commit behind newer messages (a late commit), a claim behind ``after`` (a
+        message this owner holds) returns ``[]`` while an older message outside ``skip_subjects`` is free: the
+        caller then claims from the oldest, so each producer's messages keep their order.
         """
         self._check_open()
         checked_limit = _check_limit(limit)
@@ -350,9 +375,12 @@ class Buffer(ABC):
         self.close()
 
     def add_listener(self, callback: Callable[[], object]) -> None:
-        """Call ``callback()`` (from the saving thread) after each save, save_many or requeue commits.
+        """Call ``callback()`` (from the saving thread) after each save, save_many or requeue commits; for an
+        outbox save (``connection=``), when the caller's transaction commits. On PostgreSQL (psycopg 3) also when
+        a save by another process or buffer object on the database commits (LISTEN/NOTIFY, from a thread the
+        buffer starts with its first listener).
 
-        This is how a relay in the same process wakes at once instead of polling. Keep callbacks tiny and
+        This is how a relay wakes at once instead of polling. Keep callbacks tiny and
         non-blocking; an exception in one is not propagated to the saver.
         """
         with self._listeners_lock:
@@ -361,6 +389,13 @@ class Buffer(ABC):
     def remove_listener(self, callback: Callable[[], object]) -> None:
         with self._listeners_lock:
             self._listeners = [cb for cb in self._listeners if cb is not callback]
+
+    def _save_in(self, messages: list[Message], connection: object) -> None:
+        """The outbox: write ``messages`` through the caller's transaction; wake listeners at its commit."""
+        from . import outbox  # SQLAlchemy's ORM, imported only by applications that use the outbox
+
+        target = self._insert_in(messages, connection)
+        outbox.after_commit(target, id(self), self._notify)
 
     # ------------------------------------------------------------------------------------- for subclasses
 
@@ -372,6 +407,17 @@ class Buffer(ABC):
     @abstractmethod
     def _insert(self, messages: list[Message]) -> None:
         """Store all of ``messages`` in one transaction, in order, or nothing."""
+
+    def _insert_in(self, messages: list[Message], connection: object) -> Any:
+        """Store ``messages`` through the caller's SQLAlchemy ``connection`` (Connection or Session), in its open
+        transaction, never committing, rolling back or closing it; apply the limits there (``block`` cannot wait
+        inside the caller's transaction: it raises :class:`~pbuffer.BufferFullError` at once). Returns the
+        Session or Connection whose commit makes them pending. Raises :class:`~pbuffer.ConfigurationError`, having
+        written nothing, when the connection is not on this buffer's database. This default: storage that is not
+        a database the application can share refuses."""
+        raise ConfigurationError(f"{type(self).__name__} cannot save in your transaction (connection=...): only a "
+                                 "SQL buffer (sqlite, PostgreSQL, MariaDB) on the same database as the connection "
+                                 "can; nothing was written")
 
     @abstractmethod
     def _get(self, limit: int | None, after: str | None) -> list[Message]:

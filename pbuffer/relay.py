@@ -278,6 +278,11 @@ class Relay:
             window = await self._read_window(stats, after=None)
             if window or self._stopping.is_set() or (await self.buffer.stats()).pending == 0:
                 return window
+            # A message may have committed between the claim and the count (a commit wakes no one that was not
+            # waiting yet): claim once more before waiting out a poll, or it would wait a whole poll_interval.
+            window = await self._read_window(stats, after=None)
+            if window:
+                return window
             wait = min(self.poll_interval, self.lease / 4)
             if self._held:
                 wait = min(wait, max(min(self._held.values()) - time.monotonic(), 0.0))

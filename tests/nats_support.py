@@ -23,3 +23,19 @@ def add_stream(server: NatsServer, name: str, subjects: list[str]) -> None:
         await transport.close()
 
     asyncio.run(run())
+
+
+async def read_stream_ids(transport: JetStreamTransport, stream: str, subject: str = ">") -> list[str]:
+    """The ``Nats-Msg-Id`` of every message in ``stream``, in stream order (an ephemeral pull consumer reads the
+    whole stream; the count to read comes from stream info, so a short read fails instead of passing)."""
+    total = (await transport.js.stream_info(stream)).state.messages
+    if not total:
+        return []
+    subscription = await transport.js.pull_subscribe(subject, stream=stream)
+    found: list[str] = []
+    while len(found) < total:
+        for msg in await subscription.fetch(min(1000, total - len(found)), timeout=10):
+            found.append(msg.headers["Nats-Msg-Id"] if msg.headers else "")
+            await msg.ack()
+    await subscription.unsubscribe()
+    return found

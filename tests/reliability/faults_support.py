@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
+from nats_support import read_stream_ids
 
 from backends import missing_service
 from pbuffer.errors import ConfigurationError
@@ -105,17 +106,8 @@ async def connect_recording(servers: str | Sequence[str], **options: Any) -> Rec
 
 
 async def stream_ids(transport: JetStreamTransport, stream: str, subject: str) -> list[str]:
-    """The ``Nats-Msg-Id`` of every message in ``stream``, in stream order (an ephemeral pull consumer reads the
-    whole stream; the count to read comes from stream info, so a short read fails instead of passing)."""
-    total = (await transport.js.stream_info(stream)).state.messages
-    subscription = await transport.js.pull_subscribe(subject, stream=stream)
-    found: list[str] = []
-    while len(found) < total:
-        for msg in await subscription.fetch(min(1000, total - len(found)), timeout=10):
-            found.append(msg.headers["Nats-Msg-Id"] if msg.headers else "")
-            await msg.ack()
-    await subscription.unsubscribe()
-    return found
+    """The ``Nats-Msg-Id`` of every message in ``stream``, in stream order (see nats_support.read_stream_ids)."""
+    return await read_stream_ids(transport, stream, subject)
 
 
 @dataclass
