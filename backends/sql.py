@@ -319,8 +319,7 @@ class SQLBuffer(Buffer):
     def _bump(self, cursor: Any, changes: Changes, outbox: bool = False, keep: Iterable[str] = ()) -> None:
         """Add a transaction's changes to the counters, in the same transaction (``outbox``: a caller's, whose
         counters row must be no other writer's: see _OUTBOX_SHARDS)."""
-        shards = (0, 1) if self._sqlite else _OUTBOX_SHARDS if outbox else (0, _SHARDS)
-        shard = random.randrange(*shards)
+        shard = 0 if self._sqlite else random.randrange(*(_OUTBOX_SHARDS if outbox else (0, _SHARDS)))
         # Subjects in sorted order: concurrent transactions lock counter rows in one order, so never deadlock.
         for subject in sorted(changes):
             values = changes[subject]
@@ -423,7 +422,8 @@ class SQLBuffer(Buffer):
                 counted = not self._lazy or row[6]
                 self._bump(cursor, {message.subject: [-1, -len(message.payload), 0, 0, 0, 0] if counted else
                                     [0, 0, 0, 0, 0, 0]})
-                self._removed_pending(cursor)
+                if self._lazy and row[7]:  # a pop takes the oldest row: rarely also the newest
+                    self._removed_pending(cursor)
         if message is not None:
             self._removed(1)
         return message
@@ -937,7 +937,11 @@ class _Statements:
         # sqlite also returns whether the row was in the counters (its seq at or below the mark).
         counted_flag = f"seq <= (SELECT up_to_seq FROM {COUNTED})" if sqlite else "1"
         self._counted_flag = counted_flag
-        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {_COLUMNS}, {counted_flag}")
+        # ...and whether it was the newest row (only then can the mark have to come down: see _removed_pending).
+        newest_flag = (f"NOT EXISTS (SELECT 1 FROM {MESSAGES} AS later WHERE later.seq > {MESSAGES}.seq)" if sqlite
+                       else "0")
+        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {_COLUMNS}, {counted_flag}, "
+                            f"{newest_flag}")
         self.pop_lock = compile_(f"SELECT seq, {_COLUMNS} FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq "
                                  f"LIMIT 1{skip_locked}")
         claimable = "(claim_until_us IS NULL OR claim_until_us < :now OR claim_owner = :owner)"
