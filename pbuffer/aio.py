@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -47,7 +48,9 @@ class AsyncBuffer:
         if self._executor is None:
             return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        # In the caller's context (contextvars: an OpenTelemetry span, for propagate_trace), as asyncio.to_thread.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args, **kwargs))
 
     async def save(self, payload: Payload, *, subject: str | None = None,
                    headers: Mapping[str, str] | None = None, connection: object | None = None) -> Message:

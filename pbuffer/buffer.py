@@ -14,6 +14,7 @@ from . import ids
 from .errors import BackendError, BufferFullError, ConfigurationError, ValidationError
 from .limits import BufferStats, ClaimStats, Limits, Overflow, SubjectStats
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
+from .tracing import trace_injector
 from .validation import check_headers, check_payload, check_reason, check_subject, check_subject_prefixes
 
 __all__ = ["Buffer"]
@@ -101,13 +102,16 @@ class Buffer(ABC):
     def __init__(self, *, subject: str | None = None, max_messages: int | None = None,
                  max_bytes: int | None = None, overflow: Overflow = "reject", ttl: float | None = None,
                  block_timeout: float = 30.0, group_commit: bool = True,
-                 allow_subject_prefixes: Iterable[str] = ()) -> None:
+                 allow_subject_prefixes: Iterable[str] = (), propagate_trace: bool = False) -> None:
         #: System subject prefixes (``$KV.orders.``...) this buffer may save to; see Subjects above.
         self.allow_subject_prefixes = check_subject_prefixes(allow_subject_prefixes)
         self.subject = None if subject is None else check_subject(subject, self.allow_subject_prefixes)
         #: Whether saves from several threads share transactions (storage that blocks only; see _commit_grouped).
         self.group_commit = bool(group_commit) and self.blocking
         self.limits = Limits(max_messages, max_bytes, overflow, ttl, block_timeout)
+        #: Whether saves carry the current OpenTelemetry trace context in their headers (see pbuffer.tracing).
+        self.propagate_trace = bool(propagate_trace)
+        self._with_trace = trace_injector() if self.propagate_trace else None
         self._listeners: list[Callable[[], object]] = []
         self._listeners_lock = threading.Lock()
         self._closed = False
@@ -526,6 +530,8 @@ class Buffer(ABC):
                  message_id: str, created_us: int) -> Message:
         """Validate one message and build it; raises before anything is stored."""
         data = check_payload(payload)
+        if self._with_trace is not None:
+            headers = self._with_trace(headers)
         if subject is None:
             if self.subject is None:
                 raise ValidationError("no subject: pass subject=... to save() or open the buffer with one")

@@ -74,6 +74,7 @@ URL_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "block_timeout": _seconds,
     "group_commit": _truthy,
     "allow_subject_prefixes": _prefixes,  # comma-separated: ?allow_subject_prefixes=$KV.orders.,$KV.users.
+    "propagate_trace": _truthy,
 }
 
 

@@ -35,13 +35,16 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 from . import ids
 from .aio import AsyncBuffer
 from .buffer import Buffer
 from .errors import ConfigurationError, CorruptDatabaseError, PublishError
 from .message import Message, Payload
+from .tracing import publish_spans
 from .transport import Failure, Outcome, PublishResult, Transport
 
 __all__ = ["Relay", "RelayObserver", "RelayStats", "send"]
@@ -114,13 +117,17 @@ class Relay:
             ``backoff_max`` plus 10 when that is longer.
         observer: a :class:`RelayObserver` told about every window, retry and dead letter (more with
             :meth:`add_observer`).
+        tracer_provider: the OpenTelemetry tracer provider for the ``pbuffer publish`` span around each window
+            that carries producers' trace contexts (see ``propagate_trace`` in :func:`pbuffer.open`); default: the
+            global one. Without opentelemetry-api installed nothing is traced.
     """
 
     def __init__(self, buffer: Buffer | AsyncBuffer, transport: Transport, *, batch_size: int = 500,
                  strict_order: bool = False, backoff_initial: float = 0.05, backoff_max: float = 10.0,
                  poll_interval: float = 1.0, on_retry: RetryCallback | None = None,
                  on_dead_letter: DeadLetterCallback | None = None, close_transport: bool = True,
-                 lease: float | None = None, observer: RelayObserver | None = None) -> None:
+                 lease: float | None = None, observer: RelayObserver | None = None,
+                 tracer_provider: Any = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1_000_000:
             raise ConfigurationError(f"batch_size must be an int from 1 to 1,000,000, not {batch_size!r}")
         for name, value in (("backoff_initial", backoff_initial), ("backoff_max", backoff_max),
@@ -159,6 +166,7 @@ class Relay:
         self._backoff: dict[str, float] = {}
         # A tuple, replaced whole: drain() walks it while add_observer() may run from another task.
         self._observers: tuple[RelayObserver, ...] = () if observer is None else (observer,)
+        self._spans = publish_spans(tracer_provider)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -212,10 +220,11 @@ class Relay:
                 await self._check_duplicate_windows(window)
                 prefetch = asyncio.ensure_future(self._read_window(stats, after=window[-1].id))
                 started = time.perf_counter() if self._observers else 0.0
-                if self.strict_order:
-                    results = await self._publish_strictly(window)
-                else:
-                    results = await self.transport.publish(window)
+                with self._spans.window(window) if self._spans and self._spans.wanted(window) else nullcontext():
+                    if self.strict_order:
+                        results = await self._publish_strictly(window)
+                    else:
+                        results = await self.transport.publish(window)
                 if self._observers:
                     self._observe("window_published", window, results, time.perf_counter() - started)
                 acknowledged, retry = await self._settle(window, results, stats)
