@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pbuffer
 
 from .harness import Context, timed_async
 from .payload import current
-from .workloads import SUBJECT, copy_backlog, fill, open_buffer
+from .workloads import SUBJECT, copy_backlog, fill, open_buffer, scraped_metrics
 
 __all__ = [
     "BATCH_SIZE",
@@ -129,32 +128,6 @@ def relay_drain(context: Context, directory: Path, n: int, *, batch_size: int = 
         buffer.close()
 
 
-@contextlib.contextmanager
-def _scraped_metrics(buffer: pbuffer.Buffer, relay: pbuffer.Relay) -> Iterator[None]:
-    """``pbuffer.metrics.serve()`` on a free port, with a thread fetching /metrics every second."""
-    import urllib.request
-
-    from pbuffer import metrics
-
-    server = metrics.serve(buffer, relay, port=0)
-    done = threading.Event()
-
-    def scrape() -> None:
-        while not done.is_set():
-            with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
-                response.read()
-            done.wait(1.0)
-
-    scraper = threading.Thread(target=scrape, daemon=True)
-    scraper.start()
-    try:
-        yield
-    finally:
-        done.set()
-        scraper.join()
-        server.close()
-
-
 async def _relay_drain(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int, metrics: bool = False) -> float:
     from pbuffer.jetstream import JetStreamTransport
 
@@ -163,7 +136,7 @@ async def _relay_drain(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int
         await _fresh_stream(transport.js)
         relay = pbuffer.Relay(buffer, transport, batch_size=batch_size, close_transport=False)
         try:
-            with _scraped_metrics(buffer, relay) if metrics else contextlib.nullcontext():
+            with scraped_metrics(buffer, relay) if metrics else contextlib.nullcontext():
                 seconds = await timed_async(relay.drain)
         finally:
             await relay.close()

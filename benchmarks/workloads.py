@@ -168,7 +168,7 @@ def buffer_save(context: Context, directory: Path, n: int, *, store: Store = SQL
     """``n`` single saves; ``metrics``: with ``pbuffer.metrics.serve()`` on the buffer, scraped every second
     meanwhile (Prometheus scrapes every 15-60 s by default)."""
     payload = current() if payload is None else payload
-    with store.open(directory) as buffer, _scraped(buffer) if metrics else nullcontext():
+    with store.open(directory) as buffer, scraped_metrics(buffer) if metrics else nullcontext():
         save = buffer.save
 
         def run() -> None:
@@ -181,12 +181,14 @@ def buffer_save(context: Context, directory: Path, n: int, *, store: Store = SQL
 
 
 @contextmanager
-def _scraped(buffer: pbuffer.Buffer) -> Iterator[None]:
+def scraped_metrics(buffer: pbuffer.Buffer, relay: pbuffer.Relay | None = None) -> Iterator[None]:
+    """``pbuffer.metrics.serve()`` on a free port, with a thread fetching /metrics every second (the metrics cases
+    of the save and drain benchmarks)."""
     import urllib.request
 
     from pbuffer import metrics
 
-    server = metrics.serve(buffer, None, port=0)
+    server = metrics.serve(buffer, relay, port=0)
     done = threading.Event()
 
     def scrape() -> None:
