@@ -10,7 +10,7 @@ import logging
 
 import pytest
 from nats.js.api import DiscardPolicy
-from nats_support import connect
+from nats_support import connect, read_stream_ids
 
 import pbuffer
 from pbuffer.ids import new_id
@@ -25,15 +25,7 @@ HANG_GUARD = 30
 
 
 async def stream_ids(transport: JetStreamTransport, stream: str) -> list[str]:
-    info = await transport.js.stream_info(stream)
-    subscription = await transport.js.pull_subscribe(info.config.subjects[0], stream=stream)
-    ids: list[str] = []
-    while len(ids) < info.state.messages:
-        for msg in await subscription.fetch(min(100, info.state.messages - len(ids)), timeout=10):
-            ids.append(msg.headers["Nats-Msg-Id"])
-            await msg.ack()
-    await subscription.unsubscribe()
-    return ids
+    return await read_stream_ids(transport, stream)
 
 
 def test_payload_plus_headers_over_max_payload_is_dead_lettered_and_the_connection_kept(server: NatsServer) -> None:
