@@ -19,7 +19,7 @@ from . import cases  # noqa: F401  (the harness itself)
 
 #: Optional modules the cases import when they run (a missing one is simply not preloaded).
 OPTIONAL = ("psycopg", "pymysql", "sqlalchemy.dialects.postgresql.psycopg", "sqlalchemy.dialects.mysql.pymysql",
-            "nats", "nats.js", "pbuffer.jetstream", "persistqueue", "litequeue")
+            "nats", "nats.js", "pbuffer.relay.jetstream", "persistqueue", "litequeue")
 
 
 def _warm() -> None:

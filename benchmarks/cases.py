@@ -387,15 +387,6 @@ def _store_probe(store: Store) -> Any:
     return partial(servers.describe, store.backend, store.admin_url) if store.server else None
 
 
-def _skip(*checks: Callable[[], str | None]) -> str | None:
-    """The first reason any of ``checks`` gives to skip a case."""
-    for check in checks:
-        reason = check()
-        if reason is not None:
-            return reason
-    return None
-
-
 _OPERATIONS: dict[str, tuple[str, str, Callable[..., float], str]] = {
     # key: (op, label, workload, what is timed)
     "save": ("save", "save()", workloads.buffer_save, "save() of each message, one transaction each."),
@@ -590,7 +581,7 @@ def _stats_cases(settings: Settings) -> list[Case]:
         where = ("a fresh copy (each repetition) of a sqlite file (durability='process') written once per run "
                  "with save_many" if store == SQLITE else
                  "one store filled once per case with save_many and shared by its repetitions (stats() only reads)")
-        skip = partial(_skip, workloads.stats_missing, store.unavailable)
+        skip = store.unavailable
         cases.append(Case(
             name=f"{_prefix(store)}.stats {count_label(n)}", op="stats", backend=store.backend,
             subject_label=f"stats() with {n:,} pending", subject=partial(workloads.buffer_stats, store=store,

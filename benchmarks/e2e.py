@@ -57,8 +57,8 @@ CHILD_TIMEOUT = 1_800.0
 def nats_missing() -> str | None:
     """Why the nats cases cannot run here (``None`` if they can)."""
     try:
-        import pbuffer.jetstream  # needs nats-py
-        from pbuffer.natsserver import find_binary
+        import pbuffer.relay.jetstream  # needs nats-py
+        from pbuffer.examples.natsserver import find_binary
 
         find_binary()
     except (ImportError, pbuffer.ConfigurationError):
@@ -69,7 +69,7 @@ def nats_missing() -> str | None:
 def nats_server_version() -> str | None:
     """``nats-server --version`` of the binary these cases would start, e.g. ``v2.15.1``."""
     try:
-        from pbuffer.natsserver import find_binary
+        from pbuffer.examples.natsserver import find_binary
 
         result = subprocess.run([find_binary(), "--version"], capture_output=True, text=True, timeout=10,
                                 check=False)
@@ -87,7 +87,7 @@ def _expect(condition: bool, what: str) -> None:
 
 
 def _server_url(context: Context) -> str:
-    from pbuffer.natsserver import NatsServer
+    from pbuffer.examples.natsserver import NatsServer
 
     server: NatsServer = context.resource("nats-server", NatsServer)
     return server.url
@@ -129,7 +129,7 @@ def relay_drain(context: Context, directory: Path, n: int, *, batch_size: int = 
 
 
 async def _relay_drain(url: str, buffer: pbuffer.Buffer, n: int, batch_size: int, metrics: bool = False) -> float:
-    from pbuffer.jetstream import JetStreamTransport
+    from pbuffer.relay.jetstream import JetStreamTransport
 
     transport = await JetStreamTransport.connect(url)
     try:
@@ -160,7 +160,7 @@ def relay_stages(directory: Path, n: int = STAGES_COUNT) -> str:
     claiming windows (the buffer, in its worker thread), publishing a window and awaiting its acks (the
     transport), deleting what was acknowledged (the buffer). The relay runs these concurrently (the next window
     is read and the last one deleted while one is in flight), so the stages add up to more than the drain took."""
-    from pbuffer.natsserver import NatsServer
+    from pbuffer.examples.natsserver import NatsServer
 
     buffer = open_buffer(directory, "sqlite", "process")
     server = NatsServer(store_dir=directory / "nats").start()
@@ -193,7 +193,7 @@ def relay_stages(directory: Path, n: int = STAGES_COUNT) -> str:
 
 
 async def _drain_timing_publish(url: str, buffer: pbuffer.Buffer, spent: dict[str, float]) -> float:
-    from pbuffer.jetstream import JetStreamTransport
+    from pbuffer.relay.jetstream import JetStreamTransport
 
     transport = await JetStreamTransport.connect(url)
     try:
@@ -244,7 +244,7 @@ def relay_drain_behind_a_stuck_subject(context: Context, directory: Path, n: int
 
 
 async def _relay_drain_healthy(url: str, buffer: pbuffer.Buffer, n: int, stuck: int, batch_size: int) -> float:
-    from pbuffer.jetstream import JetStreamTransport
+    from pbuffer.relay.jetstream import JetStreamTransport
 
     transport = await JetStreamTransport.connect(url)
     try:
@@ -425,7 +425,7 @@ class _PeakRss:
 
 
 async def _drain_watched(url: str, database: Path, n: int, batch_size: int) -> dict[str, Any]:
-    from pbuffer.jetstream import JetStreamTransport
+    from pbuffer.relay.jetstream import JetStreamTransport
 
     buffer = pbuffer.open(f"sqlite:///{database}", durability="process")
     try:

@@ -23,9 +23,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import pbuffer
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
+from pbuffer.relay.jetstream import JetStreamTransport
 
 DATABASE = "pbuffer_outbox_latency"
 RATE = 100.0

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
 import pbuffer
 from pbuffer.ids import new_id
@@ -47,7 +47,6 @@ __all__ = [
     "open_buffer",
     "sqlite3_executemany",
     "sqlite3_loop",
-    "stats_missing",
 ]
 
 SUBJECT = "bench.x"
@@ -57,7 +56,7 @@ FILL_BYTES = 16 * 1024 * 1024
 #: Messages per get_all() window and per delete_many() call: the relay's default window.
 WINDOW = 500
 _PLAIN_TABLE = "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL)"
-#: What Buffer.stats() returns must have (checked after each stats case; see :func:`stats_missing`).
+#: What Buffer.stats() returns must have (checked after each stats case).
 STATS_FIELDS = ("pending", "pending_bytes", "dead", "dead_bytes", "oldest_age", "dropped", "expired")
 
 
@@ -372,17 +371,6 @@ def aio_save(context: Context, directory: Path, n: int, *, store: Store = SQLITE
         return seconds
 
 
-class _WithStats(Protocol):
-    def stats(self) -> object: ...
-
-
-def stats_missing() -> str | None:
-    """Why the stats cases cannot run here (``None`` if they can): ``Buffer.stats()`` is newer than this harness."""
-    if callable(getattr(pbuffer.Buffer, "stats", None)):
-        return None
-    return "skipped: Buffer.stats() is not in this pbuffer"
-
-
 @contextmanager
 def _held(store: Store, n: int) -> Iterator[str]:
     """The URL of a store holding ``n`` messages, filled once (for a read-only case's repetitions to share); the
@@ -408,7 +396,7 @@ def buffer_stats(context: Context, directory: Path, n: int, *, store: Store = SQ
         url = context.resource(f"held-{store.backend}-{n}", lambda: _held(store, n))
     buffer = pbuffer.open(url, **store.options())
     try:
-        stats = cast(_WithStats, buffer).stats
+        stats = buffer.stats
         first = stats()
         missing = [name for name in STATS_FIELDS if not hasattr(first, name)]
         _expect(not missing, f"stats() has {', '.join(STATS_FIELDS)} (missing: {', '.join(missing)})")

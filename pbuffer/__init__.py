@@ -35,7 +35,8 @@ from .errors import (
 from .limits import BufferStats, ClaimStats, Limits, SubjectStats
 from .message import DeadLetter, Message, Outgoing
 from .registry import default_url, known_schemes, open_buffer
-from .relay import Relay, RelayStats, send
+from .relay.drain import Relay, RelayStats, send
+from .relay.transport import MockTransport, PublishResult, Transport
 from .schema import (
     Revision,
     alembic_include_name,
@@ -46,7 +47,6 @@ from .schema import (
     history,
     upgrade,
 )
-from .transport import MockTransport, PublishResult, Transport
 
 __all__ = [
     "AsyncBuffer",

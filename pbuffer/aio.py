@@ -12,6 +12,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 from .buffer import Buffer
+from .buffering.group_commit import commit_each_alone
 from .errors import BufferFullError, ConfigurationError
 from .limits import BufferStats, ClaimStats, SubjectStats
 from .message import DeadLetter, Message, Outgoing, Payload
@@ -114,15 +115,14 @@ class AsyncBuffer:
                         done.set_result(message)
 
     async def _commit_one_by_one(self, batch: list[tuple[Message, asyncio.Future[Message]]]) -> None:
-        for message, done in batch:
-            try:
-                await self._run(self.buffer.commit, [message])
-            except Exception as exc:
-                if not done.done():
-                    done.set_exception(exc)
+        errors = await self._run(commit_each_alone, [[message] for message, _ in batch], self.buffer.commit)
+        for (message, done), error in zip(batch, errors, strict=True):
+            if done.done():
+                continue
+            if error is None:
+                done.set_result(message)
             else:
-                if not done.done():
-                    done.set_result(message)
+                done.set_exception(error)
 
     async def save_many(self, items: Iterable[Payload | Outgoing], *, subject: str | None = None,
                         headers: Mapping[str, str] | None = None, connection: object | None = None) -> list[Message]:

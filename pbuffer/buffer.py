@@ -1,9 +1,10 @@
-"""The Buffer contract: what every backend promises, written once."""
+"""The Buffer contract: what every backend promises, written once, and the checks every backend inherits.
+
+A backend author reads this file and :mod:`pbuffer.testing` (the conformance suite that checks each promise).
+"""
 
 from __future__ import annotations
 
-import logging
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -11,15 +12,28 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from . import ids
-from .errors import BackendError, BufferFullError, ConfigurationError, ValidationError
+from .buffering import defaults, expiry
+from .buffering.group_commit import GroupCommit
+from .buffering.listeners import Listeners, RemovalLog
+from .buffering.room import Room
+from .buffering.tracing import trace_injector
+from .errors import BackendError, ConfigurationError, ValidationError
 from .limits import BufferStats, ClaimStats, Limits, Overflow, SubjectStats
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
-from .tracing import trace_injector
-from .validation import check_headers, check_payload, check_reason, check_subject, check_subject_prefixes
+from .validation import (
+    check_attempts,
+    check_headers,
+    check_lease,
+    check_limit,
+    check_message_id,
+    check_payload,
+    check_reason,
+    check_skip_subjects,
+    check_subject,
+    check_subject_prefixes,
+)
 
 __all__ = ["Buffer"]
-
-_log = logging.getLogger("pbuffer.buffer")
 
 
 class Buffer(ABC):
@@ -87,10 +101,13 @@ class Buffer(ABC):
     **Bad input** (a payload that is not bytes-like: ``TypeError``; a bad subject or header:
     :class:`~pbuffer.ValidationError`) is refused before anything is written.
 
-    Backends implement the underscore primitives; validation, ids, checksums and notifications live here once.
+    Backends implement the underscore primitives below (each says what it receives, returns, and in which
+    transaction it runs); validation, ids and notifications live here once, and what the contract needs around the
+    primitives (group commit, ``overflow="block"``, ``ttl``, listeners) in :mod:`pbuffer.buffering`.
     """
 
-    #: URL schemes this backend serves (``"memory"``, ``"sqlite"``...), used by :func:`pbuffer.open`.
+    #: URL schemes this backend serves (``"memory"``, ``"sqlite"``...): :func:`pbuffer.open` opens a URL with the
+    #: built-in or plug-in class that declares its scheme (see :mod:`pbuffer.registry`).
     schemes: ClassVar[tuple[str, ...]] = ()
     #: Whether storage calls block on I/O; the async facade runs blocking calls in a thread.
     blocking: ClassVar[bool] = True
@@ -106,26 +123,18 @@ class Buffer(ABC):
         #: System subject prefixes (``$KV.orders.``...) this buffer may save to; see Subjects above.
         self.allow_subject_prefixes = check_subject_prefixes(allow_subject_prefixes)
         self.subject = None if subject is None else check_subject(subject, self.allow_subject_prefixes)
-        #: Whether saves from several threads share transactions (storage that blocks only; see _commit_grouped).
+        #: Whether saves from several threads share transactions (storage that blocks only).
         self.group_commit = bool(group_commit) and self.blocking
         self.limits = Limits(max_messages, max_bytes, overflow, ttl, block_timeout)
-        #: Whether saves carry the current OpenTelemetry trace context in their headers (see pbuffer.tracing).
+        #: Whether saves carry the current OpenTelemetry trace context in their headers (see pbuffer.buffering.tracing).
         self.propagate_trace = bool(propagate_trace)
         self._with_trace = trace_injector() if self.propagate_trace else None
-        self._listeners: list[Callable[[], object]] = []
-        self._listeners_lock = threading.Lock()
+        self._listeners = Listeners()
+        self._removals = RemovalLog(self.limits)
+        self._room = Room(self.limits)
+        self._grouped = GroupCommit(self._insert_when_room)
+        self._close_lock = threading.Lock()
         self._closed = False
-        # Savers blocked by overflow="block" wait on this; every removal in this process wakes them (other
-        # processes' removals are seen by polling).
-        self._room = threading.Condition()
-        # Removed (dropped, expired) messages not yet logged, and when each kind was last logged.
-        self._unlogged: dict[str, int] = {}
-        self._logged_at: dict[str, float] = {}
-        # Group commit across threads (blocking storage): saves that arrive while a commit runs wait, and the
-        # next commit writes them all in one transaction.
-        self._group_lock = threading.Lock()
-        self._group: list[_Pending] = []
-        self._group_busy = False
 
     # ----------------------------------------------------------------------------------------------- writing
 
@@ -144,7 +153,7 @@ class Buffer(ABC):
             self._save_in([message], connection)
             return message
         self._commit_call([message])
-        if self._listeners:
+        if self._listeners.callbacks:
             self._notify()
         return message
 
@@ -177,10 +186,8 @@ class Buffer(ABC):
 
     def prepare(self, payload: Payload, *, subject: str | None = None,
                 headers: Mapping[str, str] | None = None) -> Message:
-        """Validate a message and give it its id, without storing it (see :meth:`commit`).
-
-        For group commit: many producers prepare, one transaction commits them all.
-        """
+        """Validate a message and give it its id, without storing it (see :meth:`commit`: many producers prepare,
+        one transaction commits them all)."""
         self._check_open()
         now_ns = time.time_ns()
         return self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
@@ -190,21 +197,21 @@ class Buffer(ABC):
         self._check_open()
         if messages:
             self._commit_call(list(messages))
-            if self._listeners:
+            if self._listeners.callbacks:
                 self._notify()
 
     def delete(self, message_id: str) -> bool:
         """Delete a message, pending or dead. ``False`` if there was none with that id (in this scope)."""
         self._check_open()
-        deleted = self._delete(_check_id(message_id))
-        self._freed(int(deleted))
+        deleted = self._delete(check_message_id(message_id))
+        self._room.freed(int(deleted))
         return deleted
 
     def delete_many(self, message_ids: Iterable[str]) -> int:
         """Delete many messages (pending or dead) in one transaction; returns how many existed."""
         self._check_open()
-        checked = list(dict.fromkeys(_check_id(message_id) for message_id in message_ids))
-        return self._freed(self._delete_many(checked)) if checked else 0
+        checked = list(dict.fromkeys(check_message_id(message_id) for message_id in message_ids))
+        return self._room.freed(self._delete_many(checked)) if checked else 0
 
     def pop(self) -> Message | None:
         """Remove and return the oldest pending message no live claim holds, atomically, or ``None``."""
@@ -213,8 +220,8 @@ class Buffer(ABC):
             message = self._pop(time.time_ns() // 1000)
             if message is None:
                 return None
-            self._freed(1)
-            if not self._expired(message, time.time_ns() // 1000):
+            self._room.freed(1)
+            if not expiry.is_expired(message, time.time_ns() // 1000, self.limits.ttl):
                 return message
             # Taken, but too old to hand out: counted as expired instead (in its own transaction, after the
             # pop's; a crash between the two loses the count of this one message, never a message).
@@ -225,17 +232,15 @@ class Buffer(ABC):
         """Move a pending message to the dead letters with ``reason``; ``False`` if it is not pending."""
         self._check_open()
         check_reason(reason)
-        # The dead-letter column is a 32-bit INTEGER on PostgreSQL and MariaDB: every backend takes the same range.
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= _MAX_ATTEMPTS:
-            raise ValidationError(f"attempts must be an int from 0 to {_MAX_ATTEMPTS}, not {attempts!r}")
-        moved = self._mark_dead(_check_id(message_id), reason, attempts, time.time_ns() // 1000)
-        self._freed(int(moved))
+        moved = self._mark_dead(check_message_id(message_id), reason, check_attempts(attempts),
+                                time.time_ns() // 1000)
+        self._room.freed(int(moved))
         return moved
 
     def requeue(self, message_id: str) -> bool:
         """Make a dead letter pending again, at the back of the queue; ``False`` if it is not dead."""
         self._check_open()
-        done = self._requeue(_check_id(message_id))
+        done = self._requeue(check_message_id(message_id))
         if done:
             self._notify()
         return done
@@ -249,13 +254,11 @@ class Buffer(ABC):
         return found[0] if found else None
 
     def get_all(self, limit: int | None = None, *, after: str | None = None) -> list[Message]:
-        """Pending messages, oldest first; at most ``limit`` of them when given.
-
-        ``after``: only the messages queued behind that pending message (how a relay reads its next window
-        while the current one is in flight). If it is no longer pending, the list starts at the oldest.
-        """
+        """Pending messages, oldest first; at most ``limit`` of them when given. ``after``: only the messages
+        queued behind that pending message (how a relay reads its next window while the current one is in flight);
+        if it is no longer pending, the list starts at the oldest."""
         self._check_open()
-        checked_limit, checked_after = _check_limit(limit), None if after is None else _check_id(after)
+        checked_limit, checked_after = check_limit(limit), None if after is None else check_message_id(after)
         return self._read(lambda: self._get(checked_limit, checked_after))
 
     def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None,
@@ -273,22 +276,16 @@ class Buffer(ABC):
         caller then claims from the oldest, so each producer's messages keep their order.
         """
         self._check_open()
-        checked_limit = _check_limit(limit)
+        checked_limit = check_limit(limit)
         if checked_limit is None:
             raise ValidationError("claim() needs a limit")
-        checked_owner = _check_id(owner)
-        checked_after = None if after is None else _check_id(after)
-        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 10**6:
-            raise ValidationError(f"lease must be a positive number of seconds, not {lease!r}")
-        if isinstance(skip_subjects, str):
-            raise ValidationError("skip_subjects takes a collection of subjects, not one str")
-        skip = frozenset(skip_subjects)
-        if not all(isinstance(subject, str) for subject in skip):
-            raise ValidationError("skip_subjects must hold str subjects")
+        checked_owner = check_message_id(owner)
+        checked_after = None if after is None else check_message_id(after)
+        seconds, skip = check_lease(lease), check_skip_subjects(skip_subjects)
 
         def claim_now() -> list[Message]:
             now_us = time.time_ns() // 1000
-            until_us = now_us + int(lease * 1e6)
+            until_us = now_us + int(seconds * 1e6)
             if skip:
                 return self._claim_skipping(checked_limit, checked_after, checked_owner, until_us, now_us, skip)
             return self._claim(checked_limit, checked_after, checked_owner, until_us, now_us)
@@ -298,15 +295,13 @@ class Buffer(ABC):
     def release(self, message_ids: Iterable[str], *, owner: str) -> int:
         """End ``owner``'s claims on these messages (those it did not publish); returns how many it held."""
         self._check_open()
-        checked_owner = _check_id(owner)
-        checked = list(dict.fromkeys(_check_id(message_id) for message_id in message_ids))
+        checked_owner = check_message_id(owner)
+        checked = list(dict.fromkeys(check_message_id(message_id) for message_id in message_ids))
         return self._release(checked, checked_owner) if checked else 0
 
     def stats(self) -> BufferStats:
-        """Counts, bytes, the oldest message's age, and the dropped and expired totals (see :class:`BufferStats`).
-
-        Read from counters, not by counting rows: fast on any size of buffer.
-        """
+        """Counts, bytes, the oldest message's age, and the dropped and expired totals (see :class:`BufferStats`);
+        read from counters, not by counting rows: fast on any size of buffer."""
         self._check_open()
         return self._stats(time.time_ns() // 1000)
 
@@ -327,27 +322,15 @@ class Buffer(ABC):
 
     def expire(self) -> int:
         """Remove the pending messages older than ``ttl`` now (reads do it as they meet them); returns how many.
-
-        Walks from the oldest message and stops at the first one still young enough. 0 without a ``ttl``.
-        """
+        Walks from the oldest message and stops at the first one still young enough. 0 without a ``ttl``."""
         self._check_open()
-        if self.limits.ttl is None:
-            return 0
-        total = 0
-        while True:
-            head = self._get(_EXPIRE_PAGE, None)
-            now_us = time.time_ns() // 1000
-            old = [m for m in head if self._expired(m, now_us)]
-            removed = self._remove_counted(old, "expired") if old else 0
-            total += removed
-            # Done at the first young message, at the end of the queue, or when another remover got there first.
-            if len(old) < len(head) or len(head) < _EXPIRE_PAGE or not removed:
-                return total
+        ttl = self.limits.ttl
+        return 0 if ttl is None else expiry.expire_all(lambda n: self._get(n, None), ttl, self._remove_expired)
 
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters, in the order they were dead-lettered; at most ``limit`` when given."""
         self._check_open()
-        return self._dead_letters(_check_limit(limit))
+        return self._dead_letters(check_limit(limit))
 
     def __len__(self) -> int:
         """Number of pending messages (in this scope)."""
@@ -357,12 +340,10 @@ class Buffer(ABC):
     # ------------------------------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Release connections and files. Idempotent; the buffer cannot be used afterwards.
-
-        Calls racing it from other threads either complete (a save that returns is committed) or raise a
-        :class:`~pbuffer.BackendError` having written nothing.
-        """
-        with self._group_lock:  # two threads closing at once: one of them closes
+        """Release connections and files. Idempotent; the buffer cannot be used afterwards. Calls racing it from
+        other threads either complete (a save that returns is committed) or raise a :class:`~pbuffer.BackendError`
+        having written nothing."""
+        with self._close_lock:  # two threads closing at once: one of them closes
             if self._closed:
                 return
             self._closed = True
@@ -382,145 +363,120 @@ class Buffer(ABC):
         """Call ``callback()`` (from the saving thread) after each save, save_many or requeue commits; for an
         outbox save (``connection=``), when the caller's transaction commits. On PostgreSQL (psycopg 3) also when
         a save by another process or buffer object on the database commits (LISTEN/NOTIFY, from a thread the
-        buffer starts with its first listener).
-
-        This is how a relay wakes at once instead of polling. Keep callbacks tiny and
-        non-blocking; an exception in one is not propagated to the saver.
-        """
-        with self._listeners_lock:
-            self._listeners = [*self._listeners, callback]
+        buffer starts with its first listener). This is how a relay wakes at once instead of polling. Keep
+        callbacks tiny and non-blocking; an exception in one is logged, not propagated to the saver."""
+        self._listeners.add(callback)
 
     def remove_listener(self, callback: Callable[[], object]) -> None:
-        with self._listeners_lock:
-            self._listeners = [cb for cb in self._listeners if cb is not callback]
+        self._listeners.remove(callback)
 
-    def _save_in(self, messages: list[Message], connection: object) -> None:
-        """The outbox: write ``messages`` through the caller's transaction; wake listeners at its commit."""
-        from . import outbox  # SQLAlchemy's ORM, imported only by applications that use the outbox
-
-        target = self._insert_in(messages, connection)
-        outbox.after_commit(target, id(self), self._notify)
-
-    # ------------------------------------------------------------------------------------- for subclasses
+    # ------------------------------------------------------------------------- what a backend implements
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Buffer:
         """Build the backend from a URL whose pbuffer options were already parsed into ``options``."""
         raise NotImplementedError(f"{cls.__name__} cannot be opened from a URL")
 
+    # Every primitive below is called on an open buffer with checked arguments, and runs in one transaction of its
+    # own (its own lock, for storage without transactions) unless it says otherwise: all of it happens, or none.
+    # Messages it reads are in scope (the buffer's ``subject``, when it has one) and their checksums verified
+    # (CorruptDatabaseError names a damaged one). Ids are lowercase UUID strings; times are microseconds since the
+    # epoch. Storage failures raise a PBufferError subclass (StorageFullError, BackendError...), never a driver's.
+
     @abstractmethod
     def _insert(self, messages: list[Message]) -> None:
-        """Store all of ``messages`` in one transaction, in order, or nothing."""
+        """Store ``messages`` (one or more, validated, with ids) pending, in order, at the back of the queue, and
+        count them, in one transaction. Applies the limits in that transaction: ``reject`` raises BufferFullError
+        having written nothing; ``drop_oldest`` removes and counts the oldest first (and calls
+        ``self._note_removed("dropped", n)`` after the commit); ``block`` raises BufferFullError (the caller waits)."""
 
     def _insert_in(self, messages: list[Message], connection: object) -> Any:
-        """Store ``messages`` through the caller's SQLAlchemy ``connection`` (Connection or Session), in its open
-        transaction, never committing, rolling back or closing it; apply the limits there (``block`` cannot wait
-        inside the caller's transaction: it raises :class:`~pbuffer.BufferFullError` at once). Returns the
-        Session or Connection whose commit makes them pending. Raises :class:`~pbuffer.ConfigurationError`, having
-        written nothing, when the connection is not on this buffer's database. This default: storage that is not
-        a database the application can share refuses."""
+        """Store ``messages`` as :meth:`_insert` does, through the caller's SQLAlchemy ``connection`` (Connection or
+        Session), in its open transaction, never committing, rolling back or closing it (``block`` raises
+        BufferFullError at once). Returns the Session or Connection whose commit makes them pending. A connection
+        on another database raises ConfigurationError, having written nothing; this default refuses every one."""
         raise ConfigurationError(f"{type(self).__name__} cannot save in your transaction (connection=...): only a "
                                  "SQL buffer (sqlite, PostgreSQL, MariaDB) on the same database as the connection "
                                  "can; nothing was written")
 
     @abstractmethod
     def _get(self, limit: int | None, after: str | None) -> list[Message]:
-        """Up to ``limit`` (all if ``None``) pending messages in scope, oldest first, checksums verified;
-        with ``after``, only those queued behind that pending message (all, if it is not pending)."""
+        """Up to ``limit`` (all if ``None``) pending messages, oldest first, read-only; with ``after``, only those
+        queued behind that pending message (all of them if it is not pending). Expired ones included."""
 
     @abstractmethod
     def _pop(self, now_us: int) -> Message | None:
-        """Remove and return the oldest pending message in scope that no live claim holds (checksum verified)."""
+        """Remove, uncount and return the oldest pending message that no live claim (lease ending at or after
+        ``now_us``) holds; ``None`` if there is none. Two callers never get the same message."""
 
     @abstractmethod
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
-        """Claim (and return, oldest first) up to ``limit`` pending messages in scope, behind ``after`` when given,
-        that are unclaimed, claimed by ``owner``, or claimed with a lease that ended before ``now_us``."""
+        """Claim for ``owner`` until ``until_us`` and return, oldest first, up to ``limit`` pending messages (behind
+        ``after`` when given) that are unclaimed, already ``owner``'s, or whose lease ended before ``now_us``."""
 
     def _claim_skipping(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int,
                         skip: frozenset[str]) -> list[Message]:
         """:meth:`_claim` passing over the messages on ``skip``'s subjects (neither returned nor left claimed).
-
-        This default works on any backend through :meth:`_claim` and :meth:`_release`: it claims window after
-        window and gives back what it skips, so a long run of skipped messages costs a walk over them. Backends
-        that can filter in the query override it (the SQL and memory backends do).
-        """
-        found: list[Message] = []
-        cursor = after
-        while len(found) < limit:
-            window = self._claim(limit, cursor, owner, until_us, now_us)
-            kept = [m for m in window if m.subject not in skip]
-            give_back = [m.id for m in window if m.subject in skip] + [m.id for m in kept[limit - len(found):]]
-            if give_back:
-                self._release(give_back, owner)
-            found.extend(kept[:limit - len(found)])
-            if len(window) < limit:
-                break
-            cursor = window[-1].id
-        return found
-
-    def _subject_stats(self) -> dict[str, SubjectStats]:
-        """Per-subject counters. This default, for backends without them, walks the pending messages and the dead
-        letters (dropped and expired stay 0); the built-in backends read their counters instead."""
-        found: dict[str, list[int]] = {}
-        after: str | None = None
-        while True:
-            page = self.get_all(1000, after=after)
-            for message in page:
-                counts = found.setdefault(message.subject, [0] * 6)
-                counts[0] += 1
-                counts[1] += len(message.payload)
-            if len(page) < 1000:
-                break
-            after = page[-1].id
-        for letter in self.dead_letters():
-            counts = found.setdefault(letter.message.subject, [0] * 6)
-            counts[2] += 1
-            counts[3] += len(letter.message.payload)
-        return {subject: SubjectStats(*counts) for subject, counts in found.items()}
-
-    def _claim_stats(self, window: int, now_us: int) -> ClaimStats | None:
-        """The live claims (lease ending at or after ``now_us``) among the ``window`` oldest pending messages in
-        scope, read in one read-only transaction. This default, for backends that cannot tell, returns ``None``."""
-        return None
+        This default claims and releases through the primitives; override it to filter in the query."""
+        return defaults.claim_skipping_by_release(self, limit, after, owner, until_us, now_us, skip)
 
     @abstractmethod
-    def _release(self, message_ids: list[str], owner: str) -> int: ...
+    def _release(self, message_ids: list[str], owner: str) -> int:
+        """End ``owner``'s claims on these messages (others' claims are untouched); returns how many it held."""
 
     @abstractmethod
-    def _discard(self, message_ids: list[str], kind: str) -> int:
-        """Remove these pending messages, counting them as ``kind`` (``"expired"``); returns how many existed."""
-
-    @abstractmethod
-    def _count_removed(self, message: Message, kind: str) -> None:
-        """Add an already removed message to the ``kind`` total."""
-
-    @abstractmethod
-    def _stats(self, now_us: int) -> BufferStats: ...
-
-    @abstractmethod
-    def _delete(self, message_id: str) -> bool: ...
+    def _delete(self, message_id: str) -> bool:
+        """Remove the message, pending or dead, and uncount it; ``False`` if there is none."""
 
     def _delete_many(self, message_ids: list[str]) -> int:
-        """Default: one delete each; backends override it with one transaction."""
+        """:meth:`_delete` for each of ``message_ids`` (distinct), in one transaction; returns how many existed.
+        This default deletes one by one; the built-in backends override it."""
         return sum(self._delete(message_id) for message_id in message_ids)
 
     @abstractmethod
-    def _count(self) -> int: ...
+    def _discard(self, message_ids: list[str], kind: str) -> int:
+        """Remove these pending messages and count them as ``kind`` (``"expired"``); returns how many existed."""
 
     @abstractmethod
-    def _mark_dead(self, message_id: str, reason: str, attempts: int, now_us: int) -> bool: ...
+    def _count_removed(self, message: Message, kind: str) -> None:
+        """Add ``message``, already removed (by :meth:`_pop`), to the ``kind`` total, in a transaction of its own."""
 
     @abstractmethod
-    def _dead_letters(self, limit: int | None) -> list[DeadLetter]: ...
+    def _mark_dead(self, message_id: str, reason: str, attempts: int, now_us: int) -> bool:
+        """Move a pending message to the dead letters with ``reason``, ``attempts`` and the time ``now_us``, and
+        move its counts; ``False`` (nothing changed) if it is not pending."""
 
     @abstractmethod
-    def _requeue(self, message_id: str) -> bool: ...
+    def _requeue(self, message_id: str) -> bool:
+        """Make a dead letter pending again at the back of the queue, keeping its id; ``False`` if it is not dead."""
+
+    @abstractmethod
+    def _dead_letters(self, limit: int | None) -> list[DeadLetter]:
+        """Up to ``limit`` (all if ``None``) dead letters in the order they were dead-lettered, read-only."""
+
+    @abstractmethod
+    def _count(self) -> int:
+        """The number of pending messages, read-only (from counters, not by counting rows, where it can)."""
+
+    @abstractmethod
+    def _stats(self, now_us: int) -> BufferStats:
+        """:class:`BufferStats` from the counters, read-only: kept in the same transactions as the messages, so
+        they agree with the rows; the oldest pending message's age as of ``now_us``."""
+
+    def _subject_stats(self) -> dict[str, SubjectStats]:
+        """:class:`SubjectStats` per subject that ever had a message, read-only. This default walks the messages
+        (dropped and expired stay 0); the built-in backends read their counters."""
+        return defaults.subject_stats_by_walk(self)
+
+    def _claim_stats(self, window: int, now_us: int) -> ClaimStats | None:
+        """The live claims (lease ending at or after ``now_us``) among the ``window`` oldest pending messages, in
+        one read-only transaction. This default, for backends that cannot tell, returns ``None``."""
+        return None
 
     def _close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
-        """Release resources (called once)."""
+        """Release connections, files and threads; called once, by :meth:`close`."""
 
-    # ---------------------------------------------------------------------------------------------- shared
+    # ------------------------------------------------------------------------------ what backends inherit
 
     def _check_open(self) -> None:
         if self._closed:
@@ -551,184 +507,36 @@ class Buffer(ABC):
     def _commit_call(self, messages: list[Message]) -> None:
         """Commit one call's messages: grouped with other threads' when enabled, waiting for room if asked to."""
         if self.group_commit:
-            self._commit_grouped(messages)
+            self._grouped.commit(messages)
         else:
             self._insert_when_room(messages)
 
-    def _commit_grouped(self, messages: list[Message]) -> None:
-        """Commit ``messages`` (one call's, all or nothing), together with other threads' saves waiting meanwhile.
-
-        Leader and followers: a caller that finds no commit running commits its own messages at once (a lone
-        thread pays two lock round trips, nothing more). Calls that arrive meanwhile queue up; when the running
-        commit ends, the oldest of them leads the next commit, which writes every queued call in one transaction,
-        and the others wait until it is done. With an fsync per commit (``durability="power"``) many threads
-        then share each fsync.
-        """
-        mine: _Pending | None = None
-        with self._group_lock:
-            if self._group_busy:
-                mine = _Pending(messages)
-                self._group.append(mine)
-            else:
-                self._group_busy = True
-        if mine is None:
-            try:
-                self._insert_when_room(messages)
-            finally:
-                self._hand_over()
-            return
-        mine.done.wait()
-        if mine.lead:
-            try:
-                with self._group_lock:
-                    batch, self._group = self._group, []
-                self._commit_batch(batch, mine)
-            finally:
-                self._hand_over()
-        if mine.error is not None:
-            raise mine.error
-
-    def _hand_over(self) -> None:
-        """After a commit: the oldest queued call leads the next one, or nobody is committing any more."""
-        with self._group_lock:
-            if self._group:
-                following = self._group[0]
-                following.lead = True  # its own thread commits the next batch
-                following.done.set()
-            else:
-                self._group_busy = False
-
-    def _commit_batch(self, batch: list[_Pending], leader: _Pending) -> None:
-        try:
-            if len(batch) == 1:
-                self._insert_when_room(batch[0].messages)
-            else:
-                try:
-                    self._insert_when_room([m for pending in batch for m in pending.messages])
-                except BufferFullError:
-                    # Not all of them fit: each call gets its own answer, as if it had been alone.
-                    for pending in batch:
-                        try:
-                            self._insert_when_room(pending.messages)
-                        except Exception as exc:
-                            pending.error = exc
-        except BaseException as exc:
-            # Nothing of the batch was written: every call in it fails.
-            for pending in batch:
-                pending.error = exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for pending in batch:
-                if pending is not leader:
-                    pending.done.set()
-
     def _insert_when_room(self, messages: list[Message]) -> None:
-        """Insert, and with ``overflow="block"`` wait for room (up to ``block_timeout``) while the buffer is full."""
-        if self.limits.overflow != "block":
-            self._insert(messages)
-            return
-        sizes = [len(m.payload) for m in messages]
-        # Raises at once for messages that could never fit, whatever is pending.
-        self.limits.make_room(0, 0, sizes, lambda _n: [])
-        deadline = time.monotonic() + self.limits.block_timeout
-        while True:
-            try:
-                self._insert(messages)
-                return
-            except BufferFullError as exc:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BufferFullError(f"{exc}; no room within block_timeout={self.limits.block_timeout} s") \
-                        from None
-                with self._room:
-                    # A removal in this process wakes us at once; other processes' are seen by the next look.
-                    self._room.wait(min(remaining, _BLOCK_POLL))
+        self._room.insert(messages, self._insert)
 
-    def _freed(self, count: int) -> int:
-        """Wake savers waiting for room after ``count`` messages left the queue; returns ``count``."""
-        if count and self.limits.overflow == "block":
-            with self._room:
-                self._room.notify_all()
-        return count
+    def _save_in(self, messages: list[Message], connection: object) -> None:
+        """The outbox: write ``messages`` through the caller's transaction; wake listeners at its commit."""
+        from . import outbox  # SQLAlchemy's ORM, imported only by applications that use the outbox
 
-    def _expired(self, message: Message, now_us: int) -> bool:
-        ttl = self.limits.ttl
-        return ttl is not None and now_us - message.created_us > ttl * 1e6
+        target = self._insert_in(messages, connection)
+        outbox.after_commit(target, id(self), self._notify)
 
     def _read(self, read: Callable[[], list[Message]]) -> list[Message]:
         """Run a read; with a ``ttl``, remove (and count) the expired messages it met and read again."""
-        while True:
-            found = read()
-            if self.limits.ttl is None:
-                return found
-            now_us = time.time_ns() // 1000
-            old = [m for m in found if self._expired(m, now_us)]
-            if not old:
-                return found
-            self._remove_counted(old, "expired")
+        return expiry.read_fresh(read, self.limits.ttl, self._remove_expired)
 
-    def _remove_counted(self, messages: list[Message], kind: str) -> int:
-        removed = self._freed(self._discard([m.id for m in messages], kind))
-        self._note_removed(kind, removed)
+    def _remove_expired(self, messages: list[Message]) -> int:
+        removed = self._room.freed(self._discard([m.id for m in messages], "expired"))
+        self._note_removed("expired", removed)
         return removed
 
+    def _freed(self, count: int) -> int:
+        """Wake savers waiting for room after ``count`` messages left the queue (a backend's own removals)."""
+        return self._room.freed(count)
+
     def _note_removed(self, kind: str, count: int) -> None:
-        """Log messages the limits removed: a WARNING at most every 10 s per kind, with the count since the last."""
-        if not count:
-            return
-        with self._listeners_lock:
-            unlogged = self._unlogged[kind] = self._unlogged.get(kind, 0) + count
-            now = time.monotonic()
-            if now - self._logged_at.get(kind, -1e9) < _LOG_EVERY:
-                return
-            self._logged_at[kind], self._unlogged[kind] = now, 0
-        why = f"older than ttl={self.limits.ttl} s" if kind == "expired" else (
-            f"the oldest, to make room (max_messages={self.limits.max_messages}, max_bytes={self.limits.max_bytes})")
-        _log.warning("removed %d message(s) %s without sending them; stats().%s counts them all", unlogged, why,
-                     kind)
+        """Log messages the limits removed (``"dropped"``, ``"expired"``), rate-limited."""
+        self._removals.note(kind, count)
 
     def _notify(self) -> None:
-        for callback in self._listeners:
-            try:
-                callback()
-            except Exception:  # a listener's bug must not turn a committed save into a failure
-                _log.exception("buffer listener failed")
-
-
-class _Pending:
-    """One save call waiting in a group commit."""
-
-    __slots__ = ("done", "error", "lead", "messages")
-
-    def __init__(self, messages: list[Message]) -> None:
-        self.messages = messages
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-        self.lead = False
-
-
-# Messages looked at per step of expire(); seconds between looks for room when overflow="block".
-_EXPIRE_PAGE = 500
-_BLOCK_POLL = 0.05
-# Seconds between warnings about removed (dropped or expired) messages.
-_LOG_EVERY = 10.0
-# The largest attempts count mark_dead() takes (the dead-letter table's 32-bit INTEGER column).
-_MAX_ATTEMPTS = 2**31 - 1
-
-_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _check_id(message_id: object) -> str:
-    if not isinstance(message_id, str) or not _ID.fullmatch(message_id):
-        raise ValidationError(f"not a message id (a lowercase UUID string): {message_id!r}")
-    return message_id
-
-
-def _check_limit(limit: object) -> int | None:
-    if limit is None:
-        return None
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-        raise ValidationError(f"limit must be a non-negative int or None, not {limit!r}")
-    # No buffer holds 2**62 messages; a larger limit would overflow the databases' 64-bit LIMIT.
-    return min(limit, 2**62)
+        self._listeners.notify()

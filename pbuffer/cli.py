@@ -77,7 +77,7 @@ def connection_options(fn: F) -> F:
 
 
 async def _transport(servers: str, options: dict[str, Any]) -> Any:
-    from .jetstream import JetStreamTransport
+    from .relay.jetstream import JetStreamTransport
 
     tls = None
     if options.get("tls_ca"):
@@ -732,8 +732,8 @@ def db_verify(url: str | None, as_json: bool) -> None:
     Example:
       pbuffer db verify --url sqlite:///orders.db --json
     """
-    from .recovery import verify
     from .schema import require_buffer
+    from .schema.recovery import verify
 
     target = url or pbuffer.default_url()
     # Refuses, reading only, what verify would otherwise create or upgrade: no buffer, an empty database, an older
@@ -770,7 +770,7 @@ def db_quarantine(url: str | None, as_json: bool) -> None:
     Example:
       pbuffer db quarantine --url sqlite:///orders.db
     """
-    from .recovery import quarantine
+    from .schema.recovery import quarantine
 
     moved = quarantine(url or pbuffer.default_url())
     if as_json:
@@ -786,7 +786,7 @@ def db_quarantine(url: str | None, as_json: bool) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def echo(args: Sequence[str]) -> None:
     """The stream-echo example: pbuffer echo server|client ... (pbuffer echo --help)."""
-    from .echo import main as echo_main
+    from .examples.echo import main as echo_main
 
     sys.exit(echo_main(list(args)))
 

@@ -1,4 +1,8 @@
-"""Backends chosen by URL scheme, and third-party backends found through entry points."""
+"""Backends chosen by URL scheme: the one place a scheme is tied to a storage class.
+
+Each built-in class declares the schemes it serves (:attr:`pbuffer.Buffer.schemes`); a third-party backend is
+found through the ``pbuffer.backends`` entry-point group, whose entry names are its schemes.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +19,14 @@ from urllib.parse import parse_qsl, urlencode
 from .buffer import Buffer
 from .errors import ConfigurationError
 
-__all__ = ["ENTRY_POINT_GROUP", "SQL_SCHEMES", "default_url", "display_url", "known_schemes", "open_buffer",
-           "parse_options", "scheme_of"]
+__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "SQL_SCHEMES", "backend_for", "default_url", "display_url",
+           "known_schemes", "open_buffer", "parse_options", "scheme_of"]
 
 ENTRY_POINT_GROUP = "pbuffer.backends"
 
-# Built-in backends by scheme, imported only when used (opening memory:// never imports SQLAlchemy).
-_BUILTIN = {
-    "memory": "pbuffer.backends.memory:MemoryBuffer",
-    "sqlite": "pbuffer.backends.sql:SQLBuffer",
-    "postgresql": "pbuffer.backends.sql:SQLBuffer",
-    "mysql": "pbuffer.backends.sql:SQLBuffer",
-    "mariadb": "pbuffer.backends.sql:SQLBuffer",
-}
+#: The built-in storage classes, in the order a scheme is looked for among their ``schemes``; each is imported only
+#: when the ones before it do not serve the scheme (opening memory:// never imports SQLAlchemy).
+BUILTIN_BACKENDS = ("pbuffer.backends.memory:MemoryBuffer", "pbuffer.backends.sql:SQLBuffer")
 # Other spellings of a built-in scheme: postgres:// is what Heroku, libpq and many tools write (SQLAlchemy dropped
 # it in 1.4). The URL is rewritten before anything reads it, so the driver is the one postgresql:// gets.
 _ALIASES = {"postgres": "postgresql"}
@@ -123,13 +122,25 @@ def _unalias(url: str) -> str:
     return f"{canonical}{plus}{driver}://{rest}" if canonical else url
 
 
-def _backend_entry_points() -> dict[str, str]:
-    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return {**found, **_BUILTIN}  # a plug-in cannot take over a built-in scheme
+def _plugins() -> dict[str, str]:
+    """Third-party backends: scheme -> ``"module:Class"``, from the ``pbuffer.backends`` entry points."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def backend_for(scheme: str) -> type[Buffer] | None:
+    """The class that opens ``scheme`` URLs (a built-in one first: a plug-in cannot take over a built-in scheme),
+    or ``None``."""
+    for target in BUILTIN_BACKENDS:
+        backend = _load(target)
+        if scheme in backend.schemes:
+            return backend
+    plugin = _plugins().get(scheme)
+    return None if plugin is None else _load(plugin)
 
 
 def known_schemes() -> list[str]:
-    return sorted(_backend_entry_points())
+    builtin = {scheme for target in BUILTIN_BACKENDS for scheme in _load(target).schemes}
+    return sorted(builtin | set(_plugins()))
 
 
 def _load(target: str) -> type[Buffer]:
@@ -186,11 +197,10 @@ def open_buffer(url: str | None = None, **options: Any) -> Buffer:
     if not isinstance(url, str):
         raise ConfigurationError(f"buffer URL must be a str, not {type(url).__name__}")
     scheme = scheme_of(url)
-    backends = _backend_entry_points()
-    if scheme not in backends:
+    backend = backend_for(scheme) if scheme else None
+    if backend is None:
         raise ConfigurationError(f"unknown buffer URL scheme {scheme or url!r}; known schemes: "
-                                 f"{', '.join(sorted(backends))}")
-    backend = _load(backends[scheme])
+                                 f"{', '.join(known_schemes())}")
     stripped, from_url = parse_options(url)
     clash = set(from_url) & set(options)
     if clash:

@@ -21,9 +21,14 @@ __all__ = [
     "MAX_SUBJECT_LENGTH",
     "NEVER_ALLOWED_PREFIXES",
     "RESERVED_HEADERS",
+    "check_attempts",
     "check_headers",
+    "check_lease",
+    "check_limit",
+    "check_message_id",
     "check_payload",
     "check_reason",
+    "check_skip_subjects",
     "check_subject",
     "check_subject_prefixes",
     "is_system_subject",
@@ -193,3 +198,48 @@ def check_reason(reason: object) -> str:
     except UnicodeEncodeError as exc:
         raise ValidationError("reason is not valid UTF-8") from exc
     return reason
+
+
+# ----------------------------------------------------------------------------------- the other call arguments
+
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: The largest attempts count mark_dead() takes (the dead-letter table's 32-bit INTEGER column).
+MAX_ATTEMPTS = 2**31 - 1
+
+
+def check_message_id(message_id: object) -> str:
+    """A message id (also a relay's owner name): a lowercase UUID string."""
+    if not isinstance(message_id, str) or not _ID.fullmatch(message_id):
+        raise ValidationError(f"not a message id (a lowercase UUID string): {message_id!r}")
+    return message_id
+
+
+def check_limit(limit: object) -> int | None:
+    if limit is None:
+        return None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise ValidationError(f"limit must be a non-negative int or None, not {limit!r}")
+    # No buffer holds 2**62 messages; a larger limit would overflow the databases' 64-bit LIMIT.
+    return min(limit, 2**62)
+
+
+def check_attempts(attempts: object) -> int:
+    # The dead-letter column is a 32-bit INTEGER on PostgreSQL and MariaDB: every backend takes the same range.
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= MAX_ATTEMPTS:
+        raise ValidationError(f"attempts must be an int from 0 to {MAX_ATTEMPTS}, not {attempts!r}")
+    return attempts
+
+
+def check_lease(lease: object) -> float:
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 10**6:
+        raise ValidationError(f"lease must be a positive number of seconds, not {lease!r}")
+    return float(lease)
+
+
+def check_skip_subjects(skip_subjects: Iterable[str]) -> frozenset[str]:
+    if isinstance(skip_subjects, str):
+        raise ValidationError("skip_subjects takes a collection of subjects, not one str")
+    skip = frozenset(skip_subjects)
+    if not all(isinstance(subject, str) for subject in skip):
+        raise ValidationError("skip_subjects must hold str subjects")
+    return skip

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from backends import BACKENDS, MYSQL, POSTGRES, SQL_BACKENDS, Backend
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 
 
 @pytest.fixture

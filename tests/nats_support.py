@@ -9,8 +9,8 @@ import nats.errors
 from nats.errors import NoRespondersError
 from nats.js.errors import ServiceUnavailableError
 
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
+from pbuffer.relay.jetstream import JetStreamTransport
 
 
 async def connect(server: NatsServer, **options: object) -> JetStreamTransport:

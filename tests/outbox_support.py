@@ -14,7 +14,7 @@ from nats_support import connect, read_stream_ids
 
 import pbuffer
 from pbuffer import Buffer
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
 
 #: Guards waits for progress: a hang fails the test instead of stalling the run (not a speed assertion).

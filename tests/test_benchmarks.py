@@ -28,7 +28,7 @@ from pbuffer.benchmarks.plots import plot
 from pbuffer.benchmarks.selection import select
 
 import pbuffer
-import pbuffer.natsserver
+import pbuffer.examples.natsserver
 import pbuffer.registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,12 +144,10 @@ def _check_side(side: dict[str, Any], reps: int, unit: str) -> None:
 
 
 def _may_skip(case: dict[str, Any]) -> bool:
-    """Only a server that is not running locally may skip its cases (never under CI), and the stats cases only
-    in a pbuffer without Buffer.stats(); the peers and nats-server are installed in the dev environment."""
+    """Only a server that is not running locally may skip its cases (never under CI); the peers and nats-server
+    are installed in the dev environment."""
     if case["backend"] in SERVERS and not os.environ.get("CI"):
         return "not reachable" in case["status"] or "driver not installed" in case["status"]
-    if case["op"] == "stats" and not hasattr(pbuffer.Buffer, "stats"):
-        return case["status"] == "skipped: Buffer.stats() is not in this pbuffer"
     return False
 
 
@@ -317,7 +315,7 @@ def test_missing_nats_server_skips_the_drain_cases(tmp_path: Path, monkeypatch: 
     def absent() -> str:
         raise pbuffer.ConfigurationError("nats-server not found")
 
-    monkeypatch.setattr(pbuffer.natsserver, "find_binary", absent)
+    monkeypatch.setattr(pbuffer.examples.natsserver, "find_binary", absent)
     for case in build_cases(Settings(quick=True, scale=0.001)):
         if case.op == "drain":
             record = run_case(case, Settings(quick=True), Context(tmp_path))
@@ -376,15 +374,6 @@ def test_unreachable_servers_skip_their_cases(tmp_path: Path) -> None:
         reason = record["status"]
         assert reason.startswith(f"skipped: {case.backend} not reachable at "), (case.name, reason)
         assert record["ratio"] is None and record["memory"] is None
-
-
-def test_without_stats_the_stats_cases_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(pbuffer.Buffer, "stats", raising=False)
-    settings = Settings(quick=True, scale=0.001)
-    for case in build_cases(settings):
-        if case.op == "stats" and case.backend in ("memory", "sqlite"):
-            record = run_case(case, settings, Context(tmp_path))
-            assert record["status"] == "skipped: Buffer.stats() is not in this pbuffer", case.name
 
 
 def test_repetitions_alternate_and_ratios_pair(tmp_path: Path) -> None:
@@ -577,8 +566,8 @@ def test_url_runs_the_core_cases_and_leaves_the_buffer_empty(tmp_path: Path,
 def test_url_of_a_third_party_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     # As if a package registered a scheme under the pbuffer.backends entry point (here served by the memory
     # backend's class): pbuffer.open() resolves it, and so does --url.
-    found = pbuffer.registry._backend_entry_points()
-    monkeypatch.setattr(pbuffer.registry, "_backend_entry_points",
+    found = pbuffer.registry._plugins()
+    monkeypatch.setattr(pbuffer.registry, "_plugins",
                         lambda: {**found, "thirdparty": "pbuffer.backends.memory:MemoryBuffer"})
     _check_url_document(_url_run("thirdparty://bench-url"), "thirdparty://bench-url")
     assert len(pbuffer.open("thirdparty://bench-url")) == 0

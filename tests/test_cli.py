@@ -17,7 +17,7 @@ from pbuffer.backends import versioning
 
 import pbuffer
 from pbuffer.cli import main
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 
 HEAD = versioning.head_revision()
 PBUFFER = [sys.executable, "-m", "pbuffer.cli"]

@@ -17,7 +17,7 @@ from pbuffer.backends import versioning
 import pbuffer
 from pbuffer import ids
 from pbuffer.cli import main
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 
 HEAD = versioning.head_revision()
 FIRST = versioning.known_revisions()[0]

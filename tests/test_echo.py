@@ -17,7 +17,7 @@ import pytest
 from nats.aio.msg import Msg
 
 import pbuffer
-from pbuffer.echo import (
+from pbuffer.examples.echo import (
     REQUEST_ID_HEADER,
     current_user_stream,
     ensure_stream,
@@ -27,8 +27,8 @@ from pbuffer.echo import (
     serve,
     stream_name_for_user,
 )
-from pbuffer.echo_pb2 import EchoRequest, EchoResponse
-from pbuffer.natsserver import NatsServer, free_port
+from pbuffer.examples.echo_pb2 import EchoRequest, EchoResponse
+from pbuffer.examples.natsserver import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,8 @@ def test_generated_module_matches_a_fresh_generation(tmp_path: Path) -> None:
                    capture_output=True)
     for name in ("echo_pb2.py", "echo_pb2.pyi"):
         fresh = (tmp_path / name).read_bytes()
-        assert (ROOT / "pbuffer" / name).read_bytes() == fresh, f"pbuffer/{name} is stale: python protos/generate.py"
+        assert (ROOT / "pbuffer" / "examples" / name).read_bytes() == fresh, \
+            f"pbuffer/examples/{name} is stale: python protos/generate.py"
 
 
 def test_generator_pin_matches_the_dev_extra() -> None:
@@ -53,7 +54,7 @@ def test_generator_pin_matches_the_dev_extra() -> None:
 
 
 def test_generated_module_loads_on_the_installed_runtime_without_warnings() -> None:
-    program = ("from pbuffer.echo_pb2 import EchoRequest, EchoResponse\n"
+    program = ("from pbuffer.echo_pb2 import EchoRequest, EchoResponse\n"  # the documented path
                "assert EchoRequest.__module__ == 'pbuffer.echo_pb2'\n"
                "assert EchoRequest.DESCRIPTOR.full_name == 'pbuffer.echo.EchoRequest'\n"
                "data = EchoRequest(message='hi').SerializeToString()\n"
@@ -65,7 +66,7 @@ def test_generated_module_loads_on_the_installed_runtime_without_warnings() -> N
 
 def test_generated_files_say_they_are_generated_and_how_to_regenerate() -> None:
     for name in ("echo_pb2.py", "echo_pb2.pyi"):
-        head = (ROOT / "pbuffer" / name).read_text().splitlines()[:8]
+        head = (ROOT / "pbuffer" / "examples" / name).read_text().splitlines()[:8]
         assert any("DO NOT EDIT" in line for line in head), name
         assert any("python protos/generate.py" in line for line in head), name
 

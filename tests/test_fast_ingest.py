@@ -13,10 +13,10 @@ from nats.aio.msg import Msg
 from nats_support import connect
 
 import pbuffer
-from pbuffer.fast_ingest import FastBatch, StreamModes
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
+from pbuffer.relay.fast_ingest import FastBatch, StreamModes
+from pbuffer.relay.jetstream import JetStreamTransport
 
 
 async def create_stream(nc: Client, name: str, subjects: list[str], **config: Any) -> dict[str, Any]:

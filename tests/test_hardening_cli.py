@@ -18,7 +18,7 @@ from pbuffer.backends import versioning
 
 import pbuffer
 from pbuffer.cli import main
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 
 HEAD = versioning.head_revision()
 FIRST = versioning.known_revisions()[0]
@@ -84,7 +84,7 @@ def test_looking_at_a_zero_byte_file_leaves_it_zero_bytes(tmp_path: Path, comman
         assert result.exit_code == 1, result.output
         assert "no buffer at" in result.output
     with pytest.raises(pbuffer.ConfigurationError, match="no buffer at"):
-        pbuffer.recovery.verify(f"sqlite:///{path}")  # the library function, not only the command
+        pbuffer.schema.recovery.verify(f"sqlite:///{path}")  # the library function, not only the command
     assert files_in(tmp_path) == {"empty.db": b""}
 
 

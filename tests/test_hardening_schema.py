@@ -202,7 +202,7 @@ def test_looking_at_an_empty_server_database_creates_nothing(fresh_database: str
     assert pbuffer.current(url) is None
     assert pbuffer.check(url) != []
     with pytest.raises(ConfigurationError, match="no buffer at"):
-        pbuffer.recovery.verify(url)  # the library function, not only the command
+        pbuffer.schema.recovery.verify(url)  # the library function, not only the command
     if url.startswith("postgresql"):  # the alias spelling too: it was read by a second, alias-blind parser
         alias = url.replace("postgresql+psycopg://", "postgres://", 1)
         result = CliRunner().invoke(main, ["inspect", "--url", alias])

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import pbuffer
-from pbuffer.recovery import quarantine
+from pbuffer.schema.recovery import quarantine
 
 # Rounds of the close race: each round closes at a different moment of the savers' work.
 _RACE_ROUNDS = 8
@@ -312,7 +312,7 @@ from click.testing import CliRunner
 
 import pbuffer
 from pbuffer.cli import main as cli
-from pbuffer.recovery import verify
+from pbuffer.schema.recovery import verify
 
 scratch = Path(tempfile.mkdtemp())
 warm = f"sqlite:///{scratch}/warm.db"

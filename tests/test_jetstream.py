@@ -10,9 +10,9 @@ import pytest
 from nats_support import connect
 
 import pbuffer
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
+from pbuffer.relay.jetstream import JetStreamTransport
 
 
 async def stream_contents(transport: JetStreamTransport, stream: str) -> list[tuple[str, bytes, dict[str, str]]]:

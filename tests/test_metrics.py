@@ -21,10 +21,10 @@ from nats_support import add_stream, connect
 
 import pbuffer
 from pbuffer import Message
-from pbuffer.jetstream import classify, parse_reply
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay, RelayObserver
-from pbuffer.transport import MockTransport, PublishResult
+from pbuffer.relay.jetstream import classify, parse_reply
+from pbuffer.relay.transport import MockTransport, PublishResult
 
 try:
     import prometheus_client
@@ -279,7 +279,7 @@ def test_retry_reasons_and_dead_letters_are_counted_by_the_observer() -> None:
 
 
 def test_every_transient_failure_jetstream_reports_has_its_reason_label() -> None:
-    """Every transient failure pbuffer.jetstream reports carries the typed kind its label needs."""
+    """Every transient failure pbuffer.relay.jetstream reports carries the typed kind its label needs."""
     message = Message("0" * 8 + "-0000-7000-8000-" + "0" * 12, "s", b"", {}, 0)
     cases: list[tuple[PublishResult, str]] = [
         (classify(asyncio.TimeoutError(), message), "timeout"),
@@ -304,7 +304,7 @@ def test_every_transient_failure_jetstream_reports_has_its_reason_label() -> Non
     # JetStreamTransport.publish on a client that is not connected.
     from nats.aio.client import Client
 
-    from pbuffer.jetstream import JetStreamTransport
+    from pbuffer.relay.jetstream import JetStreamTransport
 
     cases += [(result, "disconnected")
               for result in asyncio.run(JetStreamTransport(Client()).publish([message]))]

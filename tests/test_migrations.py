@@ -242,3 +242,19 @@ def test_schema_api_refuses_what_is_not_ours(tmp_path: Path) -> None:
     with pytest.raises(SchemaTooNewError):
         pbuffer.downgrade(f"sqlite:///{path}", "base")
     assert path.read_bytes() == before
+
+
+def test_every_schema_revision_names_the_release_that_brings_it() -> None:
+    """The README's schema table names the pbuffer version that first writes each revision, and a new revision
+    comes with a new version: the newest revision's row names this pbuffer's version, nothing is "unreleased", and
+    versions rise with revisions (so a version number tells which schema a release writes)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| ([^|\n]+?) \| (\d{4}) \|", readme, flags=re.M)
+    versions = {revision: version for version, revision in rows}
+    known = [revision.id for revision in pbuffer.history()]
+    assert sorted(versions) == known, "every revision has one row in the README's schema table"
+    assert versions[known[-1]] == pbuffer.__version__, "the newest revision comes with this version"
+    numbers = [tuple(int(part) for part in versions[revision].split(".")) for revision in known]
+    assert numbers == sorted(numbers)

@@ -29,9 +29,9 @@ from nats_auth_support import (
 
 import pbuffer
 from pbuffer.errors import ConfigurationError, PublishError
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsServer, find_binary, free_port
+from pbuffer.examples.natsserver import NatsServer, find_binary, free_port
 from pbuffer.relay import Relay
+from pbuffer.relay.jetstream import JetStreamTransport
 
 
 def _have_nats_server() -> bool:

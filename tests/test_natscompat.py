@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from nats.aio.client import Client
 
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natscompat import check_client, drop_unsent_publishes
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
+from pbuffer.relay.jetstream import JetStreamTransport
+from pbuffer.relay.natscompat import check_client, drop_unsent_publishes
 
 
 def test_the_private_state_exists_and_unsent_publishes_are_dropped() -> None:

@@ -27,9 +27,9 @@ import pbuffer
 from backends import POSTGRES
 from pbuffer import Buffer
 from pbuffer.errors import BackendError, BufferFullError, ConfigurationError, ValidationError
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
-from pbuffer.transport import MockTransport, PublishResult
+from pbuffer.relay.transport import MockTransport, PublishResult
 
 
 @pytest.fixture

@@ -38,6 +38,10 @@ def test_wheel_contents(wheel: Path) -> None:
         "pbuffer/migrations/versions/0002_claims_and_counters.py",
         "pbuffer/migrations/versions/0003_writer_generation.py",
         "pbuffer/benchmarks/__init__.py", "pbuffer/benchmarks/__main__.py",
+        # Every room of the package, and the documented paths kept as re-exports.
+        "pbuffer/buffering/group_commit.py", "pbuffer/relay/jetstream.py", "pbuffer/schema/recovery.py",
+        "pbuffer/metrics/__init__.py", "pbuffer/examples/echo_pb2.py", "pbuffer/jetstream.py", "pbuffer/echo.py",
+        "pbuffer/echo_pb2.py",
     ]:
         assert expected in names, expected
     assert not [n for n in names if n.startswith(("tests/", "backends/", "migrations/", "benchmarks/"))]
@@ -46,8 +50,15 @@ def test_wheel_contents(wheel: Path) -> None:
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     for extra in ("postgresql", "mysql", "demo", "bench", "dev"):
         assert f"Provides-Extra: {extra}" in text
+    assert "License-Expression: Apache-2.0" in text
+    license_file = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+    assert "Apache License" in zipfile.ZipFile(wheel).read(license_file).decode()
+    for label in ("Source", "Issues", "Changelog", "Documentation"):
+        assert f"Project-URL: {label}, https://" in text, label
     entry_points = zipfile.ZipFile(wheel).read(metadata.replace("METADATA", "entry_points.txt")).decode()
-    assert "[pbuffer.backends]" in entry_points
+    assert "pbuffer = pbuffer.cli:main" in entry_points
+    # The built-in backends are found by their classes' schemes (pbuffer.registry), not through entry points.
+    assert "[pbuffer.backends]" not in entry_points
 
 
 def test_installed_wheel_works_without_the_checkout(wheel: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import pbuffer
 from pbuffer import Message
 from pbuffer.relay import Relay
-from pbuffer.transport import MockTransport, PublishResult
+from pbuffer.relay.transport import MockTransport, PublishResult
 
 
 class FakeStream:

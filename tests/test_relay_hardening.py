@@ -13,11 +13,11 @@ from nats.js.api import DiscardPolicy
 from nats_support import connect, read_stream_ids
 
 import pbuffer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.ids import new_id
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsServer
 from pbuffer.relay import Relay
-from pbuffer.transport import Outcome
+from pbuffer.relay.jetstream import JetStreamTransport
+from pbuffer.relay.transport import Outcome
 
 MIB = 1024 * 1024
 # A relay that is stuck fails the test here instead of hanging it; a healthy one needs a second or two.
@@ -291,7 +291,7 @@ def test_a_subject_answered_with_503_does_not_stall_the_others(server: NatsServe
 
 def test_every_kind_of_reply_is_read_the_same_with_or_without_the_fast_path() -> None:
     """parse_reply reads the usual PubAck without the json module: it must agree with the full reading."""
-    from pbuffer.jetstream import parse_reply
+    from pbuffer.relay.jetstream import parse_reply
 
     cases = {
         b'{"stream":"S","seq":7}': (Outcome.STORED, "S", 7),

@@ -21,7 +21,7 @@ from pbuffer.backends.errors import is_missing_table
 import pbuffer
 from pbuffer import BackendError, Relay, SchemaChangedError
 from pbuffer.ids import new_id
-from pbuffer.transport import MockTransport
+from pbuffer.relay.transport import MockTransport
 
 
 def _dbapi_error(url: str) -> type[BaseException]:

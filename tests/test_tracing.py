@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import pbuffer
 from pbuffer import ConfigurationError, Message, Relay
-from pbuffer.transport import MockTransport, PublishResult
+from pbuffer.relay.transport import MockTransport, PublishResult
 
 OTHER_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -15,8 +15,8 @@ import signal
 import sys
 
 import pbuffer
-from pbuffer.jetstream import JetStreamTransport
 from pbuffer.relay import Relay
+from pbuffer.relay.jetstream import JetStreamTransport
 
 
 async def run(url: str, nats_url: str, poll: float) -> None:

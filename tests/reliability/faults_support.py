@@ -21,10 +21,10 @@ from nats_support import read_stream_ids
 
 from backends import missing_service
 from pbuffer.errors import ConfigurationError
-from pbuffer.jetstream import JetStreamTransport
+from pbuffer.examples.natsserver import find_binary
 from pbuffer.message import Message
-from pbuffer.natsserver import find_binary
-from pbuffer.transport import PublishResult
+from pbuffer.relay.jetstream import JetStreamTransport
+from pbuffer.relay.transport import PublishResult
 
 #: Seconds after which a wait for progress gives up: a stuck relay fails the test instead of stalling the run.
 HANG_GUARD = 180.0

@@ -7,7 +7,7 @@ times, over several repetitions (medians reported):
   each followed by ``close``;
 - a bare ``PRAGMA quick_check`` and ``PRAGMA integrity_check`` (what ``pbuffer db verify`` runs) on a plain
   read-only sqlite3 connection;
-- ``pbuffer.recovery.verify`` (integrity_check plus reading every message and its checksum).
+- ``pbuffer.schema.recovery.verify`` (integrity_check plus reading every message and its checksum).
 
 Each is measured warm (the file in the page cache, as after a restart of the process) and cold (the file's pages
 dropped from the cache with posix_fadvise, as after a reboot; only this file's pages, nothing else on the machine).
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pbuffer
-from pbuffer.recovery import verify
+from pbuffer.schema.recovery import verify
 
 
 def build(path: Path, messages: int, batch: int = 20_000) -> float:

@@ -13,7 +13,7 @@ import asyncio
 import sys
 
 import pbuffer
-from pbuffer.jetstream import JetStreamTransport
+from pbuffer.relay.jetstream import JetStreamTransport
 
 
 async def main(url: str, servers: str, lease: float, wait_go: bool) -> None:

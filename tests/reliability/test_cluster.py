@@ -30,9 +30,9 @@ from urllib.parse import ParseResult
 import pytest
 
 import pbuffer
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsCluster, NatsServer
+from pbuffer.examples.natsserver import NatsCluster, NatsServer
 from pbuffer.relay import Relay
+from pbuffer.relay.jetstream import JetStreamTransport
 
 from .faults_support import HANG_GUARD, check_drained, connect_recording, require_nats_server, stream_ids
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import pbuffer
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
+from pbuffer.relay.jetstream import JetStreamTransport
 
 from .test_crashes import read_crash_stream
 

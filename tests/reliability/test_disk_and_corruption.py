@@ -20,7 +20,7 @@ import pytest
 
 import pbuffer
 from pbuffer import CorruptDatabaseError, Message, NotABufferDatabaseError, StorageFullError
-from pbuffer.recovery import verify
+from pbuffer.schema.recovery import verify
 
 MiB = 1024 * 1024
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import pbuffer
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsCluster, NatsServer
+from pbuffer.examples.natsserver import NatsCluster, NatsServer
 from pbuffer.relay import Relay
+from pbuffer.relay.jetstream import JetStreamTransport
 
 from .faults_support import (
     HANG_GUARD,

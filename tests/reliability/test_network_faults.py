@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import pbuffer
-from pbuffer.jetstream import JetStreamTransport
-from pbuffer.natsserver import NatsServer
+from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
+from pbuffer.relay.jetstream import JetStreamTransport
 
 from .faults_support import HANG_GUARD, check_drained, connect_recording, require_nats_server, stream_ids
 from .tcp_proxy import TcpProxy

@@ -3,7 +3,7 @@
 A transport publishes a batch of messages and answers one :class:`PublishResult` per message, in order: stored
 (with the stream's sequence), duplicate (JetStream already had that ``Nats-Msg-Id``), or failed with a
 :class:`Failure` that says whether retrying can help. The relay knows only this interface and the Buffer
-contract; :class:`pbuffer.jetstream.JetStreamTransport` is the real one, :class:`MockTransport` the one for tests.
+contract; :class:`pbuffer.relay.jetstream.JetStreamTransport` is the real one, :class:`MockTransport` the one for tests.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal, get_args
 
-from .message import Message
+from ..message import Message
 
 __all__ = ["FAILURE_KINDS", "Failure", "FailureKind", "MockTransport", "Outcome", "PublishResult", "Transport"]
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import ConfigurationError
-from .message import Message
+from ..errors import ConfigurationError
+from ..message import Message
 
 __all__ = ["PublishSpans", "trace_injector"]
 

@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .buffer import Buffer
-from .errors import (
+from ..buffer import Buffer
+from ..errors import (
     BackendError,
     ConfigurationError,
     CorruptDatabaseError,
@@ -33,8 +33,8 @@ from .errors import (
     PBufferError,
     ValidationError,
 )
-from .registry import display_url, open_buffer, parse_options
-from .schema import require_buffer
+from ..registry import display_url, open_buffer, parse_options
+from . import require_buffer
 
 __all__ = ["VerifyReport", "quarantine", "sqlite_path", "verify"]
 
@@ -80,7 +80,7 @@ def sqlite_path(url: str) -> Path | None:
         raise ConfigurationError(f"not a buffer URL: {display_url(url)!r}") from exc
     if parsed.get_backend_name() != "sqlite":
         return None
-    from .backends.database import sqlite_path as path_of  # the one place a sqlite URL becomes a file path
+    from ..backends.database import sqlite_path as path_of  # the one place a sqlite URL becomes a file path
 
     path: Path = path_of(parsed)
     return path
@@ -105,7 +105,7 @@ def verify(url: str, *, page: int = 1000) -> VerifyReport:
     if path is not None:
         if not path.is_file():
             raise ConfigurationError(f"no buffer at {path}")
-        from .backends.sqlite_file import check_access
+        from ..backends.sqlite_file import check_access
 
         # A permission problem is no damage: raised as such (StoragePermissionError), not reported as NOT OK.
         check_access(path, path.with_name(path.name + ".lock"))

@@ -1,5 +1,5 @@
 """The JetStream transport over nats-py: pipelined publishes, every ack awaited with a timeout and read here, and
-nats-py's exceptions and the server's replies mapped once, here, into transient or permanent failures.
+nats-py's exceptions and the server's replies mapped into transient or permanent failures (:mod:`.replies`).
 
 Publishes go out as core NATS publishes with a reply subject under one inbox prefix of this transport; one
 subscription on that prefix reads every reply and parses it itself. nats-py's own ``publish_async`` is not used: its
@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,65 +24,19 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from . import ids
-from .errors import PublishError
+from .. import ids
+from ..errors import PublishError
+from ..message import Message
+from ..validation import is_server_api_subject
+from .connecting import open_client
 from .fast_ingest import BatchOutcome, FastBatch, StreamModes, publish_batch
-from .message import Message
-from .natscompat import check_client, drop_unsent_publishes
-from .transport import FailureKind, PublishResult, Transport
-from .validation import is_server_api_subject
+from .natscompat import check_client
+from .replies import classify, parse_reply
+from .transport import PublishResult, Transport
 
 __all__ = ["JetStreamTransport", "classify", "parse_reply"]
 
 _log = logging.getLogger("pbuffer.jetstream")
-
-_TRANSIENT = (
-    asyncio.TimeoutError,  # nats.errors.TimeoutError derives from it
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.ConnectionDrainingError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.errors.FlushTimeoutError,
-    nats.js.errors.TooManyStalledMsgsError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.ServerError,
-)
-_DISCONNECTED = (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                 nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError,
-                 nats.errors.StaleConnectionError)
-_UNAVAILABLE = (nats.js.errors.ServiceUnavailableError, nats.js.errors.ServerError)
-_PERMANENT = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.BadHeaderError)
-
-
-def _kind_of_code(code: object) -> FailureKind:
-    """A 5xx code or status from the server means it or the stream is unavailable for now."""
-    return "unavailable" if str(code).startswith("5") else "other"
-
-
-def classify(exc: BaseException, message: Message) -> PublishResult:
-    """The result for a publish that raised ``exc``: the one place nats-py's errors are interpreted."""
-    if isinstance(exc, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
-        # The same answer comes from a stream that exists but has no leader for a moment (a cluster election).
-        return PublishResult.failed(f"no stream responded for subject {message.subject!r} (none covers it, or its "
-                                    "stream has no leader right now)", transient=True, no_stream=True)
-    if isinstance(exc, _PERMANENT):
-        return PublishResult.failed(f"{type(exc).__name__}: {exc} ({len(message.payload)} bytes)", transient=False)
-    if isinstance(exc, asyncio.TimeoutError):
-        return PublishResult.failed("no ack before the timeout: outcome unknown, retried with the same id",
-                                    transient=True, kind="timeout")
-    if isinstance(exc, _TRANSIENT):
-        kind: FailureKind = ("disconnected" if isinstance(exc, _DISCONNECTED) else
-                             "unavailable" if isinstance(exc, _UNAVAILABLE) else "other")
-        return PublishResult.failed(f"{type(exc).__name__}: {exc}", transient=True, kind=kind)
-    if isinstance(exc, nats.js.errors.APIError):
-        # A 400 is the stream refusing this message (a rule it breaks); anything else may pass on retry.
-        transient = exc.code != 400
-        return PublishResult.failed(f"JetStream error {exc.code} ({exc.err_code}): {exc.description}",
-                                    transient=transient, kind=_kind_of_code(exc.code))
-    # Unknown failures are retried: dropping a message on a guess would break the one promise that matters.
-    return PublishResult.failed(f"{type(exc).__name__}: {exc}", transient=True)
-
 
 class JetStreamTransport(Transport):
     """Publishes to JetStream through a nats-py connection.
@@ -102,7 +54,7 @@ class JetStreamTransport(Transport):
     credentials, reconnect attempts used up) is opened again with the same options when pbuffer owns it, with a
     WARNING naming the cause at most once a minute while it cannot be.
 
-    Fast-ingest batches (:mod:`pbuffer.fast_ingest`): the messages of a window whose subjects map to a stream with
+    Fast-ingest batches (:mod:`pbuffer.relay.fast_ingest`): the messages of a window whose subjects map to a stream with
     ``allow_batched`` go as one fast-ingest batch per stream (gap mode ``fail``, committed with the window's last
     message), the others one by one, at the same time. A subject's stream and whether it allows batches are read
     when the transport first meets the subject, again at least once a minute, and at once after a no-stream
@@ -199,13 +151,13 @@ class JetStreamTransport(Transport):
             if value is not None:
                 options[key] = value
 
-        async def open_client() -> Client:
-            return await _open_client(options, max_reconnect_attempts)
+        async def connect_again() -> Client:
+            return await open_client(options, max_reconnect_attempts)
 
         # Set after construction: subclasses whose __init__ predates the option keep working.
-        transport = cls(await open_client(), timeout=timeout, owns_connection=True)
+        transport = cls(await connect_again(), timeout=timeout, owns_connection=True)
         transport.fast_ingest = fast_ingest
-        transport._reopen = open_client
+        transport._reopen = connect_again
         return transport
 
     async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
@@ -492,41 +444,6 @@ class JetStreamTransport(Transport):
         return reason
 
 
-#: The usual PubAck, read without the json module (a third of the reply's cost); anything else takes the full path.
-_PLAIN_ACK = re.compile(rb'\{"stream":"([^"\\]+)",\s*"seq":(\d+)\}')
-
-
-def parse_reply(data: bytes, headers: dict[str, str] | None) -> PublishResult:
-    """A publish's reply as a result: the one place the server's answers are read."""
-    plain = _PLAIN_ACK.fullmatch(data) if not headers else None
-    if plain is not None:
-        return PublishResult.stored(plain[1].decode(), int(plain[2]))
-    status = headers.get("Status") if headers else None
-    if status is not None and not data:
-        if status == "503":  # no responders: no stream covers the subject, or its stream has no leader
-            return PublishResult.failed("no stream responded", transient=True, no_stream=True)
-        return PublishResult.failed(f"status {status} {headers.get('Description', '') if headers else ''}".strip(),
-                                    transient=True, kind=_kind_of_code(status))
-    try:
-        ack = json.loads(data)
-    except ValueError:
-        ack = None
-    if isinstance(ack, dict):
-        error = ack.get("error")
-        if isinstance(error, dict):
-            code = error.get("code")
-            # A 400 is the stream refusing this message (a rule it breaks); anything else may pass on retry.
-            return PublishResult.failed(f"JetStream error {code} ({error.get('err_code')}): "
-                                        f"{error.get('description')}", transient=code != 400,
-                                        kind=_kind_of_code(code))
-        stream, seq = ack.get("stream"), ack.get("seq")
-        if isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
-            return PublishResult.duplicate(stream, seq) if ack.get("duplicate") else PublishResult.stored(stream, seq)
-    # Something answered that is not a stream (a service on that subject, a $-subject API...): retrying would
-    # only make it act again.
-    return PublishResult.failed(f"the reply is not a JetStream PubAck: {bytes(data[:200])!r}", transient=False)
-
-
 def _header_size(headers: Mapping[str, str]) -> int:
     """Bytes of the header block nats-py writes for ``headers`` (the server counts them with the payload)."""
     # "NATS/1.0\r\n", then "Name: value\r\n" per header, then "\r\n".
@@ -535,109 +452,3 @@ def _header_size(headers: Mapping[str, str]) -> int:
 
 # A UUIDv7 id is 36 characters.
 _ID_ONLY_HEADER_SIZE = _header_size({"Nats-Msg-Id": "0" * 36})
-
-
-async def _open_client(options: dict[str, Any], max_reconnect_attempts: int) -> Client:
-    """A connected nats-py client, or :class:`~pbuffer.PublishError` saying why not."""
-    holder: list[Client] = []
-
-    async def on_disconnected() -> None:
-        # nats-py replays publishes it still held when the connection dropped once it reconnects. Such a
-        # stale copy of a later message could be stored before the earlier ones the relay republishes from
-        # the buffer, reordering the stream: drop them; the relay republishes them itself, in order.
-        if holder:
-            drop_unsent_publishes(holder[0])
-        await _on_disconnected()
-
-    first_errors: list[Exception] = []
-    log_error = _ErrorLog()
-
-    async def on_error(exc: Exception) -> None:
-        # nats-py retries every failure of the first connect: a refusal no retry can fix (wrong credentials,
-        # an untrusted certificate) is raised out of its loop instead, and after a failed TLS upgrade nats-py
-        # would hang in its own close (nats.py issue #718).
-        if not holder:
-            reason = _refusal(exc)
-            if reason is not None:
-                raise _Refused(reason) from exc
-            first_errors[:] = [exc]
-        await log_error(exc)
-
-    nc = Client()
-    where = _safe_servers(options["servers"])
-    try:
-        await nc.connect(**options, error_cb=on_error, disconnected_cb=on_disconnected,
-                         reconnected_cb=_on_reconnected)
-    except _Refused as exc:
-        await _abandon(nc)
-        raise PublishError(f"cannot connect to NATS at {where}: {exc}") from exc.__cause__
-    except Exception as exc:  # nats-py raises several types (NoServersError, OSError, auth errors...)
-        last = first_errors[-1] if first_errors else None
-        detail = f" (last error: {type(last).__name__}: {last})" if last is not None and last is not exc else ""
-        await _abandon(nc)
-        raise PublishError(f"cannot connect to NATS at {where}: {type(exc).__name__}: {exc}{detail}") from exc
-    nc.options["max_reconnect_attempts"] = max_reconnect_attempts
-    holder.append(nc)
-    return nc
-
-
-class _Refused(Exception):
-    """A first connect that the server or TLS refused: retrying cannot help. Its text is the reason."""
-
-
-def _refusal(exc: BaseException) -> str | None:
-    """Why a connect attempt was refused for good, or None for a failure worth retrying (server down...)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    text = str(exc).lower()
-    if isinstance(exc, nats.errors.AuthorizationError) or (
-            isinstance(exc, nats.errors.Error)
-            and any(word in text for word in ("authorization violation", "authentication expired",
-                                              "authentication revoked"))):
-        return f"the server refused the credentials ({exc})"
-    return None
-
-
-async def _abandon(nc: Client) -> None:
-    """Close a client whose first connect failed: bounded, as nats-py's close can hang after a failed TLS upgrade."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.close(), 1.0)
-
-
-def _safe_servers(servers: Sequence[str]) -> str:
-    """Server URLs without any user:password part."""
-    shown = []
-    for server in servers:
-        scheme, sep, rest = server.partition("://")
-        shown.append(f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else server.rpartition("@")[2])
-    return ", ".join(shown)
-
-
-class _ErrorLog:
-    """One WARNING per cause a minute, for one connection: nats-py reports every failed reconnect (an
-    "Authorization Violation" a try while a password is wrong); the repeats go to DEBUG."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-
-    async def __call__(self, exc: Exception) -> None:
-        cause = f"{type(exc).__name__}: {exc}"
-        now = time.monotonic()
-        if now - self._last.get(cause, -1e9) < 60:
-            _log.debug("NATS connection error: %s", cause)
-            return
-        if len(self._last) > 100:  # causes can carry varying text: keep the memory bounded
-            self._last.clear()
-        self._last[cause] = now
-        _log.warning("NATS connection error: %s (logged again at most once a minute)", cause)
-
-
-async def _on_disconnected() -> None:
-    # Also called when we close the connection ourselves; hence INFO, and the reconnect logs come from nats-py.
-    _log.info("disconnected from NATS at %s; publishes wait for the reconnect", time.strftime("%H:%M:%S"))
-
-
-async def _on_reconnected() -> None:
-    _log.info("reconnected to NATS")

@@ -30,7 +30,7 @@ from typing import Any, TypeGuard
 
 from nats.aio.client import Client
 
-from .message import Message
+from ..message import Message
 
 __all__ = ["BatchOutcome", "FastBatch", "StreamModes", "publish_batch"]
 

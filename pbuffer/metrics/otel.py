@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import _version
-from .aio import AsyncBuffer
-from .buffer import Buffer
-from .message import Message
-from .metrics import (
+from .. import _version
+from ..aio import AsyncBuffer
+from ..buffer import Buffer
+from ..message import Message
+from ..relay.drain import Relay
+from ..relay.transport import Failure, PublishResult
+from .prometheus import (
     DURATION_BUCKETS,
     RETRY_REASONS,
     BufferReader,
@@ -33,8 +35,6 @@ from .metrics import (
     retry_reason,
     subject_values,
 )
-from .relay import Relay
-from .transport import Failure, PublishResult
 
 __all__ = ["OTelInstrumentation", "instrument_otel"]
 

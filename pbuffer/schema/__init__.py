@@ -22,14 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, SchemaTooOldError
-from .registry import parse_options
+from ..errors import ConfigurationError, SchemaTooOldError
+from ..registry import parse_options
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
     # mypy cannot follow the installed mapping of backends/ to pbuffer.backends: Database is Any to it.
-    from .backends.database import Database
+    from ..backends.database import Database
 
 __all__ = ["Revision", "alembic_include_name", "alembic_include_object", "check", "current", "downgrade", "history",
            "require_buffer", "upgrade"]
@@ -71,8 +71,8 @@ class Revision:
 
 
 def _database(url: str, *, must_exist: bool, integrity_check: bool = True) -> Database:
-    from .backends import sqlite_file
-    from .backends.database import Database
+    from ..backends import sqlite_file
+    from ..backends.database import Database
 
     # Buffer-only options (subject, pool_size...) are accepted and do not matter here.
     stripped, options = parse_options(url)
@@ -97,7 +97,7 @@ def _reading(database: Database, where: str) -> Iterator[sa.Connection]:
     """
     import sqlalchemy as sa
 
-    from .backends.errors import map_driver_error
+    from ..backends.errors import map_driver_error
 
     if not database.sqlite:
         with database.schema_transaction(where) as conn:
@@ -145,7 +145,7 @@ def downgrade(url: str, revision: str) -> str:
 
 
 def _migrate(url: str, revision: str, *, upgrade: bool) -> str:
-    from .backends import versioning
+    from ..backends import versioning
 
     # An unknown revision is refused before a file is created.
     goal = versioning.resolve(revision)
@@ -175,7 +175,7 @@ def current(url: str) -> str | None:
 
 def history(url: str | None = None) -> list[Revision]:
     """Every revision this pbuffer knows, oldest first; with ``url``, the database's own is marked current."""
-    from .backends import versioning
+    from ..backends import versioning
 
     at = current(url) if url is not None else None
     head = versioning.head_revision()
@@ -189,7 +189,7 @@ def check(url: str) -> list[str]:
     an interrupted MariaDB upgrade they show what was applied and what was not (run the upgrade again: it skips
     what is already there). Reads only.
     """
-    from .backends import versioning
+    from ..backends import versioning
 
     database = _database(url, must_exist=True, integrity_check=False)
     head = versioning.head_revision()
@@ -216,8 +216,8 @@ def require_buffer(url: str, *, upgradable: bool = False, where: str | None = No
     how to upgrade it (``where`` names the command that refused, for the message). Foreign, damaged and too-new
     databases raise as :func:`pbuffer.open` would. Schemes other than the SQL ones are not checked.
     """
-    from .backends import versioning
-    from .registry import SQL_SCHEMES, scheme_of
+    from ..backends import versioning
+    from ..registry import SQL_SCHEMES, scheme_of
 
     if scheme_of(url) not in SQL_SCHEMES:
         return
@@ -225,7 +225,7 @@ def require_buffer(url: str, *, upgradable: bool = False, where: str | None = No
     database = _database(url, must_exist=True, integrity_check=False)
     try:
         if database.sqlite:
-            from .backends import sqlite_file
+            from ..backends import sqlite_file
 
             if sqlite_file.inspect_existing_file(database.path, integrity_check=False):
                 raise ConfigurationError(f"no buffer at {database.path}")

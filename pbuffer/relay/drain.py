@@ -39,12 +39,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from . import ids
-from .aio import AsyncBuffer
-from .buffer import Buffer
-from .errors import ConfigurationError, CorruptDatabaseError, PublishError
-from .message import Message, Payload
-from .tracing import publish_spans
+from .. import ids
+from ..aio import AsyncBuffer
+from ..buffer import Buffer
+from ..buffering.tracing import publish_spans
+from ..errors import ConfigurationError, CorruptDatabaseError, PublishError
+from ..message import Message, Payload
 from .transport import Failure, Outcome, PublishResult, Transport
 
 __all__ = ["Relay", "RelayObserver", "RelayStats", "send"]

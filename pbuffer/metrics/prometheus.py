@@ -1,16 +1,6 @@
-"""Metrics for a buffer and its relay: Prometheus (``pip install 'pbuffer[metrics]'``), a ``/metrics`` and
-``/healthz`` HTTP endpoint, and OpenTelemetry (``pip install 'pbuffer[otel]'``, see :mod:`pbuffer.otel`).
+"""Prometheus for a buffer and its relay: the numbers read at scrape time, the relay's observer, the health
+check, and the collector :func:`instrument` registers (the package docstring, :mod:`pbuffer.metrics`, shows use)."""
 
-The buffer's numbers are read at scrape time from its counters (:meth:`Buffer.stats`, :meth:`Buffer.subject_stats`):
-a save costs nothing more. The relay's come from a :class:`RelayMetrics` observer that counts per window.
-Every series a dashboard needs exists from the first scrape: each retry reason at 0, every subject the buffer ever
-held (kept at 0 once drained), the oldest age at 0 when the buffer is empty.
-
-::
-
-    registry = prometheus_client.CollectorRegistry()
-    pbuffer.metrics.instrument(buffer, relay, registry=registry)   # or serve(buffer, relay, port=9464)
-"""
 
 from __future__ import annotations
 
@@ -20,22 +10,20 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from .aio import AsyncBuffer
-from .buffer import Buffer
-from .errors import ConfigurationError
-from .jetstream import JetStreamTransport
-from .limits import BufferStats, SubjectStats
-from .message import Message
-from .relay import Relay, RelayObserver
-from .transport import FAILURE_KINDS, Failure, Outcome, PublishResult
+from ..aio import AsyncBuffer
+from ..buffer import Buffer
+from ..errors import ConfigurationError
+from ..limits import BufferStats, SubjectStats
+from ..message import Message
+from ..relay.drain import Relay, RelayObserver
+from ..relay.jetstream import JetStreamTransport
+from ..relay.transport import FAILURE_KINDS, Failure, Outcome, PublishResult
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from .otel import OTelInstrumentation
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -44,13 +32,11 @@ __all__ = [
     "BufferReader",
     "Health",
     "Instrumentation",
-    "MetricsServer",
     "RelayMetrics",
     "check_health",
     "instrument",
-    "instrument_otel",
+    "prometheus_module",
     "retry_reason",
-    "serve",
 ]
 
 _log = logging.getLogger("pbuffer.metrics")
@@ -301,7 +287,7 @@ class Instrumentation:
             self.relay.remove_observer(self.relay_metrics)
 
 
-def _prometheus() -> Any:
+def prometheus_module() -> Any:
     try:
         import prometheus_client
     except ImportError as exc:
@@ -318,7 +304,7 @@ def instrument(buffer: Buffer | AsyncBuffer, relay: Relay | None = None, *,
     their own; the rest are summed under ``subject="other"``. Raises :class:`~pbuffer.ConfigurationError` without
     prometheus-client, or when the registry already has pbuffer's metrics.
     """
-    prometheus_client = _prometheus()
+    prometheus_client = prometheus_module()
     return Instrumentation(BufferReader(buffer, max_subjects=max_subjects), relay,
                            registry if registry is not None else prometheus_client.REGISTRY)
 
@@ -421,101 +407,3 @@ class _Collector:
             connected.add_metric([], 1.0 if relay_connected(self.owner.relay, rel) else 0.0)
             last.add_metric([], rel.last_ack_time or 0.0)
         yield from (published, duplicates, retries, dead, duration, lag, connected, last)
-
-
-# ---------------------------------------------------------------------------------------------------- serving
-
-
-class MetricsServer:
-    """An HTTP server in a daemon thread: ``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 or 503 with
-    the reason as text; see :func:`check_health`). ``port`` is the bound port (useful with ``port=0``)."""
-
-    def __init__(self, instrumentation: Instrumentation, addr: str, port: int, stall_after: float) -> None:
-        self.instrumentation = instrumentation
-        self.stall_after = stall_after
-        handler = type("_Handler", (_Handler,), {"server_owner": self})
-        try:
-            self._httpd = ThreadingHTTPServer((addr, port), handler)
-        except OSError as exc:
-            instrumentation.close()
-            raise ConfigurationError(f"cannot serve metrics on {addr}:{port}: {exc}") from exc
-        self._httpd.daemon_threads = True
-        self.addr = addr
-        self.port: int = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="pbuffer-metrics", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.addr}]" if ":" in self.addr else self.addr
-        return f"http://{host}:{self.port}"
-
-    def close(self) -> None:
-        """Stop serving and detach the metrics from the relay. Idempotent."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join()
-            self.instrumentation.close()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_owner: MetricsServer
-
-    def do_GET(self) -> None:
-        owner = self.server_owner
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-            try:
-                body, status, kind = generate_latest(owner.instrumentation.registry), 200, CONTENT_TYPE_LATEST
-            except Exception as exc:  # a buffer that cannot be read: say so, do not kill the server thread
-                _log.exception("collecting metrics failed")
-                body, status, kind = f"cannot collect metrics: {exc}\n".encode(), 500, "text/plain; charset=utf-8"
-        elif path == "/healthz":
-            health = owner.instrumentation.health(owner.stall_after)
-            body, status, kind = f"{health.reason}\n".encode(), 200 if health.ok else 503, "text/plain; charset=utf-8"
-        else:
-            body, status, kind = b"not found: try /metrics or /healthz\n", 404, "text/plain; charset=utf-8"
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        _log.debug("%s " + format, self.address_string(), *args)
-
-
-def serve(buffer: Buffer | AsyncBuffer, relay: Relay | None, port: int, addr: str = "127.0.0.1", *,
-          registry: CollectorRegistry | None = None, max_subjects: int = 100,
-          stall_after: float = 60.0) -> MetricsServer:
-    """Serve ``/metrics`` and ``/healthz`` for ``buffer`` and ``relay`` on ``addr:port`` (``port=0``: any free
-    port) from a daemon thread; ``close()`` the result to stop. Metrics go to their own registry unless
-    ``registry`` is given (pass ``prometheus_client.REGISTRY`` to serve the process's other metrics too).
-
-    ``/healthz`` answers 200 while the relay is connected and making progress, else 503 with the reason: not
-    connected, or messages pending for over ``stall_after`` seconds with no publish acknowledged in that time.
-    """
-    prometheus_client = _prometheus()
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigurationError(f"port must be an int from 0 to 65535, not {port!r}")
-    if isinstance(stall_after, bool) or not isinstance(stall_after, (int, float)) or not 0 < stall_after < 1e9:
-        raise ConfigurationError(f"stall_after must be a number of seconds above 0, not {stall_after!r}")
-    instrumentation = instrument(buffer, relay, registry=registry if registry is not None
-                                 else prometheus_client.CollectorRegistry(), max_subjects=max_subjects)
-    return MetricsServer(instrumentation, addr, port, float(stall_after))
-
-
-def instrument_otel(buffer: Buffer | AsyncBuffer, relay: Relay | None = None, *, meter_provider: Any = None,
-                    max_subjects: int = 100) -> OTelInstrumentation | None:
-    """The same numbers through the OpenTelemetry metrics API (see :func:`pbuffer.otel.instrument_otel`); ``None``,
-    doing nothing, when opentelemetry-api is not installed."""
-    from .otel import instrument_otel as instrument_with_otel
-    return instrument_with_otel(buffer, relay, meter_provider=meter_provider, max_subjects=max_subjects)

@@ -43,12 +43,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
-from .aio import AsyncBuffer
+from ..aio import AsyncBuffer
+from ..errors import PBufferError, PublishError
+from ..registry import open_buffer
+from ..relay.drain import Relay
+from ..relay.jetstream import JetStreamTransport
 from .echo_pb2 import EchoRequest, EchoResponse
-from .errors import PBufferError, PublishError
-from .jetstream import JetStreamTransport
-from .registry import open_buffer
-from .relay import Relay
 
 __all__ = [
     "DEFAULT_STREAM",
