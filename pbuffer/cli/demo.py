@@ -21,13 +21,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import pbuffer
 
-from .echo import ensure_stream, reply_subject, serve
-from .echo_pb2 import EchoRequest, EchoResponse
-from .errors import PublishError
-from .jetstream import JetStreamTransport
-from .natsserver import NatsServer
-from .registry import display_url
-from .relay import Relay, RelayStats
+from ..echo import ensure_stream, reply_subject, serve
+from ..echo_pb2 import EchoRequest, EchoResponse
+from ..errors import PublishError
+from ..jetstream import JetStreamTransport
+from ..natsserver import NatsServer
+from ..registry import display_url
+from ..relay import Relay, RelayStats
 from .terminal import escape, make_console, print_table
 
 __all__ = ["DemoResult", "run_demo"]
