@@ -1,7 +1,7 @@
-"""`python -m pbuffer`: the quick start, run on the default buffer (see pbuffer.quickstart)."""
+"""`python -m pbuffer`: the quick start, run on the default buffer (see pbuffer.cli.quickstart)."""
 
 from __future__ import annotations
 
-from .quickstart import main
+from .cli.quickstart import main
 
 raise SystemExit(main())

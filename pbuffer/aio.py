@@ -133,47 +133,61 @@ class AsyncBuffer:
         return await self._run(self.buffer.save_many, list(items), subject=subject, headers=headers)
 
     async def get(self) -> Message | None:
+        """:meth:`Buffer.get`, run off the event loop."""
         return await self._run(self.buffer.get)
 
     async def get_all(self, limit: int | None = None, *, after: str | None = None) -> list[Message]:
+        """:meth:`Buffer.get_all`, run off the event loop."""
         return await self._run(self.buffer.get_all, limit, after=after)
 
     async def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None,
                     skip_subjects: Iterable[str] = ()) -> list[Message]:
+        """:meth:`Buffer.claim`, run off the event loop."""
         return await self._run(self.buffer.claim, limit, owner=owner, lease=lease, after=after,
                                skip_subjects=frozenset(skip_subjects))
 
     async def release(self, message_ids: Iterable[str], *, owner: str) -> int:
+        """:meth:`Buffer.release`, run off the event loop."""
         return await self._run(self.buffer.release, list(message_ids), owner=owner)
 
     async def stats(self) -> BufferStats:
+        """:meth:`Buffer.stats`, run off the event loop."""
         return await self._run(self.buffer.stats)
 
     async def subject_stats(self) -> dict[str, SubjectStats]:
+        """:meth:`Buffer.subject_stats`, run off the event loop."""
         return await self._run(self.buffer.subject_stats)
 
     async def claim_stats(self, window: int = 10_000) -> ClaimStats | None:
+        """:meth:`Buffer.claim_stats`, run off the event loop."""
         return await self._run(self.buffer.claim_stats, window)
 
     async def expire(self) -> int:
+        """:meth:`Buffer.expire`, run off the event loop."""
         return await self._run(self.buffer.expire)
 
     async def delete(self, message_id: str) -> bool:
+        """:meth:`Buffer.delete`, run off the event loop."""
         return await self._run(self.buffer.delete, message_id)
 
     async def delete_many(self, message_ids: Iterable[str]) -> int:
+        """:meth:`Buffer.delete_many`, run off the event loop."""
         return await self._run(self.buffer.delete_many, list(message_ids))
 
     async def pop(self) -> Message | None:
+        """:meth:`Buffer.pop`, run off the event loop."""
         return await self._run(self.buffer.pop)
 
     async def mark_dead(self, message_id: str, reason: str, *, attempts: int = 1) -> bool:
+        """:meth:`Buffer.mark_dead`, run off the event loop."""
         return await self._run(self.buffer.mark_dead, message_id, reason, attempts=attempts)
 
     async def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        """:meth:`Buffer.dead_letters`, run off the event loop."""
         return await self._run(self.buffer.dead_letters, limit)
 
     async def requeue(self, message_id: str) -> bool:
+        """:meth:`Buffer.requeue`, run off the event loop."""
         return await self._run(self.buffer.requeue, message_id)
 
     async def count(self) -> int:

@@ -368,6 +368,7 @@ class Buffer(ABC):
         self._listeners.add(callback)
 
     def remove_listener(self, callback: Callable[[], object]) -> None:
+        """Stop calling ``callback`` (added with :meth:`add_listener`); nothing happens if it was not added."""
         self._listeners.remove(callback)
 
     # ------------------------------------------------------------------------- what a backend implements

@@ -139,6 +139,7 @@ def backend_for(scheme: str) -> type[Buffer] | None:
 
 
 def known_schemes() -> list[str]:
+    """Every URL scheme :func:`pbuffer.open` can open here: the built-in backends' and the installed plug-ins'."""
     builtin = {scheme for target in BUILTIN_BACKENDS for scheme in _load(target).schemes}
     return sorted(builtin | set(_plugins()))
 

@@ -259,7 +259,7 @@ def test_postgres_scheme_opens_postgresql() -> None:
 
 def test_quickstart_program_deletes_what_it_means_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from pbuffer import quickstart
+    from pbuffer.cli import quickstart
 
     monkeypatch.setenv("PBUFFER_URL", f"sqlite:///{tmp_path / 'q.db'}")
     assert quickstart.main() == 0

@@ -41,7 +41,7 @@ def test_wheel_contents(wheel: Path) -> None:
         # Every room of the package, and the documented paths kept as re-exports.
         "pbuffer/buffering/group_commit.py", "pbuffer/relay/jetstream.py", "pbuffer/schema/recovery.py",
         "pbuffer/metrics/__init__.py", "pbuffer/examples/echo_pb2.py", "pbuffer/jetstream.py", "pbuffer/echo.py",
-        "pbuffer/echo_pb2.py",
+        "pbuffer/echo_pb2.py", "pbuffer/cli/__init__.py", "pbuffer/cli/watch.py",
     ]:
         assert expected in names, expected
     assert not [n for n in names if n.startswith(("tests/", "backends/", "migrations/", "benchmarks/"))]

@@ -19,8 +19,8 @@ from rich.console import Console
 import pbuffer
 from pbuffer import ids
 from pbuffer.cli import main
+from pbuffer.cli.watch import Claims, Sample, Watch, plain, read_claims, render, sparkline, take_sample
 from pbuffer.limits import BufferStats, SubjectStats
-from pbuffer.watch import Claims, Sample, Watch, plain, read_claims, render, sparkline, take_sample
 
 PBUFFER = [sys.executable, "-m", "pbuffer.cli"]
 

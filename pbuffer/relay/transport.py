@@ -50,6 +50,9 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
+    """What became of one message's publish: stored (with the stream and its sequence), a duplicate of a copy the
+    stream already holds (deduplicated by ``Nats-Msg-Id``; the sequence is the first copy's), or failed."""
+
     outcome: Outcome
     stream: str | None = None
     sequence: int | None = None
@@ -62,10 +65,12 @@ class PublishResult:
 
     @classmethod
     def stored(cls, stream: str, sequence: int) -> PublishResult:
+        """The stream stored the message at ``sequence``."""
         return cls(Outcome.STORED, stream, sequence)
 
     @classmethod
     def duplicate(cls, stream: str, sequence: int) -> PublishResult:
+        """The stream already held a copy with this ``Nats-Msg-Id`` (stored at ``sequence``)."""
         return cls(Outcome.DUPLICATE, stream, sequence)
 
     @classmethod

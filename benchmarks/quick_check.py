@@ -12,7 +12,7 @@ times, over several repetitions (medians reported):
 Each is measured warm (the file in the page cache, as after a restart of the process) and cold (the file's pages
 dropped from the cache with posix_fadvise, as after a reboot; only this file's pages, nothing else on the machine).
 
-Usage: python tests/reliability/measure_quick_check.py [--messages N] [--dir DIR] [--repeat R] [--keep]
+Usage: python -m benchmarks.quick_check [--messages N] [--dir DIR] [--repeat R] [--keep]
 """
 
 from __future__ import annotations

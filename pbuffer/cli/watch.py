@@ -30,8 +30,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .buffer import Buffer
-from .limits import BufferStats, SubjectStats
+from ..buffer import Buffer
+from ..limits import BufferStats, SubjectStats
 
 __all__ = ["CLAIM_WINDOW", "Claims", "Frame", "Sample", "Watch", "plain", "read_claims", "render", "sparkline",
            "take_sample"]

@@ -21,13 +21,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import pbuffer
 
-from .errors import PublishError
-from .examples.echo import ensure_stream, reply_subject, serve
-from .examples.echo_pb2 import EchoRequest, EchoResponse
-from .examples.natsserver import NatsServer
-from .registry import display_url
-from .relay.drain import Relay, RelayStats
-from .relay.jetstream import JetStreamTransport
+from ..errors import PublishError
+from ..examples.echo import ensure_stream, reply_subject, serve
+from ..examples.echo_pb2 import EchoRequest, EchoResponse
+from ..examples.natsserver import NatsServer
+from ..registry import display_url
+from ..relay.drain import Relay, RelayStats
+from ..relay.jetstream import JetStreamTransport
 from .terminal import escape, make_console, print_table
 
 __all__ = ["DemoResult", "run_demo"]

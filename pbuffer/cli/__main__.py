@@ -1,0 +1,7 @@
+"""``python -m pbuffer.cli``: the ``pbuffer`` command."""
+
+from __future__ import annotations
+
+from . import main
+
+main()
