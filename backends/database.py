@@ -30,7 +30,7 @@ from pbuffer.registry import SQL_SCHEMES, display_url
 
 from . import sqlite_file, versioning
 from .errors import map_driver_error
-from .schema import VERSION_TABLE
+from .tables import VERSION_TABLE
 
 __all__ = ["MAX_BUSY_TIMEOUT", "SUPPORTED", "Database", "sqlite_path"]
 
@@ -107,7 +107,7 @@ class Database:
             self._engine.dispose()
 
     def _create_engine(self) -> Engine:
-        # NullPool: buffers keep their own connections (see sql._Connections); the engine only makes them.
+        # NullPool: buffers keep their own connections (see sql_connections.Connections); the engine only makes them.
         options: dict[str, Any] = {"poolclass": sa.pool.NullPool}
         url = self.url
         if self.sqlite:

@@ -19,6 +19,8 @@ from pbuffer.errors import ConfigurationError
 from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, from_micros
 
+from .counters import Counts
+
 __all__ = ["MemoryBuffer"]
 
 
@@ -30,9 +32,6 @@ class _Dead:
     failed_us: int
 
 
-# Positions in a subject's counters: the same as the SQL backends' pbuffer_counters columns.
-_PENDING, _PENDING_BYTES, _DEAD, _DEAD_BYTES = 0, 1, 2, 3
-_KIND = {"dropped": 4, "expired": 5}
 # A lane is compacted when it holds more than twice its live messages plus this many entries.
 _COMPACT_SLACK = 1024
 
@@ -124,14 +123,15 @@ class _Store:
     dead: dict[str, _Dead] = field(default_factory=dict)
     # Claims by message id: (owner, lease end in microseconds).
     claims: dict[str, tuple[str, int]] = field(default_factory=dict)
-    # Per subject: pending, pending bytes, dead, dead bytes, dropped, expired.
-    counters: dict[str, list[int]] = field(default_factory=dict)
+    # Per subject, as the SQL backends' pbuffer_counters keep them.
+    counters: dict[str, Counts] = field(default_factory=dict)
 
-    def count(self, subject: str, position: int, change: int) -> None:
+    def counts(self, subject: str) -> Counts:
+        """``subject``'s counts, made (at zero) if it has none yet."""
         counts = self.counters.get(subject)
         if counts is None:
-            counts = self.counters[subject] = [0] * 6
-        counts[position] += change
+            counts = self.counters[subject] = Counts()
+        return counts
 
     def add(self, message: Message) -> None:
         # MemoryBuffer._insert spells these steps out for speed: keep the two in step.
@@ -147,9 +147,9 @@ class _Store:
         lane.append(seq)
         counts = self.counters.get(subject)
         if counts is None:
-            counts = self.counters[subject] = [0] * 6
-        counts[_PENDING] += 1
-        counts[_PENDING_BYTES] += len(message.payload)
+            counts = self.counters[subject] = Counts()
+        counts.pending += 1
+        counts.pending_bytes += len(message.payload)
 
     def remove(self, seq: int) -> Message:
         """Remove a pending message. Its lanes keep a dead entry, until there are enough of them to rebuild."""
@@ -159,9 +159,9 @@ class _Store:
         if self.claims:
             self.claims.pop(message.id, None)
         counts = self.counters[message.subject]
-        counts[_PENDING] -= 1
-        counts[_PENDING_BYTES] -= len(message.payload)
-        left = counts[_PENDING]
+        counts.pending -= 1
+        counts.pending_bytes -= len(message.payload)
+        left = counts.pending
         if not left:
             del self.lanes_by_subject[message.subject]
         else:
@@ -179,13 +179,15 @@ class _Store:
 
     def add_dead(self, dead: _Dead) -> None:
         self.dead[dead.message.id] = dead
-        self.count(dead.message.subject, _DEAD, 1)
-        self.count(dead.message.subject, _DEAD_BYTES, len(dead.message.payload))
+        counts = self.counts(dead.message.subject)
+        counts.dead += 1
+        counts.dead_bytes += len(dead.message.payload)
 
     def remove_dead(self, message_id: str) -> _Dead:
         dead = self.dead.pop(message_id)
-        self.count(dead.message.subject, _DEAD, -1)
-        self.count(dead.message.subject, _DEAD_BYTES, -len(dead.message.payload))
+        counts = self.counts(dead.message.subject)
+        counts.dead -= 1
+        counts.dead_bytes -= len(dead.message.payload)
         return dead
 
     def claimed_by_other(self, message_id: str, owner: str | None, now_us: int) -> bool:
@@ -243,9 +245,9 @@ class MemoryBuffer(Buffer):
                 lane.append(seq)
                 counts = store.counters.get(subject)
                 if counts is None:
-                    counts = store.counters[subject] = [0] * 6
-                counts[_PENDING] += 1
-                counts[_PENDING_BYTES] += len(message.payload)
+                    counts = store.counters[subject] = Counts()
+                counts.pending += 1
+                counts.pending_bytes += len(message.payload)
         finally:
             lock.release()
 
@@ -255,18 +257,19 @@ class MemoryBuffer(Buffer):
         counts = self._counts()
         lane = self._lane()
         victims = self.limits.make_room(
-            counts[_PENDING], counts[_PENDING_BYTES], [len(m.payload) for m in messages],
+            counts.pending, counts.pending_bytes, [len(m.payload) for m in messages],
             lambda n: [] if lane is None else [(seq, len(m.payload)) for seq, m in lane.walk(store.pending, None, n)])
         for seq in victims:
-            store.count(store.remove(seq).subject, _KIND["dropped"], 1)
+            store.counts(store.remove(seq).subject).count_removed("dropped")
         self._note_removed("dropped", len(victims))
 
-    def _counts(self) -> list[int]:
-        """This scope's counters (the caller holds the lock)."""
+    def _counts(self) -> Counts:
+        """This scope's counters, a copy (the caller holds the lock)."""
         counters = self._store.counters
         if self.subject is not None:
-            return list(counters.get(self.subject, [0] * 6))
-        return [sum(column) for column in zip(*counters.values(), strict=True)] if counters else [0] * 6
+            subject = counters.get(self.subject)
+            return Counts.total(() if subject is None else (subject,))
+        return Counts.total(counters.values())
 
     def _lane(self) -> _Lane | None:
         """This scope's lane, ``None`` when the scope has nothing pending (the caller holds the lock)."""
@@ -327,12 +330,12 @@ class MemoryBuffer(Buffer):
             found = [seq for seq in (store.seq_by_id.get(i) for i in message_ids)
                      if seq is not None and self._in_scope(store.pending[seq])]
             for seq in found:
-                store.count(store.remove(seq).subject, _KIND[kind], 1)
+                store.counts(store.remove(seq).subject).count_removed(kind)
             return len(found)
 
     def _count_removed(self, message: Message, kind: str) -> None:
         with self._store.lock:
-            self._store.count(message.subject, _KIND[kind], 1)
+            self._store.counts(message.subject).count_removed(kind)
 
     def _stats(self, now_us: int) -> BufferStats:
         with self._store.lock:
@@ -340,11 +343,11 @@ class MemoryBuffer(Buffer):
             head = self._walk(None, 1)
         oldest = head[0][1] if head else None
         age = None if oldest is None else max(0.0, (now_us - oldest.created_us) / 1e6)
-        return BufferStats(counts[0], counts[1], counts[2], counts[3], age, counts[4], counts[5])
+        return counts.buffer_stats(age)
 
     def _subject_stats(self) -> dict[str, SubjectStats]:
         with self._store.lock:
-            return {subject: SubjectStats(*counts) for subject, counts in self._store.counters.items()
+            return {subject: counts.subject_stats() for subject, counts in self._store.counters.items()
                     if self.subject is None or subject == self.subject}
 
     def _claim_stats(self, window: int, now_us: int) -> ClaimStats:
@@ -385,7 +388,7 @@ class MemoryBuffer(Buffer):
             if self.subject is None:
                 return len(store.pending)
             counts = store.counters.get(self.subject)
-            return 0 if counts is None else counts[_PENDING]
+            return 0 if counts is None else counts.pending
 
     def _mark_dead(self, message_id: str, reason: str, attempts: int, now_us: int) -> bool:
         store = self._store

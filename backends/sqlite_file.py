@@ -23,7 +23,7 @@ from pbuffer.errors import (
 )
 
 from . import versioning
-from .schema import VERSION_TABLE
+from .tables import VERSION_TABLE
 
 __all__ = ["DURABILITY_SYNCHRONOUS", "WriteLock", "check_access", "configure_connection", "create_private_file",
            "inspect_existing_file", "wal_reset_bug"]

@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from .schema import VERSION_TABLE
+from .tables import VERSION_TABLE
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -168,7 +168,7 @@ def model_differences(connection: Connection) -> list[Any]:
     """
     from alembic.autogenerate import compare_metadata
 
-    from .schema import metadata
+    from .tables import metadata
 
     def ours(_object: Any, name: str | None, type_: str, _reflected: bool, _compare_to: Any) -> bool:
         return type_ != "table" or is_pbuffer_table(name)
@@ -188,7 +188,7 @@ def shape_problems(connection: Connection) -> list[str]:
     """
     import sqlalchemy as sa
 
-    from .schema import metadata
+    from .tables import metadata
 
     inspector = sa.inspect(connection)
     present = set(inspector.get_table_names())

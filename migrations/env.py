@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from alembic import context
-from pbuffer.backends.schema import VERSION_TABLE, metadata
+from pbuffer.backends.tables import VERSION_TABLE, metadata
 from sqlalchemy.engine import Connection, Engine
 
 

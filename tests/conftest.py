@@ -4,8 +4,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backend_urls import BACKENDS, MYSQL, POSTGRES, SQL_BACKENDS, Backend
 
-from backends import BACKENDS, MYSQL, POSTGRES, SQL_BACKENDS, Backend
 from pbuffer.examples.natsserver import NatsServer
 
 

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from pbuffer.backends import versioning
-from pbuffer.backends.schema import COUNTED, COUNTERS, DEAD_LETTERS, MESSAGES, WRITER_REVISION
+from pbuffer.backends.tables import COUNTED, COUNTERS, DEAD_LETTERS, MESSAGES, WRITER_REVISION
 
 SYNTHETIC_REVISION = "0099"
 

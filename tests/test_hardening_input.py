@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_urls import POSTGRES, Backend
 from click.testing import CliRunner
 
 import pbuffer
-from backends import POSTGRES, Backend
 from pbuffer import ConfigurationError, Outgoing, ValidationError
 from pbuffer.cli import main as cli_main
 from pbuffer.validation import check_headers, check_subject, check_subject_prefixes

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from backend_urls import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, missing_service
 from pbuffer.backends import versioning
 from pbuffer.backends.database import Database
-from pbuffer.backends.schema import COUNTED, COUNTERS, DEAD_LETTERS, MESSAGES
+from pbuffer.backends.tables import COUNTED, COUNTERS, DEAD_LETTERS, MESSAGES
 
 import pbuffer
-from backends import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, missing_service
 from pbuffer import ConfigurationError, SchemaTooOldError
 
 HEAD = versioning.head_revision()

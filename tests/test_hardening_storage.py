@@ -500,8 +500,7 @@ def test_mariadb_refuses_what_max_allowed_packet_cannot_take() -> None:
     'max_allowed_packet'", then "server has gone away" from 12 MiB): the driver sends a payload escaped inside the
     statement, up to twice its size. pbuffer refuses such a message at save, naming the setting."""
     import sqlalchemy as sa
-
-    from backends import MYSQL
+    from backend_urls import MYSQL
 
     url = MYSQL.empty()
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)

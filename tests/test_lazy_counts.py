@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
-from pbuffer.backends import sql
+from pbuffer.backends import sql_counting
 
 import pbuffer
 from pbuffer import Buffer
@@ -33,7 +33,7 @@ def test_the_state_machine_agrees_with_folds_at_any_interval(tmp_path: Path, mon
                                                             every: int) -> None:
     """The conformance state machine (two buffer objects on one file, as two processes would be, each with its own
     idea of the mark) with the tail folded every ``every`` saves instead of every 1,024."""
-    monkeypatch.setattr(sql, "_FOLD_EVERY", every)
+    monkeypatch.setattr(sql_counting, "_FOLD_EVERY", every)
     url = f"sqlite:///{tmp_path}/b.db"
     opened: list[Buffer] = []
 
@@ -68,7 +68,7 @@ def test_a_drained_table_starts_its_seqs_again_and_nothing_is_miscounted(tmp_pat
 
 
 def test_removing_the_newest_rows_lowers_the_mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql, "_FOLD_EVERY", 1_000_000)
+    monkeypatch.setattr(sql_counting, "_FOLD_EVERY", 1_000_000)
     path = tmp_path / "b.db"
     with pbuffer.open(f"sqlite:///{path}") as buf:
         saved = buf.save_many([b"m"] * 10, subject="a")  # counted, mark 10
@@ -85,7 +85,7 @@ def test_removing_the_newest_rows_lowers_the_mark(tmp_path: Path, monkeypatch: p
 
 def test_another_process_folding_or_draining_does_not_fool_this_one(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql, "_FOLD_EVERY", 3)
+    monkeypatch.setattr(sql_counting, "_FOLD_EVERY", 3)
     url = f"sqlite:///{tmp_path}/b.db"
     with pbuffer.open(url) as one, pbuffer.open(url) as two:
         expected = 0
@@ -120,7 +120,7 @@ def test_limits_count_the_tail(tmp_path: Path, overflow: str) -> None:
 
 
 def test_a_downgrade_folds_the_tail_for_revision_0002(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql, "_FOLD_EVERY", 1_000_000)
+    monkeypatch.setattr(sql_counting, "_FOLD_EVERY", 1_000_000)
     path = tmp_path / "b.db"
     url = f"sqlite:///{path}"
     with pbuffer.open(url) as buf:

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from backend_urls import POSTGRES
 from nats_support import add_stream
 from outbox_support import HANG_GUARD, RelayThread, caller_engine, open_buffer, stream_ids, wait_until
 from sqlalchemy.orm import Session
 
 import pbuffer
-from backends import POSTGRES
 from pbuffer import Buffer
 from pbuffer.errors import BackendError, BufferFullError, ConfigurationError, ValidationError
 from pbuffer.examples.natsserver import NatsServer

@@ -128,7 +128,7 @@ def test_a_relay_stops_with_the_error_instead_of_retrying(sql_store_url: str) ->
 
 
 def test_a_table_dropped_by_hand_is_not_called_a_migration(sql_store_url: str) -> None:
-    from pbuffer.backends.schema import MESSAGES
+    from pbuffer.backends.tables import MESSAGES
 
     with pbuffer.open(sql_store_url) as buf:
         buf.save(b"x", subject="a")

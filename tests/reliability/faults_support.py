@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend_urls import missing_service
 from nats.aio.client import Client
 from nats_support import read_stream_ids
 
-from backends import missing_service
 from pbuffer.errors import ConfigurationError
 from pbuffer.examples.natsserver import find_binary
 from pbuffer.message import Message

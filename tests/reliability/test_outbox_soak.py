@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from backend_urls import POSTGRES
 from nats_support import add_stream
 from outbox_support import RelayThread, caller_engine, open_buffer, stream_ids, wait_until
 
-from backends import POSTGRES
 from pbuffer.examples.natsserver import NatsServer
 
 from .faults_support import require_nats_server

@@ -1,0 +1,99 @@
+"""One subject's counts, as every backend keeps them: pending messages and bytes, dead letters and bytes, and the
+messages the limits dropped or expired.
+
+The SQL backends store them in ``pbuffer_counters`` (a column each, ``tables.COUNTER_COLUMNS``, in the order of
+the fields here: :mod:`.sql_counting` checks it) and add up each transaction's changes in a :data:`Changes`; the
+memory backend keeps one :class:`Counts` per subject. Both read them out as :class:`~pbuffer.BufferStats` and
+:class:`~pbuffer.SubjectStats`. A slotted class with named fields rather than a list indexed by position: a save
+bumps two fields, which costs the same either way (measured), and the names say which count is which. No
+SQLAlchemy here: the memory backend never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pbuffer.limits import BufferStats, SubjectStats
+
+__all__ = ["Changes", "Counts", "tally"]
+
+
+@dataclass(slots=True)
+class Counts:
+    """A subject's counts (or a scope's totals, or a transaction's changes to them: negative then)."""
+
+    pending: int = 0
+    pending_bytes: int = 0
+    dead: int = 0
+    dead_bytes: int = 0
+    dropped: int = 0
+    expired: int = 0
+
+    @classmethod
+    def from_row(cls, row: Iterable[Any]) -> Counts:
+        """From database values in the order of ``COUNTER_COLUMNS``."""
+        return cls(*(int(value) for value in row))
+
+    @classmethod
+    def total(cls, counts: Iterable[Counts]) -> Counts:
+        summed = cls()
+        for each in counts:
+            summed.add(each)
+        return summed
+
+    def add(self, other: Counts) -> None:
+        self.pending += other.pending
+        self.pending_bytes += other.pending_bytes
+        self.dead += other.dead
+        self.dead_bytes += other.dead_bytes
+        self.dropped += other.dropped
+        self.expired += other.expired
+
+    def count_removed(self, kind: str) -> None:
+        """Count one message removed by the limits: ``kind`` is ``"dropped"`` or ``"expired"``."""
+        if kind == "dropped":
+            self.dropped += 1
+        elif kind == "expired":
+            self.expired += 1
+        else:
+            raise KeyError(kind)
+
+    def is_zero(self) -> bool:
+        return not (self.pending or self.pending_bytes or self.dead or self.dead_bytes or self.dropped
+                    or self.expired)
+
+    def columns(self) -> dict[str, int]:
+        """Bound parameters named for ``pbuffer_counters``' columns."""
+        return {"pending": self.pending, "pending_bytes": self.pending_bytes, "dead": self.dead,
+                "dead_bytes": self.dead_bytes, "dropped": self.dropped, "expired": self.expired}
+
+    def subject_stats(self) -> SubjectStats:
+        return SubjectStats(self.pending, self.pending_bytes, self.dead, self.dead_bytes, self.dropped, self.expired)
+
+    def buffer_stats(self, oldest_age: float | None) -> BufferStats:
+        return BufferStats(self.pending, self.pending_bytes, self.dead, self.dead_bytes, oldest_age, self.dropped,
+                           self.expired)
+
+
+#: A transaction's changes to the counters, by subject.
+Changes = dict[str, Counts]
+
+
+def tally(rows: Iterable[tuple[str, int]], *, pending: int = 0, dead: int = 0, kind: str | None = None,
+          into: Changes | None = None) -> Changes:
+    """Counter changes for rows of (subject, payload size) that moved by ``pending`` and ``dead`` (+1, -1 or 0),
+    each also counted once in ``kind`` (``"dropped"`` or ``"expired"``) when given."""
+    changes: Changes = {} if into is None else into
+    for subject, size in rows:
+        counts = changes.get(subject)
+        if counts is None:
+            counts = changes[subject] = Counts()
+        counts.pending += pending
+        counts.pending_bytes += pending * size
+        counts.dead += dead
+        counts.dead_bytes += dead * size
+        if kind is not None:
+            counts.count_removed(kind)
+    return changes

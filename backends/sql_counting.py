@@ -1,0 +1,121 @@
+"""Keeping ``pbuffer_counters`` exact, inside the transactions that change the rows it counts: the SQL backend's
+counter writes (one upsert per subject, sharded on server databases), sqlite's lazy count of new messages (the mark
+and its folds), and folding the outbox's own counter rows back into the shared ones.
+
+So ``stats()`` and the limits read a handful of counter rows instead of counting a table.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import fields
+from typing import Any
+
+from .counters import Changes, Counts
+from .sql_statements import NO_LIMIT, SHARDS, Statements
+from .tables import COUNTER_COLUMNS
+
+__all__ = ["Counting"]
+
+# Counts' fields are pbuffer_counters' columns, in order: Counts.from_row reads the counters' rows by position.
+assert tuple(field.name for field in fields(Counts)) == COUNTER_COLUMNS
+
+# sqlite counts new messages lazily (revision 0003): a writer folds the uncounted tail into the counters once it may
+# hold this many rows (fewer when limits are set: each limited save reads the tail), so stats() adds up at most
+# about that many rows per writing process.
+_FOLD_EVERY = 1024
+_FOLD_EVERY_LIMITED = 64
+# Outbox saves on server databases count into a counters row of their own: a shard drawn from this range, which no
+# other writer uses, so the row locked until the caller commits is nobody else's (see SQLBuffer._insert_in).
+# Relays' deletes fold committed ones back into the shared shards, at most every _FOLD_OUTBOX_EVERY seconds per
+# process.
+_OUTBOX_SHARDS = (SHARDS, 2**31 - 1)
+_FOLD_OUTBOX_EVERY = 1.0
+_FOLD_OUTBOX_ROWS = 1000
+
+
+class Counting:
+    """One buffer's writes to the counters. Every method runs in the caller's write transaction (``cursor``).
+
+    sqlite (``lazy``): a save leaves its row uncounted, in the tail above the mark; see :meth:`maybe_fold`.
+    Server databases count in every transaction instead (their seqs commit out of order).
+    """
+
+    def __init__(self, statements: Statements, *, sqlite: bool, bounded: bool) -> None:
+        self._sql = statements
+        self._sqlite = self.lazy = sqlite
+        # The limits are fixed when the buffer is opened; limited saves read the tail, so it is kept shorter.
+        self._bounded = bounded
+        self._mark: int | None = None  # the mark as this process last saw it
+        self._outbox_folded_at = 0.0
+
+    def bump(self, cursor: Any, changes: Changes, outbox: bool = False, keep: Iterable[str] = ()) -> None:
+        """Add a transaction's changes to the counters, in the same transaction (``outbox``: a caller's, whose
+        counters row must be no other writer's: see _OUTBOX_SHARDS)."""
+        shard = 0 if self._sqlite else random.randrange(*(_OUTBOX_SHARDS if outbox else (0, SHARDS)))
+        # Subjects in sorted order: concurrent transactions lock counter rows in one order, so never deadlock.
+        for subject in sorted(changes):
+            counts = changes[subject]
+            if not counts.is_zero() or (subject in keep and not self.lazy):
+                cursor.execute(self._sql.bump, {"subject": subject, "shard": shard, **counts.columns()})
+            elif self.lazy:
+                # Rows that left sqlite's uncounted tail: their subject keeps a counters row (at zero) all the
+                # same, as a drained subject does.
+                cursor.execute(self._sql.touch, {"subject": subject})
+
+    # ---------------------------------------------------------------- sqlite's lazy count of new messages
+    #
+    # Invariant, kept by every writer inside its write transaction: a pending row is in the counters exactly when
+    # its seq <= the mark (pbuffer_counted.up_to_seq), and every row sqlite will insert next gets a seq above the
+    # mark. sqlite gives a new row max(seq) + 1, so the second half holds as long as the mark never exceeds the
+    # largest seq present: a removal that takes the newest rows lowers the mark to the largest seq left.
+
+    def maybe_fold(self, cursor: Any, last_seq: int | None) -> None:
+        """After a save's insert (in its transaction): fold the tail into the counters once it may hold
+        ``_FOLD_EVERY`` rows. ``last_seq``: the inserted row's seq (``None`` after a batch: asked for)."""
+        if last_seq is None:
+            cursor.execute(self._sql.newest_seq)
+            last_seq = int(cursor.fetchone()[0] or 0)
+        mark = self._mark
+        every = _FOLD_EVERY_LIMITED if self._bounded else _FOLD_EVERY
+        # last_seq <= mark: the mark moved since this process saw it (another process folded, or removals
+        # lowered it): look again.
+        if mark is not None and mark < last_seq < mark + every:
+            return
+        cursor.execute(self._sql.fold)
+        cursor.execute(self._sql.move_mark)
+        self._mark = int(cursor.fetchone()[0])
+
+    def read_mark(self, cursor: Any) -> int:
+        """The mark, read in the caller's write transaction; on server databases every row is counted."""
+        if not self.lazy:
+            return NO_LIMIT
+        cursor.execute(self._sql.mark)
+        return int(cursor.fetchone()[0])
+
+    def removed_pending(self, cursor: Any) -> None:
+        """After pending rows were removed in this transaction: lower the mark if the newest rows went."""
+        if self.lazy:
+            cursor.execute(self._sql.lower_mark)
+
+    # ------------------------------------------------------------------ the outbox's own rows (server databases)
+
+    def fold_outbox_counters(self, cursor: Any, changes: Changes) -> set[str]:
+        """Server databases, in a relay's delete, at most every _FOLD_OUTBOX_EVERY seconds: move the counters rows
+        of committed outbox saves (each its own, see _OUTBOX_SHARDS) into ``changes``, so the counters table stays
+        about subjects x shards rows. Rows of open transactions are invisible or locked: passed over (SKIP LOCKED),
+        never waited for. Returns the subjects folded (each keeps a shared counters row, at zero if need be:
+        drained subjects stay listed)."""
+        if self._sqlite or time.monotonic() - self._outbox_folded_at < _FOLD_OUTBOX_EVERY:
+            return set()
+        self._outbox_folded_at = time.monotonic()
+        cursor.execute(self._sql.outbox_counters, {"limit": _FOLD_OUTBOX_ROWS})
+        rows = cursor.fetchall()
+        if not rows:
+            return set()
+        cursor.executemany(self._sql.delete_counter, [{"subject": row[0], "shard": row[1]} for row in rows])
+        for subject, _, *values in rows:
+            changes.setdefault(subject, Counts()).add(Counts.from_row(values))
+        return {row[0] for row in rows}

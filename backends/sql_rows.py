@@ -1,0 +1,52 @@
+"""A message as a row of the SQL backends' tables, and back: the columns in order, the values a save binds (with the
+message's checksum), and the message a read returns (checksum verified, so damaged bytes are never handed out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pbuffer.errors import CorruptDatabaseError
+from pbuffer.ids import from_bytes, to_bytes
+from pbuffer.message import Message, checksum, decode_headers, encode_headers
+
+__all__ = ["COLUMNS", "DEAD_COLUMNS", "SEQ_COLUMNS", "message_from_row", "row_params", "row_values"]
+
+#: A message's columns, in the order every statement reads and writes them.
+COLUMNS = "id, subject, payload, headers, created_us, checksum"
+#: A locked row: its seq, then the message's columns.
+SEQ_COLUMNS = ("seq", *COLUMNS.split(", "))
+#: A dead letter: the message's columns, then why and when it died.
+DEAD_COLUMNS = f"{COLUMNS}, reason, attempts, failed_us"
+
+
+def row_values(message: Message) -> tuple[Any, ...]:
+    """:func:`row_params` as a tuple, in the order of ``COLUMNS`` (sqlite binds positional parameters faster)."""
+    headers = encode_headers(message.headers)
+    return (to_bytes(message.id), message.subject, message.payload, headers, message.created_us,
+            checksum(message.id, message.subject, headers, message.created_us, message.payload))
+
+
+def row_params(message: Message) -> dict[str, Any]:
+    """The columns of a message, with its checksum."""
+    headers = encode_headers(message.headers)
+    return {"id": to_bytes(message.id), "subject": message.subject, "payload": message.payload,
+            "headers": headers, "created_us": message.created_us,
+            "checksum": checksum(message.id, message.subject, headers, message.created_us, message.payload)}
+
+
+def message_from_row(row: Sequence[Any]) -> Message:
+    """A Message from (id, subject, payload, headers, created_us, checksum), checksum verified."""
+    raw_id, subject, payload, headers, created_us, crc = row
+    message_id = from_bytes(bytes(raw_id)) if len(raw_id) == 16 else repr(bytes(raw_id))
+    payload = bytes(payload)
+    created_us = int(created_us)
+    if checksum(message_id, subject, headers, created_us, payload) != int(crc):
+        raise CorruptDatabaseError(f"message {message_id} failed its checksum: its stored bytes are damaged",
+                                   message_id=message_id)
+    try:
+        decoded = decode_headers(headers)
+    except ValueError as exc:  # pragma: no cover - the checksum catches this first
+        raise CorruptDatabaseError(f"message {message_id} has unreadable headers", message_id=message_id) from exc
+    return Message(message_id, subject, payload, decoded, created_us)

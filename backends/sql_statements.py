@@ -1,0 +1,249 @@
+"""The fixed SQL the SQL backend runs, compiled once per dialect and buffer scope, and the one way it binds lists
+of values: ``IN (...)`` statements of at most :data:`CHUNK` parameters, built once per count and cached.
+
+Table and column names are constants (:mod:`.tables`, :mod:`.sql_rows`): nothing from a caller is ever spliced into
+the SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .sql_rows import COLUMNS, DEAD_COLUMNS
+from .tables import COUNTED, COUNTER_COLUMNS, COUNTERS, DEAD_LETTERS, MESSAGES
+
+__all__ = ["CHUNK", "ID_PARAMS", "NO_LIMIT", "SEQ_PARAMS", "SHARDS", "SKIP_PARAMS", "Statements", "bind", "chunks"]
+
+#: Values per ``IN (...)``: well under every backend's limit on bound parameters.
+CHUNK = 500
+#: The parameter names of an ``IN (...)`` list, by what it lists: ids, seqs, skipped subjects.
+ID_PARAMS = [f"id{i}" for i in range(CHUNK)]
+SEQ_PARAMS = [f"s{i}" for i in range(CHUNK)]
+SKIP_PARAMS = [f"k{i}" for i in range(CHUNK)]
+#: LIMIT for "all" that every backend accepts (sqlite's -1 and PostgreSQL's NULL are not portable).
+NO_LIMIT = 2**62
+#: Counter rows per subject that server databases spread concurrent writers over (sqlite has one writer: shard 0).
+SHARDS = 16
+
+_T = TypeVar("_T")
+
+
+def chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """``values`` in runs of at most :data:`CHUNK`: one ``IN (...)`` statement each."""
+    for start in range(0, len(values), CHUNK):
+        yield values[start:start + CHUNK]
+
+
+def bind(names: list[str], values: Iterator[Any] | Sequence[Any]) -> dict[str, Any]:
+    """An ``IN (...)`` list's parameters: ``values`` (at most :data:`CHUNK`) under ``names`` (``ID_PARAMS``...)."""
+    return dict(zip(names, values, strict=False))
+
+
+class Statements:
+    """The fixed SQL the hot paths run, compiled once for the engine's dialect and the buffer's scope.
+
+    Written with ``:name`` parameters (sqlite takes them natively); other dialects get SQLAlchemy's rendering for
+    their driver's paramstyle. Table and column names are constants: nothing from a caller is ever spliced in.
+    """
+
+    def __init__(self, engine: Engine, subject: str | None) -> None:
+        dialect = engine.dialect
+        sqlite = dialect.name == "sqlite"
+        self.scope: dict[str, Any] = {} if subject is None else {"subject": subject}
+        where = "" if subject is None else " WHERE subject = :subject"
+        and_scope = "" if subject is None else " AND subject = :subject"
+        # Server databases lock what they read before moving it; sqlite's BEGIN IMMEDIATE already serializes.
+        for_update = "" if sqlite else " FOR UPDATE"
+        # Competing poppers skip each other's locked rows instead of queueing behind them.
+        skip_locked = "" if sqlite else " FOR UPDATE SKIP LOCKED"
+
+        #: Each compiled statement's dialect-neutral SQL: the outbox runs it on a caller's connection (CallerCursor).
+        self.raw: dict[str, str] = {}
+
+        def compile_(sql: str) -> str:
+            compiled = sql if sqlite else str(sa.text(sql).compile(dialect=dialect))
+            self.raw[compiled] = sql
+            return compiled
+
+        self._compile = compile_
+        self._and_scope = and_scope
+        self._by_count: dict[tuple[str, int], str] = {}
+
+        values = ", ".join(f":{column}" for column in COLUMNS.split(", "))
+        self.insert = compile_(f"INSERT INTO {MESSAGES} ({COLUMNS}) VALUES ({values})")
+        # What save() runs: positional on sqlite (see sql_rows.row_values), named elsewhere (see row_params).
+        self.insert_row = f"INSERT INTO {MESSAGES} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)" if sqlite else self.insert
+        self.insert_dead = compile_(f"INSERT INTO {DEAD_LETTERS} ({COLUMNS}, reason, attempts, failed_us) "
+                                    f"VALUES ({values}, :reason, :attempts, :failed_us)")
+        self.get_all = compile_(f"SELECT {COLUMNS} FROM {MESSAGES}{where} ORDER BY seq")
+        self.get_limit = compile_(f"SELECT {COLUMNS} FROM {MESSAGES}{where} ORDER BY seq LIMIT :limit")
+        # seq values start at 1, so 0 means "from the oldest" when `after` is not pending.
+        after_seq = f"COALESCE((SELECT seq FROM {MESSAGES} WHERE id = :after), 0)"
+        self.get_after = compile_(f"SELECT {COLUMNS} FROM {MESSAGES} WHERE seq > {after_seq}{and_scope} "
+                                  "ORDER BY seq LIMIT :limit")
+        self.count = compile_(f"SELECT count(*) FROM {MESSAGES}{where}")
+        self.delete_seq = compile_(f"DELETE FROM {MESSAGES} WHERE seq = :seq")
+        self.delete_dead_seq = compile_(f"DELETE FROM {DEAD_LETTERS} WHERE seq = :seq")
+        self.lock_pending_id = compile_(f"SELECT seq, {COLUMNS} FROM {MESSAGES} WHERE id = :id{and_scope}"
+                                        f"{for_update}")
+        self.lock_dead_id = compile_(f"SELECT seq, {COLUMNS} FROM {DEAD_LETTERS} WHERE id = :id{and_scope}"
+                                     f"{for_update}")
+        self.dead_all = compile_(f"SELECT {DEAD_COLUMNS} FROM {DEAD_LETTERS}{where} ORDER BY seq")
+        self.dead_limit = compile_(f"SELECT {DEAD_COLUMNS} FROM {DEAD_LETTERS}{where} ORDER BY seq "
+                                   "LIMIT :limit")
+        # A message is free to claim or pop when nobody claimed it, or the claim's lease ran out.
+        free = "(claim_until_us IS NULL OR claim_until_us < :now)"
+        # DELETE ... RETURNING pops in one statement (sqlite >= 3.35, PostgreSQL); MariaDB locks, then deletes.
+        self.pop_returning = dialect.name in ("sqlite", "postgresql")
+        oldest = f"SELECT seq FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq LIMIT 1{skip_locked}"
+        # sqlite also returns whether the row was in the counters (its seq at or below the mark).
+        counted_flag = f"seq <= (SELECT up_to_seq FROM {COUNTED})" if sqlite else "1"
+        self._counted_flag = counted_flag
+        # ...and whether it was the newest row (only then must the mark come down: see Counting.removed_pending).
+        newest_flag = (f"NOT EXISTS (SELECT 1 FROM {MESSAGES} AS later WHERE later.seq > {MESSAGES}.seq)" if sqlite
+                       else "0")
+        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {COLUMNS}, {counted_flag}, "
+                            f"{newest_flag}")
+        self.pop_lock = compile_(f"SELECT seq, {COLUMNS} FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq "
+                                 f"LIMIT 1{skip_locked}")
+        claimable = "(claim_until_us IS NULL OR claim_until_us < :now OR claim_owner = :owner)"
+        self.claim = compile_(f"SELECT seq, {COLUMNS} FROM {MESSAGES} WHERE {claimable}{and_scope} ORDER BY seq "
+                              f"LIMIT :limit{skip_locked}")
+        self.claim_after = compile_(f"SELECT seq, {COLUMNS} FROM {MESSAGES} WHERE seq > {after_seq} AND "
+                                    f"{claimable}{and_scope} ORDER BY seq LIMIT :limit{skip_locked}")
+        self._claim_parts = (claimable, and_scope, after_seq, skip_locked)
+        self._counter_statements(dialect.name, compile_, where, and_scope)
+        # The head of the queue, where relays claim: an index range of :limit rows.
+        self.claim_stats = compile_(
+            "SELECT COUNT(*), SUM(CASE WHEN claim_until_us >= :now THEN 1 ELSE 0 END), COUNT(DISTINCT CASE WHEN "
+            "claim_until_us >= :now THEN claim_owner END), MAX(CASE WHEN claim_until_us >= :now THEN claim_until_us "
+            f"END) FROM (SELECT claim_owner, claim_until_us FROM {MESSAGES}{where} ORDER BY seq LIMIT :limit) head")
+        self.oldest_created = compile_(f"SELECT created_us FROM {MESSAGES}{where} ORDER BY seq LIMIT 1")
+        # Rows an outbox save holds deleted until its caller commits are passed over, not waited for.
+        self.oldest_sizes = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES}{where} ORDER BY seq "
+                                     f"LIMIT :limit{skip_locked}")
+        # An outbox save's drop_oldest (server databases): only rows no relay holds, so no relay's delete waits for
+        # the caller's commit.
+        self.outbox_oldest = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES} WHERE {free}{and_scope} "
+                                      f"ORDER BY seq LIMIT :limit{skip_locked}")
+        # The row that writers enforcing limits on a server database take turns on (revision 0002 made it).
+        self.limit_lock = compile_(f"SELECT shard FROM {COUNTERS} WHERE subject = '' AND shard = -1 FOR UPDATE")
+        self.delete_returning = bool(dialect.delete_returning)
+        # MariaDB/MySQL remove rows by id in two steps (see sql_removal.remove_rows), and bound every UPDATE or
+        # DELETE of listed rows with LIMIT: without it the optimizer may scan a small table whole, and a scanning
+        # DELETE waits on each row another transaction holds (an open outbox transaction's new row, say).
+        self.by_seq = dialect.name in ("mysql", "mariadb")
+        self._for_update = for_update
+
+    def _counter_statements(self, dialect: str, compile_: Callable[[str], str], where: str, and_scope: str) -> None:
+        """The counters' statements: the upsert every write runs, and the reads (with sqlite's uncounted tail)."""
+        added = ", ".join(f":{name}" for name in COUNTER_COLUMNS)
+        if dialect in ("mysql", "mariadb"):
+            upsert = "ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = {c} + VALUES({c})" for c in COUNTER_COLUMNS)
+        else:
+            upsert = "ON CONFLICT (subject, shard) DO UPDATE SET " + ", ".join(
+                f"{c} = {COUNTERS}.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
+        self.bump = compile_(f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES "
+                             f"(:subject, :shard, {added}) {upsert}")
+        # The outbox's own counters rows (shard SHARDS and up), folded back by relays' deletes (server databases).
+        skip_locked = "" if dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+        self.outbox_counters = compile_(f"SELECT subject, shard, {', '.join(COUNTER_COLUMNS)} FROM {COUNTERS} "
+                                        f"WHERE shard >= {SHARDS} LIMIT :limit{skip_locked}")
+        self.delete_counter = compile_(f"DELETE FROM {COUNTERS} WHERE subject = :subject AND shard = :shard")
+        sums = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in COUNTER_COLUMNS)
+        totals = f"SELECT {sums} FROM {COUNTERS}{where}"
+        # shard -1 is no subject's: the lock row that writers enforcing limits take on servers (revision 0002).
+        rows = f"SELECT subject, {', '.join(COUNTER_COLUMNS)} FROM {COUNTERS} WHERE shard >= 0{and_scope}"
+        if dialect == "sqlite":
+            # The counters plus the uncounted tail, each in one statement: one consistent snapshot, no transaction.
+            tail = f"FROM {MESSAGES} WHERE seq > (SELECT up_to_seq FROM {COUNTED}){and_scope}"
+            totals = (f"SELECT c.pending + t.pending, c.pending_bytes + t.pending_bytes, c.dead, c.dead_bytes, "
+                      f"c.dropped, c.expired FROM ({totals}) c, (SELECT COUNT(*) AS pending, "
+                      f"COALESCE(SUM(LENGTH(payload)), 0) AS pending_bytes {tail}) t")
+            rows = f"{rows} UNION ALL SELECT subject, 1, LENGTH(payload), 0, 0, 0, 0 {tail}"
+        self.totals = compile_(totals)
+        self.subject_totals = compile_("SELECT subject, " + ", ".join(f"SUM({c})" for c in COUNTER_COLUMNS) +
+                                       f" FROM ({rows}) counted GROUP BY subject")
+        # sqlite's lazy count (see Counting.maybe_fold): fold the tail in, move the mark to the newest row.
+        self.mark = f"SELECT up_to_seq FROM {COUNTED}"
+        self.touch = (f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES (:subject, 0"
+                      f"{', 0' * len(COUNTER_COLUMNS)}) ON CONFLICT (subject, shard) DO NOTHING")
+        self.newest_seq = f"SELECT MAX(seq) FROM {MESSAGES}"
+        self.fold = (f"INSERT INTO {COUNTERS} (subject, shard, pending, pending_bytes, dead, dead_bytes, dropped, "
+                     f"expired) SELECT subject, 0, COUNT(*), SUM(LENGTH(payload)), 0, 0, 0, 0 FROM {MESSAGES} "
+                     f"WHERE seq > (SELECT up_to_seq FROM {COUNTED}) GROUP BY subject ON CONFLICT (subject, shard) DO "
+                     "UPDATE SET pending = pending + excluded.pending, "
+                     "pending_bytes = pending_bytes + excluded.pending_bytes")
+        self.move_mark = (f"UPDATE {COUNTED} SET up_to_seq = (SELECT COALESCE(MAX(seq), 0) FROM {MESSAGES}) "
+                          "RETURNING up_to_seq")
+        newest = f"(SELECT COALESCE(MAX(seq), 0) FROM {MESSAGES})"
+        self.lower_mark = f"UPDATE {COUNTED} SET up_to_seq = {newest} WHERE up_to_seq > {newest}"
+
+    def _in_list(self, key: str, count: int, build: Callable[[str], str], prefix: str = "id") -> str:
+        sql = self._by_count.get((key, count))
+        if sql is None:
+            placeholders = ", ".join(f":{prefix}{i}" for i in range(count))
+            sql = self._by_count[(key, count)] = self._compile(build(placeholders))
+        return sql
+
+    def delete_ids(self, table: str, count: int) -> str:
+        """Delete rows by id in scope, returning each one's subject and payload size."""
+        counted = self._counted_flag if table == MESSAGES else "1"
+        return self._in_list(f"delete {table}", count, lambda ids: (
+            f"DELETE FROM {table} WHERE id IN ({ids}){self._and_scope} RETURNING subject, length(payload), "
+            f"{counted}"))
+
+    def seqs_of_ids(self, table: str, count: int) -> str:
+        """MariaDB/MySQL: the seqs of rows with these ids in scope, read without locking (see remove_rows)."""
+        return self._in_list(f"seqs {table}", count, lambda ids: (
+            f"SELECT seq FROM {table} WHERE id IN ({ids}){self._and_scope}"))
+
+    def _limit(self, count: int) -> str:
+        return f" LIMIT {int(count)}" if self.by_seq else ""
+
+    def delete_seqs_returning(self, table: str, count: int) -> str:
+        return self._in_list(f"delete seq returning {table}", count, lambda seqs: (
+            f"DELETE FROM {table} WHERE seq IN ({seqs}){self._limit(count)} RETURNING subject, length(payload)"),
+            prefix="s")
+
+    def lock_seqs(self, table: str, count: int) -> str:
+        """Where DELETE cannot return rows (MySQL): the rows to delete, locked by primary key."""
+        return self._in_list(f"lock seq {table}", count, lambda seqs: (
+            f"SELECT seq, subject, length(payload) FROM {table} WHERE seq IN ({seqs}){self._limit(count)}"
+            f"{self._for_update}"), prefix="s")
+
+    def delete_seqs(self, table: str, count: int) -> str:
+        return self._in_list(f"delete seq {table}", count, lambda seqs: (
+            f"DELETE FROM {table} WHERE seq IN ({seqs}){self._limit(count)}"), prefix="s")
+
+    def claim_skipping(self, count: int, after: bool) -> str:
+        """:attr:`claim` (or :attr:`claim_after`) passing over ``count`` subjects (params ``k0``...)."""
+        claimable, and_scope, after_seq, skip_locked = self._claim_parts
+        behind = f"seq > {after_seq} AND " if after else ""
+        return self._in_list(f"claim skipping {after}", count, lambda subjects: (
+            f"SELECT seq, {COLUMNS} FROM {MESSAGES} WHERE {behind}{claimable}{and_scope} "
+            f"AND subject NOT IN ({subjects}) ORDER BY seq LIMIT :limit{skip_locked}"), prefix="k")
+
+    def late_before(self, skipping: int) -> str:
+        """A row if ``:after`` is claimed by ``:owner`` and an older row in scope (not on a skipped subject,
+        params ``k0``...) is free: one that committed after this owner claimed past it (SQLBuffer._claim_skipping)."""
+        free = "(m.claim_until_us IS NULL OR m.claim_until_us < :now)"
+        scope = " AND m.subject = :subject" if self._and_scope else ""
+        return self._in_list("late", skipping, lambda subjects: (
+            f"SELECT 1 FROM {MESSAGES} a WHERE a.id = :after AND a.claim_owner = :owner AND EXISTS (SELECT 1 FROM "
+            f"{MESSAGES} m WHERE m.seq < a.seq AND {free}{scope}"
+            + (f" AND m.subject NOT IN ({subjects})" if skipping else "") + ")"), prefix="k")
+
+    def set_claims(self, count: int) -> str:
+        return self._in_list("claim", count, lambda seqs: (
+            f"UPDATE {MESSAGES} SET claim_owner = :owner, claim_until_us = :until WHERE seq IN ({seqs})"
+            f"{self._limit(count)}"), prefix="s")
+
+    def release(self, count: int) -> str:
+        return self._in_list("release", count, lambda ids: (
+            f"UPDATE {MESSAGES} SET claim_owner = NULL, claim_until_us = NULL WHERE id IN ({ids}) "
+            f"AND claim_owner = :owner{self._limit(count)}"))
