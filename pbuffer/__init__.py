@@ -99,8 +99,8 @@ def open(url: str | None = None, **options: Any) -> Buffer:
     ``memory://`` (in-process), ``sqlite:///path/to/buffer.db``, ``postgresql+psycopg://...``,
     ``mysql+pymysql://...``, or a scheme a plug-in registered under the ``pbuffer.backends`` entry points.
     Without a URL: ``$PBUFFER_URL``, else ``buffer.db`` in the user's data directory. Options (``subject``,
-    ``durability``, ``max_messages``, ``ttl``, ...; see the README's options table) may be keyword arguments or URL
-    query parameters; a memory:// or sqlite:// URL with any other query parameter raises
+    ``durability``, ``max_messages``, ``ttl``, ...; the options table is in the README and docs/backends.md) may be
+    keyword arguments or URL query parameters; a memory:// or sqlite:// URL with any other query parameter raises
     :class:`ConfigurationError`. ``postgres://`` is accepted as ``postgresql://``. System subjects (``$...``,
     ``_INBOX.``) are refused unless allowed by prefix: ``allow_subject_prefixes=("$KV.orders.",)``.
     """

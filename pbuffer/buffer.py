@@ -1,7 +1,5 @@
-"""The Buffer contract: what every backend promises, written once, and the checks every backend inherits.
-
-A backend author reads this file and :mod:`pbuffer.testing` (the conformance suite that checks each promise).
-"""
+"""The Buffer contract: what every backend promises, written once, and the checks every backend inherits. A
+backend author reads this file and :mod:`pbuffer.testing` (the conformance suite that checks each promise)."""
 
 from __future__ import annotations
 
@@ -11,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from . import ids
+from . import ids, validation
 from .buffering import defaults, expiry
 from .buffering.group_commit import GroupCommit
 from .buffering.listeners import Listeners, RemovalLog
@@ -20,18 +18,7 @@ from .buffering.tracing import trace_injector
 from .errors import BackendError, ConfigurationError, ValidationError
 from .limits import BufferStats, ClaimStats, Limits, Overflow, SubjectStats
 from .message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
-from .validation import (
-    check_attempts,
-    check_headers,
-    check_lease,
-    check_limit,
-    check_message_id,
-    check_payload,
-    check_reason,
-    check_skip_subjects,
-    check_subject,
-    check_subject_prefixes,
-)
+from .validation import check_headers, check_limit, check_message_id, check_payload, check_subject
 
 __all__ = ["Buffer"]
 
@@ -77,12 +64,9 @@ class Buffer(ABC):
 
     **Subjects.** Every message has a NATS subject, given at save or by the buffer's scope: a buffer opened with
     ``subject=...`` saves to that subject by default and sees only that subject's messages. System subjects
-    (beginning with ``$``: ``$JS.``, ``$KV.``, ``$O.``, ``$SYS.``...) and inboxes (``_INBOX.``) are refused with
-    :class:`~pbuffer.ValidationError`, since the server acts on them (a buffered ``$JS.API.STREAM.PURGE.X`` would
-    purge a stream), unless the buffer is opened with ``allow_subject_prefixes=("$KV.orders.",)``: whole-token
-    prefixes (``"$KV.orders."`` allows ``$KV.orders.<key>``; ``"$"`` does not allow every system subject). An
-    opt-in covering ``$JS.API``, ``$JS.ACK``, ``$JS.FC``, ``$JSC`` or ``$SYS`` raises
-    :class:`~pbuffer.ConfigurationError` (:func:`pbuffer.validation.check_subject_prefixes`).
+    (``$JS.``, ``$KV.``, ``$SYS.``...) and inboxes (``_INBOX.``) are refused with :class:`~pbuffer.ValidationError`
+    (the server acts on them) unless allowed by whole-token prefix: ``allow_subject_prefixes=("$KV.orders.",)``;
+    never ``$JS.API``, ``$JS.ACK``, ``$JS.FC``, ``$JSC``, ``$SYS`` (``pbuffer.validation.check_subject_prefixes``).
 
     **Integrity.** Backends that store bytes keep a checksum per message and verify it on every read; a damaged
     message raises :class:`~pbuffer.CorruptDatabaseError` naming its id and is never returned.
@@ -90,24 +74,19 @@ class Buffer(ABC):
     **Outbox.** ``save(..., connection=conn)`` and ``save_many(..., connection=conn)`` write through the caller's
     SQLAlchemy ``Connection`` or ORM ``Session``, in its open transaction, on the buffer's own database (same
     server and database name, or the same sqlite file): the message is pending exactly when that transaction
-    commits, and never existed if it rolls back. pbuffer never commits, rolls back or closes it. Listeners run at
-    the caller's commit, never at the save. Other databases and storage that is not a database (``memory://``)
-    raise :class:`~pbuffer.ConfigurationError` before anything is written. Order: sequence numbers are taken at
-    insert and transactions commit in any order, so a message can commit after newer ones were published (a
-    late commit); it is still published, once, and each producer's messages keep the order of its commits (the
-    SQL backend's :meth:`claim` behind ``after`` claims nothing while an older message is free, so a relay
-    starts again from the oldest).
+    commits, and never existed if it rolls back; pbuffer never commits, rolls back or closes it, and listeners run
+    at the caller's commit. Other storage raises :class:`~pbuffer.ConfigurationError`, writing nothing. A message
+    can commit after newer ones were published (a late commit): it is still published once, and each producer's
+    messages keep the order of its commits (see :meth:`claim`).
 
     **Bad input** (a payload that is not bytes-like: ``TypeError``; a bad subject or header:
     :class:`~pbuffer.ValidationError`) is refused before anything is written.
 
-    Backends implement the underscore primitives below (each says what it receives, returns, and in which
-    transaction it runs); validation, ids and notifications live here once, and what the contract needs around the
-    primitives (group commit, ``overflow="block"``, ``ttl``, listeners) in :mod:`pbuffer.buffering`.
+    Backends implement the underscore primitives below; validation, ids and notifications live here once, and
+    group commit, ``overflow="block"``, ``ttl`` and listeners in :mod:`pbuffer.buffering`.
     """
 
-    #: URL schemes this backend serves (``"memory"``, ``"sqlite"``...): :func:`pbuffer.open` opens a URL with the
-    #: built-in or plug-in class that declares its scheme (see :mod:`pbuffer.registry`).
+    #: URL schemes this backend serves (``"memory"``, ``"sqlite"``...), read by :mod:`pbuffer.registry`.
     schemes: ClassVar[tuple[str, ...]] = ()
     #: Whether storage calls block on I/O; the async facade runs blocking calls in a thread.
     blocking: ClassVar[bool] = True
@@ -121,7 +100,7 @@ class Buffer(ABC):
                  block_timeout: float = 30.0, group_commit: bool = True,
                  allow_subject_prefixes: Iterable[str] = (), propagate_trace: bool = False) -> None:
         #: System subject prefixes (``$KV.orders.``...) this buffer may save to; see Subjects above.
-        self.allow_subject_prefixes = check_subject_prefixes(allow_subject_prefixes)
+        self.allow_subject_prefixes = validation.check_subject_prefixes(allow_subject_prefixes)
         self.subject = None if subject is None else check_subject(subject, self.allow_subject_prefixes)
         #: Whether saves from several threads share transactions (storage that blocks only).
         self.group_commit = bool(group_commit) and self.blocking
@@ -186,8 +165,7 @@ class Buffer(ABC):
 
     def prepare(self, payload: Payload, *, subject: str | None = None,
                 headers: Mapping[str, str] | None = None) -> Message:
-        """Validate a message and give it its id, without storing it (see :meth:`commit`: many producers prepare,
-        one transaction commits them all)."""
+        """Validate a message and give it its id without storing it: many producers prepare, :meth:`commit` stores."""
         self._check_open()
         now_ns = time.time_ns()
         return self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
@@ -223,16 +201,16 @@ class Buffer(ABC):
             self._room.freed(1)
             if not expiry.is_expired(message, time.time_ns() // 1000, self.limits.ttl):
                 return message
-            # Taken, but too old to hand out: counted as expired instead (in its own transaction, after the
-            # pop's; a crash between the two loses the count of this one message, never a message).
+            # Too old to hand out: counted as expired in a transaction after the pop's (a crash between the two
+            # loses the count of this one message, never a message).
             self._count_removed(message, "expired")
             self._note_removed("expired", 1)
 
     def mark_dead(self, message_id: str, reason: str, *, attempts: int = 1) -> bool:
         """Move a pending message to the dead letters with ``reason``; ``False`` if it is not pending."""
         self._check_open()
-        check_reason(reason)
-        moved = self._mark_dead(check_message_id(message_id), reason, check_attempts(attempts),
+        validation.check_reason(reason)
+        moved = self._mark_dead(check_message_id(message_id), reason, validation.check_attempts(attempts),
                                 time.time_ns() // 1000)
         self._room.freed(int(moved))
         return moved
@@ -254,34 +232,27 @@ class Buffer(ABC):
         return found[0] if found else None
 
     def get_all(self, limit: int | None = None, *, after: str | None = None) -> list[Message]:
-        """Pending messages, oldest first; at most ``limit`` of them when given. ``after``: only the messages
-        queued behind that pending message (how a relay reads its next window while the current one is in flight);
-        if it is no longer pending, the list starts at the oldest."""
+        """Pending messages, oldest first, at most ``limit`` when given; ``after``: only those queued behind that
+        pending message (a relay's next window), from the oldest if it is no longer pending."""
         self._check_open()
         checked_limit, checked_after = check_limit(limit), None if after is None else check_message_id(after)
         return self._read(lambda: self._get(checked_limit, checked_after))
 
     def claim(self, limit: int, *, owner: str, lease: float, after: str | None = None,
               skip_subjects: Iterable[str] = ()) -> list[Message]:
-        """Claim up to ``limit`` of the oldest pending messages for ``owner`` for ``lease`` seconds.
-
-        Returns messages that no other owner holds a live claim on, oldest first (those this owner already holds
-        are returned again and their lease renewed). ``owner`` is a UUID string naming the claimer (one per relay:
-        :func:`pbuffer.ids.new_id` makes one). ``after``: only messages queued behind that pending message, as in
-        :meth:`get_all`. ``skip_subjects``: messages on these subjects are passed over (neither returned nor
-        claimed): the relay holds back a subject that keeps failing so that it does not stall the others. A claim
-        ends when the lease runs out, on :meth:`release`, or when the message is deleted. On PostgreSQL and
-        MariaDB, where a save can commit behind newer messages (a late commit), a claim behind ``after`` (a
-        message this owner holds) returns ``[]`` while an older message outside ``skip_subjects`` is free: the
-        caller then claims from the oldest, so each producer's messages keep their order.
-        """
+        """Claim up to ``limit`` of the oldest pending messages that no other owner holds a live claim on, for
+        ``owner`` (a UUID string naming the relay: :func:`pbuffer.ids.new_id`) for ``lease`` seconds, oldest first;
+        those ``owner`` already holds come again, renewed. ``after``: as in :meth:`get_all`. ``skip_subjects``:
+        passed over, neither returned nor claimed (a relay holds back a failing subject this way). On PostgreSQL and
+        MariaDB a claim behind ``after`` returns ``[]`` while an older message outside ``skip_subjects`` is free (a
+        late commit): the caller then claims from the oldest, so each producer's messages keep their order."""
         self._check_open()
         checked_limit = check_limit(limit)
         if checked_limit is None:
             raise ValidationError("claim() needs a limit")
         checked_owner = check_message_id(owner)
         checked_after = None if after is None else check_message_id(after)
-        seconds, skip = check_lease(lease), check_skip_subjects(skip_subjects)
+        seconds, skip = validation.check_lease(lease), validation.check_skip_subjects(skip_subjects)
 
         def claim_now() -> list[Message]:
             now_us = time.time_ns() // 1000
@@ -300,8 +271,8 @@ class Buffer(ABC):
         return self._release(checked, checked_owner) if checked else 0
 
     def stats(self) -> BufferStats:
-        """Counts, bytes, the oldest message's age, and the dropped and expired totals (see :class:`BufferStats`);
-        read from counters, not by counting rows: fast on any size of buffer."""
+        """Counts, bytes, the oldest message's age, the dropped and expired totals (:class:`BufferStats`), read from
+        counters: fast on any size of buffer."""
         self._check_open()
         return self._stats(time.time_ns() // 1000)
 
@@ -312,17 +283,14 @@ class Buffer(ABC):
         return dict(sorted(self._subject_stats().items()))
 
     def claim_stats(self, window: int = 10_000) -> ClaimStats | None:
-        """The relays' live claims among the ``window`` oldest pending messages in scope (a relay claims from the
-        head of the queue, so its claims are found there), or ``None`` when the backend cannot tell. Reads only:
-        an index range of ``window`` rows on the SQL backends."""
+        """The relays' live claims among the ``window`` oldest pending messages in scope (where relays claim), or
+        ``None`` when the backend cannot tell. Reads only: an index range of ``window`` rows on the SQL backends."""
         self._check_open()
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValidationError(f"window must be a positive int, not {window!r}")
-        return self._claim_stats(window, time.time_ns() // 1000)
+        return self._claim_stats(validation.check_window(window), time.time_ns() // 1000)
 
     def expire(self) -> int:
-        """Remove the pending messages older than ``ttl`` now (reads do it as they meet them); returns how many.
-        Walks from the oldest message and stops at the first one still young enough. 0 without a ``ttl``."""
+        """Remove the pending messages older than ``ttl`` now, from the oldest to the first young one (reads do it
+        as they meet them); returns how many (0 without a ``ttl``)."""
         self._check_open()
         ttl = self.limits.ttl
         return 0 if ttl is None else expiry.expire_all(lambda n: self._get(n, None), ttl, self._remove_expired)
@@ -340,9 +308,8 @@ class Buffer(ABC):
     # ------------------------------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Release connections and files. Idempotent; the buffer cannot be used afterwards. Calls racing it from
-        other threads either complete (a save that returns is committed) or raise a :class:`~pbuffer.BackendError`
-        having written nothing."""
+        """Release connections and files; idempotent. Calls racing it from other threads complete (a save that
+        returns is committed) or raise :class:`~pbuffer.BackendError` having written nothing."""
         with self._close_lock:  # two threads closing at once: one of them closes
             if self._closed:
                 return
@@ -360,11 +327,9 @@ class Buffer(ABC):
         self.close()
 
     def add_listener(self, callback: Callable[[], object]) -> None:
-        """Call ``callback()`` (from the saving thread) after each save, save_many or requeue commits; for an
-        outbox save (``connection=``), when the caller's transaction commits. On PostgreSQL (psycopg 3) also when
-        a save by another process or buffer object on the database commits (LISTEN/NOTIFY, from a thread the
-        buffer starts with its first listener). This is how a relay wakes at once instead of polling. Keep
-        callbacks tiny and non-blocking; an exception in one is logged, not propagated to the saver."""
+        """Call ``callback()`` (from the saving thread) after each save, save_many or requeue commits (an outbox
+        save's: at the caller's commit; on PostgreSQL also other processes' saves, by LISTEN/NOTIFY from a thread):
+        how a relay wakes at once. Keep callbacks tiny; an exception in one is logged, not raised to the saver."""
         self._listeners.add(callback)
 
     def remove_listener(self, callback: Callable[[], object]) -> None:
@@ -392,10 +357,10 @@ class Buffer(ABC):
         ``self._note_removed("dropped", n)`` after the commit); ``block`` raises BufferFullError (the caller waits)."""
 
     def _insert_in(self, messages: list[Message], connection: object) -> Any:
-        """Store ``messages`` as :meth:`_insert` does, through the caller's SQLAlchemy ``connection`` (Connection or
-        Session), in its open transaction, never committing, rolling back or closing it (``block`` raises
-        BufferFullError at once). Returns the Session or Connection whose commit makes them pending. A connection
-        on another database raises ConfigurationError, having written nothing; this default refuses every one."""
+        """Store ``messages`` as :meth:`_insert` does, in the open transaction of the caller's SQLAlchemy Connection
+        or Session, never committing, rolling back or closing it (``block`` raises BufferFullError at once); return
+        the Session or Connection whose commit makes them pending. Another database: ConfigurationError (this
+        default refuses every connection)."""
         raise ConfigurationError(f"{type(self).__name__} cannot save in your transaction (connection=...): only a "
                                  "SQL buffer (sqlite, PostgreSQL, MariaDB) on the same database as the connection "
                                  "can; nothing was written")
@@ -499,10 +464,7 @@ class Buffer(ABC):
             check_subject(subject, self.allow_subject_prefixes)
         checked = NO_HEADERS if headers is None else check_headers(headers)
         if self._max_message_bytes is not None:
-            size = len(data) + sum(len(k.encode()) + len(v.encode()) for k, v in checked.items())
-            if size > self._max_message_bytes:
-                raise ValidationError(f"a message of {size:,} bytes (payload and headers) is over what "
-                                      f"{self._max_message_reason}; nothing was written")
+            validation.check_size(data, checked, self._max_message_bytes, self._max_message_reason)
         return Message(message_id, subject, data, checked, created_us)
 
     def _commit_call(self, messages: list[Message]) -> None:
@@ -517,10 +479,8 @@ class Buffer(ABC):
 
     def _save_in(self, messages: list[Message], connection: object) -> None:
         """The outbox: write ``messages`` through the caller's transaction; wake listeners at its commit."""
-        from . import outbox  # SQLAlchemy's ORM, imported only by applications that use the outbox
-
-        target = self._insert_in(messages, connection)
-        outbox.after_commit(target, id(self), self._notify)
+        from .outbox import after_commit  # SQLAlchemy's ORM, imported only by applications that use the outbox
+        after_commit(self._insert_in(messages, connection), id(self), self._notify)
 
     def _read(self, read: Callable[[], list[Message]]) -> list[Message]:
         """Run a read; with a ``ttl``, remove (and count) the expired messages it met and read again."""
@@ -530,10 +490,6 @@ class Buffer(ABC):
         removed = self._room.freed(self._discard([m.id for m in messages], "expired"))
         self._note_removed("expired", removed)
         return removed
-
-    def _freed(self, count: int) -> int:
-        """Wake savers waiting for room after ``count`` messages left the queue (a backend's own removals)."""
-        return self._room.freed(count)
 
     def _note_removed(self, kind: str, count: int) -> None:
         """Log messages the limits removed (``"dropped"``, ``"expired"``), rate-limited."""

@@ -28,9 +28,11 @@ __all__ = [
     "check_message_id",
     "check_payload",
     "check_reason",
+    "check_size",
     "check_skip_subjects",
     "check_subject",
     "check_subject_prefixes",
+    "check_window",
     "is_system_subject",
 ]
 
@@ -243,3 +245,17 @@ def check_skip_subjects(skip_subjects: Iterable[str]) -> frozenset[str]:
     if not all(isinstance(subject, str) for subject in skip):
         raise ValidationError("skip_subjects must hold str subjects")
     return skip
+
+
+def check_window(window: object) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValidationError(f"window must be a positive int, not {window!r}")
+    return window
+
+
+def check_size(payload: bytes, headers: Mapping[str, str], limit: int, reason: str) -> None:
+    """Refuse a message over the storage's ``limit`` (payload plus header names and values, in bytes)."""
+    size = len(payload) + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+    if size > limit:
+        raise ValidationError(f"a message of {size:,} bytes (payload and headers) is over what {reason}; nothing "
+                              "was written")
