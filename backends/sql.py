@@ -8,30 +8,27 @@ because SQLAlchemy's per-statement machinery would cost more than sqlite's own c
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from pbuffer.buffer import Buffer
-from pbuffer.errors import BufferFullError, ConfigurationError, PBufferError
+from pbuffer.errors import ConfigurationError, PBufferError
 from pbuffer.ids import to_bytes
 from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, from_micros
-from pbuffer.outbox import caller_connection, same_database
 from pbuffer.registry import SQL_SCHEMES
 
 from . import sqlite_file
 from .counters import Changes, Counts, tally
-from .database import Database, sqlite_path
-from .errors import is_missing_table, map_driver_error
-from .sql_connections import CallerCursor, Connections, Transactions
+from .database import Database
+from .sql_connections import Connections, Transactions
 from .sql_counting import Counting
 from .sql_listen import SaveListener
+from .sql_outbox import insert_in_callers_transaction
 from .sql_removal import remove_rows
 from .sql_rows import SEQ_COLUMNS, message_from_row, row_params, row_values
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, SEQ_PARAMS, SKIP_PARAMS, Statements, bind, chunks
@@ -231,6 +228,8 @@ class SQLBuffer(Buffer):
         return [message_from_row(row) for row in rows]
 
     def _pop(self, now_us: int) -> Message | None:
+        if self._sqlite:
+            return self._pop_sqlite(now_us)
         params = {**self._sql.scope, "now": now_us}
         with self._tx.cursor("pop", write=True) as cursor:
             if self._sql.pop_returning:
@@ -245,13 +244,34 @@ class SQLBuffer(Buffer):
             # Verified inside the transaction: a damaged row raises and its delete is rolled back.
             message = None if row is None else message_from_row(row[:6])
             if message is not None:
-                # (sqlite returns whether the row was in the counters)
-                counted = not self._lazy or row[6]
-                change = Counts(-1, -len(message.payload)) if counted else Counts()
-                self._counting.bump(cursor, {message.subject: change})
-                if self._lazy and row[7]:  # a pop takes the oldest row: rarely also the newest
-                    self._counting.removed_pending(cursor)
+                self._counting.bump(cursor, {message.subject: Counts(-1, -len(message.payload))})
+        return message
+
+    def _pop_sqlite(self, now_us: int) -> Message | None:
+        # The hot path of pop() on sqlite: the steps of Transactions.cursor spelled out, as in _insert (a generator
+        # per call costs more than the counters' statement). One DELETE ... RETURNING takes the row and says
+        # whether it was in the counters (its seq at or below the mark) and whether it was the newest.
+        params = {**self._sql.scope, "now": now_us}
+        message = None
+        with self._write_lock:
+            conn = self._connections.take("pop")
+            try:
+                cursor = conn.cursor()
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute(self._sql.pop, params)
+                row = cursor.fetchone()
+                if row is not None:
+                    # Verified inside the transaction: a damaged row raises and its delete is rolled back.
+                    message = message_from_row(row[:6])
+                    self._counting.popped(cursor, message.subject, len(message.payload), counted=bool(row[6]))
+                    if row[7]:  # a pop takes the oldest row: rarely also the newest
+                        self._counting.removed_pending(cursor)
+                conn.commit()
+            except BaseException as exc:
+                self._tx.failed(conn, exc, "pop")
+            self._connections.give_back(conn)
         if message is not None:
+            self._counting.row_committed(message.subject)
             self._removed(1)
         return message
 
@@ -338,58 +358,8 @@ class SQLBuffer(Buffer):
     # ----------------------------------------------------------------------------------------------- outbox
 
     def _insert_in(self, messages: list[Message], connection: object) -> Any:
-        """The outbox (see :meth:`Buffer._insert_in`): the rows, their counters and any drops go through the
-        caller's transaction.
-
-        Nothing it writes holds a lock another writer waits for: the counters go to a row of this save's own
-        (server databases: a shard of its own, see sql_counting); limits take no turn on the limits lock and drop
-        only unclaimed, unlocked messages. sqlite just inserts: the rows land in the uncounted tail (see
-        Counting.maybe_fold), which the next plain save folds once they are committed.
-        """
-        conn, target = caller_connection(connection)
-        if self.serialize_writes:
-            raise ConfigurationError(
-                f"this sqlite buffer runs in one-writer mode (serialize_writes: sqlite {sqlite3.sqlite_version} "
-                "has the WAL-reset bug), and your connection's writes would bypass its lock; nothing was written. "
-                "Use a sqlite library without the bug (3.51.3+, 3.50.7+, 3.44.6+), or open the buffer with "
-                "serialize_writes=False if only one process writes to the file")
-        self._check_same_database(conn)
-        cursor = CallerCursor(conn, self._sql.raw)
-        try:
-            if self.limits.bounded:
-                try:
-                    self._make_room(cursor, messages, outbox=True)
-                except BufferFullError as exc:
-                    if self.limits.overflow != "block":
-                        raise
-                    raise BufferFullError(f"{exc}; overflow='block' cannot wait inside your transaction (room "
-                                          "is made by relays whose deletes your open transaction may need): "
-                                          "nothing was written") from None
-            cursor.executemany(self._sql.insert, [row_params(message) for message in messages])
-            if not self._lazy:
-                self._counting.bump(cursor, tally(((m.subject, len(m.payload)) for m in messages), pending=1),
-                                    outbox=True)
-            if self._notify_sql:
-                cursor.execute(self._notify_sql)
-        except sa.exc.DBAPIError as exc:
-            # The caller's transaction is the caller's to roll back: only the error is ours to map.
-            orig = exc.orig if exc.orig is not None else exc
-            if is_missing_table(orig):
-                raise self._tx.schema_changed("save") from exc
-            raise map_driver_error(orig, "save") from exc
-        return target
-
-    def _check_same_database(self, conn: sa.Connection) -> None:
-        url = conn.engine.url
-        key = url.render_as_string(hide_password=False)
-        if key not in self._same_database:
-            self._same_database[key] = same_database(url, self.url, sqlite_path)
-        reason = self._same_database[key]
-        if reason is not None:
-            raise ConfigurationError(
-                f"connection= is not on this buffer's database ({self._database.display_url}): {reason}. The outbox "
-                "writes the message in your transaction, so it must be the same database (same server and "
-                "database name, or the same sqlite file); nothing was written")
+        """The outbox (see :meth:`Buffer._insert_in`): :func:`.sql_outbox.insert_in_callers_transaction`."""
+        return insert_in_callers_transaction(self, messages, connection)
 
     # -------------------------------------------------------------------- PostgreSQL: LISTEN for other processes
 

@@ -50,6 +50,8 @@ class Counting:
         self._bounded = bounded
         self._mark: int | None = None  # the mark as this process last saw it
         self._outbox_folded_at = 0.0
+        # sqlite: subjects this process saw with a counters row, which stays (only server databases delete one).
+        self._has_row: set[str] = set()
 
     def bump(self, cursor: Any, changes: Changes, outbox: bool = False, keep: Iterable[str] = ()) -> None:
         """Add a transaction's changes to the counters, in the same transaction (``outbox``: a caller's, whose
@@ -64,6 +66,27 @@ class Counting:
                 # Rows that left sqlite's uncounted tail: their subject keeps a counters row (at zero) all the
                 # same, as a drained subject does.
                 cursor.execute(self._sql.touch, {"subject": subject})
+
+    def popped(self, cursor: Any, subject: str, size: int, *, counted: bool) -> None:
+        """sqlite, in a pop's transaction: count one pending row of ``subject`` (``size`` payload bytes) gone.
+
+        ``counted`` (its seq was at or below the mark): one UPDATE of the subject's counters row, which its fold
+        made (sqlite never deletes counters rows), instead of the general upsert; the upsert only if it is somehow
+        missing. Not counted (the uncounted tail): nothing to subtract, and the subject keeps a counters row at zero
+        (see :meth:`bump`), which this process needs to write only once: a row once there stays. Call
+        :meth:`row_committed` after the commit.
+        """
+        if counted:
+            cursor.execute(self._sql.pop_counted, (size, subject))
+            if cursor.rowcount != 1:
+                self.bump(cursor, {subject: Counts(-1, -size)})
+        elif subject not in self._has_row:
+            cursor.execute(self._sql.touch, {"subject": subject})
+
+    def row_committed(self, subject: str) -> None:
+        """After a pop's commit: ``subject`` has a counters row (remembered only once committed: a rolled-back
+        touch made none)."""
+        self._has_row.add(subject)
 
     # ---------------------------------------------------------------- sqlite's lazy count of new messages
     #

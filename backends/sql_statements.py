@@ -173,6 +173,9 @@ class Statements:
         self.touch = (f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES (:subject, 0"
                       f"{', 0' * len(COUNTER_COLUMNS)}) ON CONFLICT (subject, shard) DO NOTHING")
         self.newest_seq = f"SELECT MAX(seq) FROM {MESSAGES}"
+        # A pop of a counted row (Counting.popped): its subject's row exists, so a plain UPDATE, positional.
+        self.pop_counted = (f"UPDATE {COUNTERS} SET pending = pending - 1, pending_bytes = pending_bytes - ? "
+                            "WHERE subject = ? AND shard = 0")
         self.fold = (f"INSERT INTO {COUNTERS} (subject, shard, pending, pending_bytes, dead, dead_bytes, dropped, "
                      f"expired) SELECT subject, 0, COUNT(*), SUM(LENGTH(payload)), 0, 0, 0, 0 FROM {MESSAGES} "
                      f"WHERE seq > (SELECT up_to_seq FROM {COUNTED}) GROUP BY subject ON CONFLICT (subject, shard) DO "

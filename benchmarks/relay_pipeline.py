@@ -1,0 +1,204 @@
+"""Where a relay's drain stands against bare ``publish_async``, measured side by side in one process (issue 15).
+
+``python -m benchmarks.relay_pipeline [--messages N] [--rounds R] [--stages]`` starts one nats-server of its own
+(file storage) and runs, in each round, three timed sections in turn, each on a fresh stream and (for the relay)
+a freshly filled sqlite buffer (durability "process", 100-byte payloads, one subject; the fill is untimed):
+
+- ``ceiling``: nats-py alone, no buffer: every ``js.publish_async`` first, then every ack (as e2e.py's ceiling);
+- ``plain``: ``Relay(buffer, JetStreamTransport).drain()`` into a stream without ``allow_batched``;
+- ``batched``: the same drain into a stream created with ``allow_batched: true`` (fast-ingest batches; the raw
+  API, since nats-py 2.16's StreamConfig has no such field).
+
+Each line printed is one section: its rate, its ratio to the ceiling of the same round, and the CPU the process
+spent per message (all threads: the event loop plus the buffer's worker threads). ``--stages`` also times the
+relay's stages: claim, publish and acks, delete as wall time summed per call (overlapping stages add up to more
+than the drain), and ``claim_cpu``/``delete_cpu``, the CPU the worker thread spent in those calls (the rest of
+their wall time is waiting: for the buffer's write lock, or for the GIL). The summary gives medians and ranges
+over the rounds. ``--windows N`` passes ``windows_in_flight=N`` to the Relay (for a relay that has it).
+
+Findings of December 2026 (load 2-7 on 2 cores, so single runs vary by +-40%): ``results/
+2026-12-01-8eb891a-relay-pipeline.md``.
+
+Runs against whichever ``pbuffer`` is first on the path: ``PYTHONPATH=<another checkout> python
+benchmarks/relay_pipeline.py`` measures that checkout with the same script (before/after in one session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pbuffer
+
+STREAM = "RELAYBENCH"
+SUBJECT = "bench.x"
+PAYLOAD = b"x" * 100
+FILL_CHUNK = 10_000
+
+
+async def _create_stream(nc: Any, *, batched: bool) -> None:
+    body: dict[str, Any] = {"name": STREAM, "subjects": [SUBJECT], "storage": "file"}
+    if batched:
+        body["allow_batched"] = True
+    with contextlib.suppress(Exception):
+        await nc.request(f"$JS.API.STREAM.DELETE.{STREAM}", b"", timeout=10)
+    reply = json.loads((await nc.request(f"$JS.API.STREAM.CREATE.{STREAM}", json.dumps(body).encode(),
+                                         timeout=10)).data)
+    if "error" in reply:
+        raise RuntimeError(f"stream create failed: {reply['error']}")
+    if batched and reply["config"].get("allow_batched") is not True:
+        raise RuntimeError("the server did not keep allow_batched (nats-server >= 2.14 needed)")
+
+
+async def _stored(nc: Any) -> int:
+    reply = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{STREAM}", b"", timeout=10)).data)
+    return int(reply["state"]["messages"])
+
+
+async def _drop_stream(nc: Any) -> None:
+    with contextlib.suppress(Exception):
+        await nc.request(f"$JS.API.STREAM.DELETE.{STREAM}", b"", timeout=10)
+
+
+async def ceiling(url: str, n: int) -> dict[str, float]:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        await _create_stream(nc, batched=False)
+        js = nc.jetstream(publish_async_max_pending=1_000_000)
+        publish_async = js.publish_async
+        cpu, started = time.process_time(), time.perf_counter()
+        futures = [await publish_async(SUBJECT, PAYLOAD) for _ in range(n)]
+        acks = await asyncio.gather(*futures)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        assert len(acks) == n and await _stored(nc) == n
+        await _drop_stream(nc)
+        return {"seconds": seconds, "cpu_us": cpu / n * 1e6}
+    finally:
+        await nc.close()
+
+
+def drain(url: str, directory: Path, n: int, *, batched: bool, stages: bool,
+          relay_options: dict[str, Any] | None = None) -> dict[str, float]:
+    path = directory / f"buffer-{time.monotonic_ns()}.db"
+    buffer = pbuffer.open(f"sqlite:///{path}", durability="process")
+    try:
+        for start in range(0, n, FILL_CHUNK):
+            buffer.save_many([PAYLOAD] * min(FILL_CHUNK, n - start), subject=SUBJECT)
+        return asyncio.run(_drain(url, buffer, n, batched, stages, relay_options or {}))
+    finally:
+        buffer.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def _drain(url: str, buffer: pbuffer.Buffer, n: int, batched: bool, stages: bool,
+                 relay_options: dict[str, Any]) -> dict[str, float]:
+    from pbuffer.relay.jetstream import JetStreamTransport
+
+    transport = await JetStreamTransport.connect(url)
+    spent = {"claim": 0.0, "claim_cpu": 0.0, "publish": 0.0, "delete": 0.0, "delete_cpu": 0.0}
+    if stages:
+        def timed_call(stage: str, call: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                started, cpu = time.perf_counter(), time.thread_time()
+                try:
+                    return call(*args, **kwargs)
+                finally:
+                    spent[stage] += time.perf_counter() - started
+                    spent[f"{stage}_cpu"] += time.thread_time() - cpu
+            return wrapper
+
+        # Instance attributes shadow the methods: the relay's AsyncBuffer calls these in its worker threads.
+        buffer.claim = timed_call("claim", buffer.claim)  # type: ignore[method-assign]
+        buffer.delete_many = timed_call("delete", buffer.delete_many)  # type: ignore[method-assign]
+        publish = transport.publish
+
+        async def timed_publish(messages: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await publish(messages)
+            finally:
+                spent["publish"] += time.perf_counter() - started
+
+        transport.publish = timed_publish  # type: ignore[method-assign]
+    try:
+        await _create_stream(transport.nc, batched=batched)
+        relay = pbuffer.Relay(buffer, transport, close_transport=False, **relay_options)
+        cpu, started = time.process_time(), time.perf_counter()
+        await relay.drain()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await relay.close()
+        stats = relay.stats
+        if not (len(buffer) == 0 and stats.published == n and stats.retried == 0 and stats.dead_lettered == 0):
+            raise RuntimeError(f"drain incomplete: {stats}, {len(buffer)} left")
+        if await _stored(transport.nc) != n:
+            raise RuntimeError("the stream does not hold every message")
+        result = {"seconds": seconds, "cpu_us": cpu / n * 1e6}
+        if stages:
+            result.update({f"{stage}_us": value / n * 1e6 for stage, value in spent.items()})
+        if batched:
+            result["fast_ingested"] = float(transport.fast_ingested)
+        return result
+    finally:
+        await _drop_stream(transport.nc)
+        await transport.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stages", action="store_true", help="time the relay's stages too")
+    parser.add_argument("--label", default="", help="a name for this run's lines (e.g. before/after)")
+    parser.add_argument("--windows", type=int, help="Relay(windows_in_flight=...), where the relay has it")
+    parser.add_argument("--only", choices=("plain", "batched"), help="drain only into this kind of stream")
+    args = parser.parse_args(argv)
+    from pbuffer.examples.natsserver import NatsServer
+
+    n = args.messages
+    label = args.label or Path(pbuffer.__file__).resolve().parent.parent.name
+    options = {} if args.windows is None else {"windows_in_flight": args.windows}
+    kinds = [kind for kind in ("plain", "batched") if args.only in (None, kind)]
+    rows: dict[str, list[dict[str, float]]] = {"ceiling": [], **{kind: [] for kind in kinds}}
+    with tempfile.TemporaryDirectory(prefix="pbuffer-relay-pipeline-") as root:
+        server = NatsServer(store_dir=Path(root) / "nats").start()
+        try:
+            for round_ in range(args.rounds):
+                base = asyncio.run(ceiling(server.url, n))
+                rows["ceiling"].append(base)
+                line = [f"{label} round {round_ + 1}: ceiling {n / base['seconds']:,.0f}/s cpu {base['cpu_us']:.1f}us"]
+                for kind in kinds:
+                    result = drain(server.url, Path(root), n, batched=kind == "batched", stages=args.stages,
+                                   relay_options=options)
+                    result["ratio"] = base["seconds"] / result["seconds"]
+                    rows[kind].append(result)
+                    extra = "".join(f" {k[:-3]} {v:.1f}" for k, v in result.items() if k.endswith("_us")
+                                    and k != "cpu_us")
+                    line.append(f"{kind} {n / result['seconds']:,.0f}/s {result['ratio']:.2f}x cpu "
+                                f"{result['cpu_us']:.1f}us{extra}")
+                print(" | ".join(line), flush=True)
+        finally:
+            server.stop()
+    summary = [f"{label} medians over {args.rounds} rounds of {n:,}:"]
+    for kind, results in rows.items():
+        rates = [n / r["seconds"] for r in results]
+        text = f"{kind} {statistics.median(rates):,.0f}/s [{min(rates):,.0f}-{max(rates):,.0f}]"
+        if kind != "ceiling":
+            ratios = [r["ratio"] for r in results]
+            text += f" {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+        text += f" cpu {statistics.median(r['cpu_us'] for r in results):.1f}us/msg"
+        summary.append(text)
+    print(" ".join(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
