@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
 .PHONY: demo test lint typecheck pytest conformance bench docs clean
 
@@ -35,8 +36,12 @@ conformance: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
 # The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or API reference fails it.
-docs: $(STAMP)
+docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
