@@ -395,8 +395,8 @@ class Buffer(ABC):
         """Remove the message, pending or dead, and uncount it; ``False`` if there is none."""
 
     def _delete_many(self, message_ids: list[str]) -> int:
-        """:meth:`_delete` for each of ``message_ids`` (distinct), in one transaction; returns how many existed.
-        This default deletes one by one; the built-in backends override it."""
+        """:meth:`_delete` for each of ``message_ids`` (distinct); returns how many existed. This default deletes one
+        by one, a transaction each; the built-in backends override it with one transaction."""
         return sum(self._delete(message_id) for message_id in message_ids)
 
     @abstractmethod
