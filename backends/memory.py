@@ -134,7 +134,6 @@ class _Store:
         return counts
 
     def add(self, message: Message) -> None:
-        # MemoryBuffer._insert spells these steps out for speed: keep the two in step.
         seq = self.next_seq
         self.next_seq = seq + 1
         self.pending[seq] = message
@@ -231,23 +230,9 @@ class MemoryBuffer(Buffer):
         try:
             if self._bounded:
                 self._make_room(messages)
-            # _Store.add spelled out: a call less on every save. Keep the two in step.
+            add = store.add
             for message in messages:
-                seq = store.next_seq
-                store.next_seq = seq + 1
-                store.pending[seq] = message
-                store.seq_by_id[message.id] = seq
-                store.lane.append(seq)
-                subject = message.subject
-                lane = store.lanes_by_subject.get(subject)
-                if lane is None:
-                    lane = store.lanes_by_subject[subject] = _Lane()
-                lane.append(seq)
-                counts = store.counters.get(subject)
-                if counts is None:
-                    counts = store.counters[subject] = Counts()
-                counts.pending += 1
-                counts.pending_bytes += len(message.payload)
+                add(message)
         finally:
             lock.release()
 
