@@ -37,6 +37,8 @@ from typing import Any
 
 import pbuffer
 
+from .e2e import time_publishes
+
 STREAM = "RELAYBENCH"
 SUBJECT = "bench.x"
 PAYLOAD = b"x" * 100
@@ -120,16 +122,7 @@ async def _drain(url: str, buffer: pbuffer.Buffer, n: int, batched: bool, stages
         # Instance attributes shadow the methods: the relay's AsyncBuffer calls these in its worker threads.
         buffer.claim = timed_call("claim", buffer.claim)  # type: ignore[method-assign]
         buffer.delete_many = timed_call("delete", buffer.delete_many)  # type: ignore[method-assign]
-        publish = transport.publish
-
-        async def timed_publish(messages: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await publish(messages)
-            finally:
-                spent["publish"] += time.perf_counter() - started
-
-        transport.publish = timed_publish  # type: ignore[method-assign]
+        time_publishes(transport, spent)
     try:
         await _create_stream(transport.nc, batched=batched)
         relay = pbuffer.Relay(buffer, transport, close_transport=False, **relay_options)
