@@ -78,7 +78,7 @@ class _Generator:
         return counter
 
     def _next(self, now_ms: int) -> str:
-        """The next id; the caller holds the lock. :meth:`new_id` spells the same steps out inline, for speed."""
+        """The next id; the caller holds the lock."""
         if now_ms > self.last_ms:
             counter = self._start(now_ms)
         else:
@@ -98,18 +98,7 @@ class _Generator:
         lock = self.lock
         lock.acquire()
         try:
-            # _next spelled out: a call less on every save.
-            if now_ms > self.last_ms:
-                counter = self._start(now_ms)
-            else:
-                counter = self.counter = self.counter + 1
-                if counter > _COUNTER_MAX:
-                    counter = self._start(self.last_ms + 1)
-            try:
-                tail = self.next_tail()
-            except StopIteration:
-                tail = self._refill()
-            return self.prefix + _RAND_A[counter] + tail
+            return self._next(now_ms)
         finally:
             lock.release()
 
