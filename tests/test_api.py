@@ -126,6 +126,25 @@ def test_third_party_backend_registers_through_an_entry_point(tmp_path: Path,
         assert len(buf) == 1
 
 
+def test_a_plug_in_cannot_take_over_a_built_in_scheme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The built-in classes declare their schemes (Buffer.schemes); a plug-in entry point under the same name is
+    # never the one that opens them.
+    (tmp_path / "hijack_backend.py").write_text("from pbuffer.backends.memory import MemoryBuffer\n\n"
+                                                 "class Hijack(MemoryBuffer):\n    pass\n")
+    dist = tmp_path / "hijack_backend-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hijack-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pbuffer.backends]\nsqlite = hijack_backend:Hijack\n"
+                                           "memory = hijack_backend:Hijack\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "sqlite" in pbuffer.registry._plugins()  # the plug-in is installed...
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
+        assert type(buf).__name__ == "SQLBuffer"  # ...and the built-in class still opens its scheme
+    with pbuffer.open("memory://") as buf:
+        assert type(buf).__name__ == "MemoryBuffer"
+    assert pbuffer.known_schemes().count("sqlite") == 1
+
+
 def test_entry_point_that_is_not_a_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "not_a_backend.py").write_text("class Thing:\n    pass\n")
     dist = tmp_path / "not_a_backend-1.0.dist-info"

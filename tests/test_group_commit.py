@@ -157,3 +157,30 @@ def test_a_full_buffer_answers_each_grouped_save_on_its_own(tmp_path: Path) -> N
         per_thread, errors = save_from_threads(buf, 10, 5)
         assert len(errors) == 25 and all(isinstance(e, pbuffer.BufferFullError) for e in errors)
         assert sum(len(ids) for ids in per_thread) == 25 == len(buf)
+
+
+def test_a_full_buffer_answers_each_grouped_async_save_on_its_own(tmp_path: Path) -> None:
+    """A group of concurrent async saves that does not fit under max_messages is committed save by save: as many
+    fit as there is room for, each of the others raises BufferFullError, none is lost or stored twice."""
+
+    async def scenario() -> None:
+        raw = pbuffer.open(f"sqlite:///{tmp_path}/b.db", max_messages=25)
+        tried: list[int] = []  # the size of every commit tried, refused ones included
+        original = raw._insert  # type: ignore[attr-defined]
+
+        def insert(messages: list[pbuffer.Message]) -> None:
+            tried.append(len(messages))
+            original(messages)
+
+        raw._insert = insert  # type: ignore[attr-defined]
+        async with pbuffer.AsyncBuffer(raw) as buf:
+            results = await asyncio.gather(*(buf.save(f"{n}".encode(), subject="s.a") for n in range(60)),
+                                           return_exceptions=True)
+            stored = [m.id for m in await buf.get_all()]
+        saved = [r.id for r in results if isinstance(r, pbuffer.Message)]
+        refused = [r for r in results if not isinstance(r, pbuffer.Message)]
+        assert len(saved) == 25 and sorted(saved) == sorted(stored)
+        assert len(refused) == 35 and all(isinstance(e, pbuffer.BufferFullError) for e in refused)
+        assert max(tried) > 1, "no group was tried together: the save-by-save fallback was not exercised"
+
+    asyncio.run(scenario())
