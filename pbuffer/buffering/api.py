@@ -294,8 +294,10 @@ class BufferAPI:
         """Commit one call's messages: grouped with other threads' when enabled, waiting for room if asked to."""
         if self.group_commit:
             self._grouped.commit(messages)
-        else:
-            self._insert_when_room(messages)
+        elif self.limits.overflow == "block":
+            self._room.insert(messages, self._insert)
+        else:  # the common case, spelled out: two calls fewer per save (memory save() is ~4 us in all)
+            self._insert(messages)
 
     def _insert_when_room(self, messages: list[Message]) -> None:
         self._room.insert(messages, self._insert)
