@@ -87,3 +87,19 @@ print("ok")
                             "--json", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert bench.returncode == 0, bench.stderr
     assert json.loads(out.read_text())["cases"]
+
+
+def test_modules_stay_within_the_sizes_the_project_holds_them_to() -> None:
+    """The contract a backend author reads (pbuffer/buffer.py) stays short, and no module grows into several jobs:
+    at most 350 lines for buffer.py, 500 for every other module of pbuffer/ and backends/ (the conformance suite
+    and generated ``*_pb2`` modules aside)."""
+    limits = {ROOT / "pbuffer" / "buffer.py": 350}
+    exempt = {ROOT / "pbuffer" / "testing" / "conformance.py"}
+    too_long = []
+    for module in sorted([*(ROOT / "pbuffer").rglob("*.py"), *(ROOT / "backends").rglob("*.py")]):
+        if module in exempt or module.name.endswith("_pb2.py"):
+            continue
+        lines = len(module.read_text(encoding="utf-8").splitlines())
+        if lines > limits.get(module, 500):
+            too_long.append(f"{module.relative_to(ROOT)}: {lines} lines (at most {limits.get(module, 500)})")
+    assert not too_long, "\n".join(too_long)
