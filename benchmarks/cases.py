@@ -467,10 +467,10 @@ def _process_cases(settings: Settings) -> list[Case]:
     repetitions: the ratio is the scaling."""
     count = settings.count
     cases: list[Case] = []
-    for store, (full, quick) in ((SQLITE, (20_000, 4_000)),
+    for store, (full, quick) in ((SQLITE, (20_000, 4_000)), (SQLITE_POWER, (4_000, 1_000)),
                                  *((server, (4_000, 1_000)) for server in _server_stores(settings))):
         for producers in (4, 8):
-            what = ("one sqlite file (durability='process')" if store == SQLITE
+            what = (f"one sqlite file (durability={store.durability!r})" if store.backend == "sqlite"
                     else f"one {store.backend} database")
             cases.append(Case(
                 name=f"{_prefix(store)}.save {producers} processes vs 1", op="processes", backend=store.backend,

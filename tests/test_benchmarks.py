@@ -47,7 +47,8 @@ OPERATIONS = {
 #: The server operations of the core-speed issue: each beside the plain driver running the same statements.
 SERVER_CORE_CASES = {f"{server}.{op} vs {DRIVERS[server]} loop" for server in SERVERS
                      for op in ("save", "save_many", "pop")}
-PROCESS_CASES = {f"{prefix}.save {n} processes vs 1" for prefix in ("sqlite", *SERVERS) for n in (4, 8)}
+PROCESS_CASES = {f"{prefix}.save {n} processes vs 1" for prefix in ("sqlite", "sqlite[power]", *SERVERS)
+                 for n in (4, 8)}
 GROUP_COMMIT_CASES = {*(f"{prefix}.aio.save 64 tasks vs save()" for prefix in ("sqlite[power]", "sqlite", *SERVERS)),
                       "sqlite[power].save 16 threads vs save()"}
 # Names come from the counts measured; at --quick --scale 0.001: sqlite 1k -> 1, 20k -> 20, 50k -> 50, memory
