@@ -377,6 +377,48 @@ def test_serve_refuses_a_busy_port() -> None:
         metrics.serve(buf, None, port=http.port)
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("addr", ["::1", "[::1]"])
+def test_serve_listens_on_an_ipv6_address(addr: str) -> None:
+    """``--metrics-addr ::1`` (or ``[::1]``, as written in a URL) binds an IPv6 socket."""
+    with metrics.serve(pbuffer.open("memory://"), None, port=0, addr=addr) as http:
+        assert http.url == f"http://[::1]:{http.port}"
+        assert fetch(f"{http.url}/healthz") == (200, "ok: 0 message(s) pending\n")
+
+
+def test_drain_on_a_busy_metrics_port_says_so_and_drains_nothing(server: NatsServer, tmp_path: Path) -> None:
+    """`pbuffer drain --metrics-addr ADDR --metrics-port PORT` listens on ADDR: a port taken there is an error
+    (exit status 1, one line, no traceback) before anything is published."""
+    from click.testing import CliRunner
+
+    from pbuffer.cli import main
+
+    add_stream(server, "ORDERS", ["orders.>"])
+    url = f"sqlite:///{tmp_path}/b.db"
+    with pbuffer.open(url) as buf:
+        buf.save_many([b"m"] * 3, subject="orders.created")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))  # not the default 127.0.0.1: the address must reach the server
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["drain", "--url", url, "-s", server.url, "--metrics-port", str(port),
+                                           "--metrics-addr", "127.0.0.2"])
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot serve metrics on 127.0.0.2:{port}: ") and "already in use" in line, line
+    with pbuffer.open(url) as buf:
+        assert len(buf) == 3
+
+
 # ------------------------------------------------------------------------------------------------ OpenTelemetry
 
 
