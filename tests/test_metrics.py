@@ -480,6 +480,34 @@ def test_opentelemetry_reports_the_same_numbers(server: NatsServer) -> None:
     assert relay.stats.published == 100 and relay.stats.duplicates == 3
 
 
+def test_opentelemetry_on_one_relay_and_meter_twice_is_refused() -> None:
+    """The API hands back the same instruments for the same names, so a second observer would count every message
+    twice; Prometheus refuses the second registration, and so does this."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("opentelemetry-sdk is not installed: pip install -e '.[dev]'")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    buf = pbuffer.open("memory://")
+    relay = Relay(buf, MockTransport(accept_all))
+    first = metrics.instrument_otel(buf, relay, meter_provider=provider)
+    assert first is not None
+    with pytest.raises(pbuffer.ConfigurationError, match="already"):
+        metrics.instrument_otel(buf, relay, meter_provider=provider)
+    buf.save_many([b"m"] * 3, subject="a")
+    asyncio.run(relay.drain())
+    (sent,) = otel_points(reader)["messaging.client.sent.messages"]
+    assert sent.value == 3  # type: ignore[attr-defined]
+    first.close()
+    assert metrics.instrument_otel(buf, relay, meter_provider=provider) is not None  # once closed, again
+    other = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    assert metrics.instrument_otel(buf, relay, meter_provider=other) is not None  # another provider: its own
+
+
 def test_without_opentelemetry_instrument_otel_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     buf = pbuffer.open("memory://")
