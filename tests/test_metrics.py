@@ -207,6 +207,19 @@ def test_every_series_exists_at_the_first_scrape() -> None:
     assert (status, reason) == (200, "ok: connected, 0 message(s) pending, last publish acknowledged never\n")
 
 
+def test_help_texts_say_what_fast_ingest_counts() -> None:
+    """A fast-ingest batch cannot see duplicates: the help of both relay counters says where they go."""
+    buf = pbuffer.open("memory://")
+    registry = prometheus_client.CollectorRegistry()
+    metrics.instrument(buf, Relay(buf, MockTransport(accept_all)), registry=registry)
+    helps = {family.name: family.documentation
+             for family in text_string_to_metric_families(prometheus_client.generate_latest(registry).decode())}
+    assert "fast-ingest" in helps["pbuffer_relay_published_messages"]
+    assert "duplicates" in helps["pbuffer_relay_published_messages"]
+    assert "fast-ingest" in helps["pbuffer_relay_duplicate_messages"]
+    assert "cannot see duplicates" in helps["pbuffer_relay_duplicate_messages"]
+
+
 def test_buffer_only_metrics_and_limits_gauges() -> None:
     buf = pbuffer.open("memory://", max_messages=1000, max_bytes=65536)
     buf.save_many([b"abc"] * 4, subject="a.b")
