@@ -207,6 +207,19 @@ def test_every_series_exists_at_the_first_scrape() -> None:
     assert (status, reason) == (200, "ok: connected, 0 message(s) pending, last publish acknowledged never\n")
 
 
+def test_help_texts_say_what_fast_ingest_counts() -> None:
+    """A fast-ingest batch cannot see duplicates: the help of both relay counters says where they go."""
+    buf = pbuffer.open("memory://")
+    registry = prometheus_client.CollectorRegistry()
+    metrics.instrument(buf, Relay(buf, MockTransport(accept_all)), registry=registry)
+    helps = {family.name: family.documentation
+             for family in text_string_to_metric_families(prometheus_client.generate_latest(registry).decode())}
+    assert "fast-ingest" in helps["pbuffer_relay_published_messages"]
+    assert "duplicates" in helps["pbuffer_relay_published_messages"]
+    assert "fast-ingest" in helps["pbuffer_relay_duplicate_messages"]
+    assert "cannot see duplicates" in helps["pbuffer_relay_duplicate_messages"]
+
+
 def test_buffer_only_metrics_and_limits_gauges() -> None:
     buf = pbuffer.open("memory://", max_messages=1000, max_bytes=65536)
     buf.save_many([b"abc"] * 4, subject="a.b")
@@ -377,6 +390,48 @@ def test_serve_refuses_a_busy_port() -> None:
         metrics.serve(buf, None, port=http.port)
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("addr", ["::1", "[::1]"])
+def test_serve_listens_on_an_ipv6_address(addr: str) -> None:
+    """``--metrics-addr ::1`` (or ``[::1]``, as written in a URL) binds an IPv6 socket."""
+    with metrics.serve(pbuffer.open("memory://"), None, port=0, addr=addr) as http:
+        assert http.url == f"http://[::1]:{http.port}"
+        assert fetch(f"{http.url}/healthz") == (200, "ok: 0 message(s) pending\n")
+
+
+def test_drain_on_a_busy_metrics_port_says_so_and_drains_nothing(server: NatsServer, tmp_path: Path) -> None:
+    """`pbuffer drain --metrics-addr ADDR --metrics-port PORT` listens on ADDR: a port taken there is an error
+    (exit status 1, one line, no traceback) before anything is published."""
+    from click.testing import CliRunner
+
+    from pbuffer.cli import main
+
+    add_stream(server, "ORDERS", ["orders.>"])
+    url = f"sqlite:///{tmp_path}/b.db"
+    with pbuffer.open(url) as buf:
+        buf.save_many([b"m"] * 3, subject="orders.created")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))  # not the default 127.0.0.1: the address must reach the server
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["drain", "--url", url, "-s", server.url, "--metrics-port", str(port),
+                                           "--metrics-addr", "127.0.0.2"])
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot serve metrics on 127.0.0.2:{port}: ") and "already in use" in line, line
+    with pbuffer.open(url) as buf:
+        assert len(buf) == 3
+
+
 # ------------------------------------------------------------------------------------------------ OpenTelemetry
 
 
@@ -436,6 +491,34 @@ def test_opentelemetry_reports_the_same_numbers(server: NatsServer) -> None:
 
     relay = asyncio.run(scenario())
     assert relay.stats.published == 100 and relay.stats.duplicates == 3
+
+
+def test_opentelemetry_on_one_relay_and_meter_twice_is_refused() -> None:
+    """The API hands back the same instruments for the same names, so a second observer would count every message
+    twice; Prometheus refuses the second registration, and so does this."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("opentelemetry-sdk is not installed: pip install -e '.[dev]'")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    buf = pbuffer.open("memory://")
+    relay = Relay(buf, MockTransport(accept_all))
+    first = metrics.instrument_otel(buf, relay, meter_provider=provider)
+    assert first is not None
+    with pytest.raises(pbuffer.ConfigurationError, match="already"):
+        metrics.instrument_otel(buf, relay, meter_provider=provider)
+    buf.save_many([b"m"] * 3, subject="a")
+    asyncio.run(relay.drain())
+    (sent,) = otel_points(reader)["messaging.client.sent.messages"]
+    assert sent.value == 3  # type: ignore[attr-defined]
+    first.close()
+    assert metrics.instrument_otel(buf, relay, meter_provider=provider) is not None  # once closed, again
+    other = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    assert metrics.instrument_otel(buf, relay, meter_provider=other) is not None  # another provider: its own
 
 
 def test_without_opentelemetry_instrument_otel_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:

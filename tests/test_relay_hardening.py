@@ -129,22 +129,26 @@ def test_a_reply_that_is_not_a_puback_is_a_dead_letter_never_a_retry(server: Nat
 
     async def scenario() -> None:
         transport = await connect(server)
-        calls = {"svc.text": 0, "svc.json": 0}
+        # A service's own error in JSON is not JetStream's: the stream's errors carry an integer err_code (and
+        # the stream's name); retrying this one would call the service again and again.
+        bodies = {"svc.text": b"hello", "svc.json": b'{"type":"purge_response","success":true,"purged":6}',
+                  "svc.error": b'{"error":{"code":500,"description":"order service failed"}}',
+                  "svc.code": b'{"error":{"code":"E42","description":"no such order"}}'}
+        calls = dict.fromkeys(bodies, 0)
 
         async def respond(msg: object) -> None:
             subject = msg.subject  # type: ignore[attr-defined]
             calls[subject] += 1
-            body = b"hello" if subject == "svc.text" else b'{"type":"purge_response","success":true,"purged":6}'
-            await msg.respond(body)  # type: ignore[attr-defined]
+            await msg.respond(bodies[subject])  # type: ignore[attr-defined]
 
         subscriptions = [await transport.nc.subscribe(subject, cb=respond) for subject in calls]
         buf = pbuffer.open("memory://")
-        text, jsonish = buf.save(b"a", subject="svc.text"), buf.save(b"b", subject="svc.json")
+        saved = [buf.save(b"a", subject=subject) for subject in bodies]
         async with Relay(buf, transport, close_transport=False, backoff_max=0.1) as relay:
             stats = await asyncio.wait_for(relay.drain(), HANG_GUARD)
-        assert stats.dead_lettered == 2 and stats.retried == 0 and calls == {"svc.text": 1, "svc.json": 1}
+        assert stats.dead_lettered == 4 and stats.retried == 0 and calls == dict.fromkeys(bodies, 1)
         reasons = {d.message.id: d.reason for d in buf.dead_letters()}
-        assert set(reasons) == {text.id, jsonish.id}
+        assert set(reasons) == {message.id for message in saved}
         assert all("not a JetStream PubAck" in reason for reason in reasons.values())
         for subscription in subscriptions:
             await subscription.unsubscribe()
@@ -309,6 +313,24 @@ def test_every_kind_of_reply_is_read_the_same_with_or_without_the_fast_path() ->
     for data, (outcome, stream, seq) in cases.items():
         result = parse_reply(data, None)
         assert (result.outcome, result.stream, result.sequence) == (outcome, stream, seq), data
+    # The stream's errors as nats-server 2.x sends them (err_code, the stream's name, seq 0): classified by code.
+    full = parse_reply(b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},'
+                       b'"stream":"FULL","seq":0}', None).failure
+    assert full is not None and full.transient and full.kind == "unavailable"
+    size = parse_reply(b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"},'
+                       b'"stream":"SMALL","seq":0}', None).failure
+    assert size is not None and not size.transient and "message size exceeds maximum" in size.reason
+    older = parse_reply(b'{"error":{"code":503,"description":"resource limits exceeded"},"stream":"S","seq":0}',
+                        None).failure  # a server that sent no err_code still names the stream
+    assert older is not None and older.transient
+    for data in (b'{"error":"failed","stream":"S","seq":3}', b'{"error":{"code":"E1"},"stream":"S","seq":3}'):
+        result = parse_reply(data, None)  # an error is never a stored message, whatever else the reply holds
+        assert result.outcome is Outcome.FAILED and not result.failure.transient, data  # type: ignore[union-attr]
+    # An error in JSON without JetStream's integer code and err_code is some service's answer: never retried.
+    for data in (b'{"error":{"code":500,"description":"boom"}}', b'{"error":{"code":"E42","err_code":1}}',
+                 b'{"error":{"code":503,"err_code":"busy"}}', b'{"error":{"code":true,"err_code":10077}}'):
+        failure = parse_reply(data, None).failure
+        assert failure is not None and not failure.transient and "not a JetStream PubAck" in failure.reason, data
     assert parse_reply(b"", {"Status": "503"}).failure.no_stream  # type: ignore[union-attr]
     error = parse_reply(b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}', None)
     assert error.failure is not None and error.failure.transient

@@ -62,6 +62,16 @@ def test_a_saved_message_carries_its_producers_trace_and_the_publish_span_links_
     assert publish[0].attributes is not None and publish[0].attributes["messaging.batch.message_count"] == 4
 
 
+def test_the_callers_traceparent_wins_in_any_letter_case(
+        provider: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    """NATS header names keep their case, W3C's traceparent has none (a consumer may look up either): a caller's
+    ``Traceparent`` must not get a second, different ``traceparent`` beside it."""
+    with (pbuffer.open("memory://cased", propagate_trace=True) as buf,
+          provider[0].get_tracer("test").start_as_current_span("place order")):
+        message = buf.save(b"x", subject="a", headers={"Traceparent": OTHER_PARENT, "K": "v"})
+    assert dict(message.headers) == {"Traceparent": OTHER_PARENT, "K": "v"}
+
+
 def test_without_the_option_nothing_is_added_and_no_span_is_made(
         provider: tuple[TracerProvider, InMemorySpanExporter]) -> None:
     tracer_provider, exporter = provider

@@ -22,13 +22,16 @@ TRACEPARENT = "traceparent"
 
 
 def trace_injector() -> Callable[[Mapping[str, str] | None], Mapping[str, str] | None]:
-    """A function that adds the current trace context to a message's headers (the caller's own headers win)."""
+    """A function that adds the current trace context to a message's headers (the caller's own headers win; a
+    ``traceparent`` of theirs in any letter case means nothing is added)."""
     try:
         from opentelemetry import propagate
     except ImportError as exc:
         raise ConfigurationError("propagate_trace=True needs opentelemetry-api: pip install 'pbuffer[otel]'") from exc
 
     def with_trace(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        if headers and any(name.lower() == TRACEPARENT for name in headers):
+            return headers  # the caller's own context, in whatever letter case: never a second one beside it
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         if not carrier:  # no span is active: nothing to carry

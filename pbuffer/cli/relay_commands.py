@@ -46,7 +46,7 @@ from .terminal import escape
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Serve Prometheus /metrics and /healthz on this port while draining (needs pbuffer[metrics]).")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, metavar="ADDR",
-              help="The address --metrics-port listens on (0.0.0.0: every interface).")
+              help="The address --metrics-port listens on (0.0.0.0: every interface; IPv6 such as ::1 or :: too).")
 @JSON
 @friendly
 def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool, lease: float | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,11 @@ __all__ = ["MetricsServer", "serve"]
 
 _log = logging.getLogger("pbuffer.metrics")
 
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """An HTTP server in a daemon thread: ``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 or 503 with
     the reason as text; see :func:`check_health`). ``port`` is the bound port (useful with ``port=0``)."""
@@ -28,13 +34,17 @@ class MetricsServer:
         self.instrumentation = instrumentation
         self.stall_after = stall_after
         handler = type("_Handler", (_Handler,), {"server_owner": self})
+        # An IPv6 address (``::1``, ``::``, or ``[::1]`` as in a URL) needs an IPv6 socket; the standard library's
+        # server makes IPv4 ones only. A host name stays IPv4, as before.
+        bare = addr[1:-1] if addr.startswith("[") and addr.endswith("]") else addr
+        server_class = _IPv6Server if ":" in bare else ThreadingHTTPServer
         try:
-            self._httpd = ThreadingHTTPServer((addr, port), handler)
+            self._httpd = server_class((bare, port), handler)
         except OSError as exc:
             instrumentation.close()
             raise ConfigurationError(f"cannot serve metrics on {addr}:{port}: {exc}") from exc
         self._httpd.daemon_threads = True
-        self.addr = addr
+        self.addr = bare
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="pbuffer-metrics", daemon=True)
         self._thread.start()

@@ -21,6 +21,7 @@ from typing import Any
 from .. import _version
 from ..aio import AsyncBuffer
 from ..buffer import Buffer
+from ..errors import ConfigurationError
 from ..message import Message
 from ..relay.drain import Relay
 from ..relay.transport import Failure, PublishResult
@@ -46,12 +47,17 @@ _SEND = {"messaging.system": "nats", "messaging.operation.name": "publish", "mes
 def instrument_otel(buffer: Buffer | AsyncBuffer, relay: Relay | None = None, *, meter_provider: Any = None,
                     max_subjects: int = 100) -> OTelInstrumentation | None:
     """Report ``buffer``'s (and ``relay``'s) metrics through OpenTelemetry; ``meter_provider`` defaults to the
-    global one. ``max_subjects`` as in :func:`pbuffer.metrics.instrument`. ``None`` without opentelemetry-api."""
+    global one. ``max_subjects`` as in :func:`pbuffer.metrics.instrument`. ``None`` without opentelemetry-api.
+    Raises :class:`~pbuffer.ConfigurationError` when ``relay`` already reports to that meter provider."""
     try:
         from opentelemetry import metrics
     except ImportError:
         return None
     meter = metrics.get_meter("pbuffer", _version.__version__, meter_provider=meter_provider)
+    if relay is not None and any(isinstance(o, _Observer) and o.meter is meter for o in relay._observers):
+        # The meter hands back the same instruments: a second observer would count every message twice.
+        raise ConfigurationError("this relay already reports to this meter provider (instrument_otel() called "
+                                 "twice); close() the first one to start again")
     return OTelInstrumentation(meter, BufferReader(buffer, max_subjects=max_subjects), relay)
 
 
@@ -61,6 +67,7 @@ class _Observer(RelayMetrics):
 
     def __init__(self, meter: Any) -> None:
         super().__init__()
+        self.meter = meter
         self.sent = meter.create_counter(
             "messaging.client.sent.messages", unit="{message}",
             description="Messages the relay handed to the NATS server (acknowledged: messaging.destination.name is "

@@ -64,6 +64,10 @@ def classify(exc: BaseException, message: Message) -> PublishResult:
     return PublishResult.failed(f"{type(exc).__name__}: {exc}", transient=True)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 #: The usual PubAck, read without the json module (a third of the reply's cost); anything else takes the full path.
 _PLAIN_ACK = re.compile(rb'\{"stream":"([^"\\]+)",\s*"seq":(\d+)\}')
 
@@ -85,12 +89,19 @@ def parse_reply(data: bytes, headers: dict[str, str] | None) -> PublishResult:
         ack = None
     if isinstance(ack, dict):
         error = ack.get("error")
-        if isinstance(error, dict):
-            code = error.get("code")
-            # A 400 is the stream refusing this message (a rule it breaks); anything else may pass on retry.
-            return PublishResult.failed(f"JetStream error {code} ({error.get('err_code')}): "
-                                        f"{error.get('description')}", transient=code != 400,
-                                        kind=_kind_of_code(code))
+        # JetStream's errors have an integer code, and an integer err_code or the stream's name (nats-server 2.x
+        # sends both, with seq 0). Any other "error" is a service's own answer, never a PubAck: retrying it would
+        # make that service act again.
+        if error is not None:
+            if isinstance(error, dict) and _is_int(error.get("code")) and (
+                    _is_int(error.get("err_code")) or isinstance(ack.get("stream"), str)):
+                code = error["code"]
+                # A 400 is the stream refusing this message (a rule it breaks); anything else may pass on retry.
+                return PublishResult.failed(f"JetStream error {code} ({error.get('err_code')}): "
+                                            f"{error.get('description')}", transient=code != 400,
+                                            kind=_kind_of_code(code))
+            return PublishResult.failed(f"the reply is not a JetStream PubAck: {bytes(data[:200])!r}",
+                                        transient=False)
         stream, seq = ack.get("stream"), ack.get("seq")
         if isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
             return PublishResult.duplicate(stream, seq) if ack.get("duplicate") else PublishResult.stored(stream, seq)
