@@ -30,6 +30,7 @@ class Counts:
     dead_bytes: int = 0
     dropped: int = 0
     expired: int = 0
+    deleted: int = 0
 
     @classmethod
     def from_row(cls, row: Iterable[Any]) -> Counts:
@@ -50,31 +51,36 @@ class Counts:
         self.dead_bytes += other.dead_bytes
         self.dropped += other.dropped
         self.expired += other.expired
+        self.deleted += other.deleted
 
     def count_removed(self, kind: str) -> None:
-        """Count one message removed by the limits: ``kind`` is ``"dropped"`` or ``"expired"``."""
+        """Count one message removed: ``kind`` is ``"dropped"`` or ``"expired"`` (by the limits) or ``"deleted"``."""
         if kind == "dropped":
             self.dropped += 1
         elif kind == "expired":
             self.expired += 1
+        elif kind == "deleted":
+            self.deleted += 1
         else:
             raise KeyError(kind)
 
     def is_zero(self) -> bool:
         return not (self.pending or self.pending_bytes or self.dead or self.dead_bytes or self.dropped
-                    or self.expired)
+                    or self.expired or self.deleted)
 
     def columns(self) -> dict[str, int]:
         """Bound parameters named for ``pbuffer_counters``' columns."""
         return {"pending": self.pending, "pending_bytes": self.pending_bytes, "dead": self.dead,
-                "dead_bytes": self.dead_bytes, "dropped": self.dropped, "expired": self.expired}
+                "dead_bytes": self.dead_bytes, "dropped": self.dropped, "expired": self.expired,
+                "deleted": self.deleted}
 
     def subject_stats(self) -> SubjectStats:
-        return SubjectStats(self.pending, self.pending_bytes, self.dead, self.dead_bytes, self.dropped, self.expired)
+        return SubjectStats(self.pending, self.pending_bytes, self.dead, self.dead_bytes, self.dropped, self.expired,
+                            self.deleted)
 
     def buffer_stats(self, oldest_age: float | None) -> BufferStats:
         return BufferStats(self.pending, self.pending_bytes, self.dead, self.dead_bytes, oldest_age, self.dropped,
-                           self.expired)
+                           self.expired, self.deleted)
 
 
 #: A transaction's changes to the counters, by subject.
@@ -84,7 +90,7 @@ Changes = dict[str, Counts]
 def tally(rows: Iterable[tuple[str, int]], *, pending: int = 0, dead: int = 0, kind: str | None = None,
           into: Changes | None = None) -> Changes:
     """Counter changes for rows of (subject, payload size) that moved by ``pending`` and ``dead`` (+1, -1 or 0),
-    each also counted once in ``kind`` (``"dropped"`` or ``"expired"``) when given."""
+    each also counted once in ``kind`` (``"dropped"``, ``"expired"`` or ``"deleted"``) when given."""
     changes: Changes = {} if into is None else into
     for subject, size in rows:
         counts = changes.get(subject)

@@ -203,6 +203,7 @@ class MemoryBuffer(Buffer):
 
     schemes = ("memory",)
     blocking = False
+    counts_deletions = True
 
     def __init__(self, name: str | None = None, **options: Any) -> None:
         super().__init__(**options)
@@ -284,7 +285,11 @@ class MemoryBuffer(Buffer):
             free = None if not store.claims else (
                 lambda message: not store.claimed_by_other(message.id, None, now_us))
             head = self._walk(None, 1, free)
-            return store.remove(head[0][0]) if head else None
+            if not head:
+                return None
+            message = store.remove(head[0][0])
+            store.counters[message.subject].deleted += 1
+            return message
 
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
         return self._claim_skipping(limit, after, owner, until_us, now_us, frozenset())
@@ -320,7 +325,9 @@ class MemoryBuffer(Buffer):
 
     def _count_removed(self, message: Message, kind: str) -> None:
         with self._store.lock:
-            self._store.counts(message.subject).count_removed(kind)
+            counts = self._store.counts(message.subject)
+            counts.count_removed(kind)
+            counts.deleted -= 1  # _pop counted it as deleted
 
     def _stats(self, now_us: int) -> BufferStats:
         with self._store.lock:
@@ -355,11 +362,12 @@ class MemoryBuffer(Buffer):
         store = self._store
         seq = store.seq_by_id.get(message_id)
         if seq is not None and self._in_scope(store.pending[seq]):
-            store.remove(seq)
+            store.counters[store.remove(seq).subject].deleted += 1
             return True
         dead = store.dead.get(message_id)
         if dead is not None and self._in_scope(dead.message):
             store.remove_dead(message_id)
+            store.counters[dead.message.subject].deleted += 1
             return True
         return False
 

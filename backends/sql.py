@@ -73,6 +73,7 @@ class SQLBuffer(Buffer):
     """
 
     schemes = SQL_SCHEMES
+    counts_deletions = True
 
     def __init__(self, url: str | URL, *, durability: str | None = None, busy_timeout: float = 30.0,
                  pool_size: int = 8, integrity_check: bool = True, auto_upgrade: bool | None = None,
@@ -244,7 +245,7 @@ class SQLBuffer(Buffer):
             # Verified inside the transaction: a damaged row raises and its delete is rolled back.
             message = None if row is None else message_from_row(row[:6])
             if message is not None:
-                self._counting.bump(cursor, {message.subject: Counts(-1, -len(message.payload))})
+                self._counting.bump(cursor, {message.subject: Counts(-1, -len(message.payload), deleted=1)})
         return message
 
     def _pop_sqlite(self, now_us: int) -> Message | None:
@@ -271,7 +272,6 @@ class SQLBuffer(Buffer):
                 self._tx.failed(conn, exc, "pop")
             self._connections.give_back(conn)
         if message is not None:
-            self._counting.row_committed(message.subject)
             self._removed(1)
         return message
 
@@ -333,7 +333,7 @@ class SQLBuffer(Buffer):
 
     def _remove_ids(self, message_ids: list[str], where: str, kind: str | None) -> int:
         """Delete these messages in one transaction and count them. ``kind`` (dropped, expired): pending messages
-        only, each counted there too; ``None``: pending messages and dead letters."""
+        only, each counted there too; ``None``: pending messages and dead letters, each counted as deleted."""
         removed = 0
         with self._tx.cursor(where, write=True) as cursor:
             changes: Changes = {}
@@ -342,11 +342,10 @@ class SQLBuffer(Buffer):
                 pending = remove_rows(cursor, self._sql, MESSAGES, chunk)
                 tally(((subject, size) for subject, size, counted in pending if counted), pending=-1, into=changes)
                 tally(((subject, size) for subject, size, counted in pending if not counted), into=changes)
-                if kind is not None:
-                    tally(((subject, 0) for subject, _, _ in pending), kind=kind, into=changes)
+                tally(((subject, 0) for subject, _, _ in pending), kind=kind or "deleted", into=changes)
                 dead = (remove_rows(cursor, self._sql, DEAD_LETTERS, chunk)
                         if kind is None and len(pending) < len(chunk) else [])
-                tally(((subject, size) for subject, size, _ in dead), dead=-1, into=changes)
+                tally(((subject, size) for subject, size, _ in dead), dead=-1, kind="deleted", into=changes)
                 removed += len(pending) + len(dead)
             folded = self._counting.fold_outbox_counters(cursor, changes)
             self._counting.bump(cursor, changes, keep=folded)
@@ -369,8 +368,10 @@ class SQLBuffer(Buffer):
             self._listener.start(lambda: self._closed)
 
     def _count_removed(self, message: Message, kind: str) -> None:
+        changes = tally([(message.subject, 0)], kind=kind)
+        changes[message.subject].deleted = -1  # _pop counted it as deleted
         with self._tx.cursor("count", write=True) as cursor:
-            self._counting.bump(cursor, tally([(message.subject, 0)], kind=kind))
+            self._counting.bump(cursor, changes)
 
     def _stats(self, now_us: int) -> BufferStats:
         with self._tx.cursor("stats", write=False) as cursor:

@@ -50,8 +50,6 @@ class Counting:
         self._bounded = bounded
         self._mark: int | None = None  # the mark as this process last saw it
         self._outbox_folded_at = 0.0
-        # sqlite: subjects this process saw with a counters row, which stays (only server databases delete one).
-        self._has_row: set[str] = set()
 
     def bump(self, cursor: Any, changes: Changes, outbox: bool = False, keep: Iterable[str] = ()) -> None:
         """Add a transaction's changes to the counters, in the same transaction (``outbox``: a caller's, whose
@@ -68,25 +66,16 @@ class Counting:
                 cursor.execute(self._sql.touch, {"subject": subject})
 
     def popped(self, cursor: Any, subject: str, size: int, *, counted: bool) -> None:
-        """sqlite, in a pop's transaction: count one pending row of ``subject`` (``size`` payload bytes) gone.
+        """sqlite, in a pop's transaction: count one pending row of ``subject`` (``size`` payload bytes) deleted.
 
-        ``counted`` (its seq was at or below the mark): one UPDATE of the subject's counters row, which its fold
-        made (sqlite never deletes counters rows), instead of the general upsert; the upsert only if it is somehow
-        missing. Not counted (the uncounted tail): nothing to subtract, and the subject keeps a counters row at zero
-        (see :meth:`bump`), which this process needs to write only once: a row once there stays. Call
-        :meth:`row_committed` after the commit.
+        One plain UPDATE of the subject's counters row (sqlite never deletes one, and a fold or an earlier removal
+        made it) instead of the general upsert, which runs only when the row is not there yet. ``counted`` (its
+        seq was at or below the mark): it also leaves pending; a row of the uncounted tail was never in pending.
         """
-        if counted:
-            cursor.execute(self._sql.pop_counted, (size, subject))
-            if cursor.rowcount != 1:
-                self.bump(cursor, {subject: Counts(-1, -size)})
-        elif subject not in self._has_row:
-            cursor.execute(self._sql.touch, {"subject": subject})
-
-    def row_committed(self, subject: str) -> None:
-        """After a pop's commit: ``subject`` has a counters row (remembered only once committed: a rolled-back
-        touch made none)."""
-        self._has_row.add(subject)
+        cursor.execute(self._sql.pop_counted if counted else self._sql.pop_uncounted,
+                       (size, subject) if counted else (subject,))
+        if cursor.rowcount != 1:
+            self.bump(cursor, {subject: Counts(-1, -size, deleted=1) if counted else Counts(deleted=1)})
 
     # ---------------------------------------------------------------- sqlite's lazy count of new messages
     #

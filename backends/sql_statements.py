@@ -162,9 +162,9 @@ class Statements:
             # The counters plus the uncounted tail, each in one statement: one consistent snapshot, no transaction.
             tail = f"FROM {MESSAGES} WHERE seq > (SELECT up_to_seq FROM {COUNTED}){and_scope}"
             totals = (f"SELECT c.pending + t.pending, c.pending_bytes + t.pending_bytes, c.dead, c.dead_bytes, "
-                      f"c.dropped, c.expired FROM ({totals}) c, (SELECT COUNT(*) AS pending, "
+                      f"c.dropped, c.expired, c.deleted FROM ({totals}) c, (SELECT COUNT(*) AS pending, "
                       f"COALESCE(SUM(LENGTH(payload)), 0) AS pending_bytes {tail}) t")
-            rows = f"{rows} UNION ALL SELECT subject, 1, LENGTH(payload), 0, 0, 0, 0 {tail}"
+            rows = f"{rows} UNION ALL SELECT subject, 1, LENGTH(payload), 0, 0, 0, 0, 0 {tail}"
         self.totals = compile_(totals)
         self.subject_totals = compile_("SELECT subject, " + ", ".join(f"SUM({c})" for c in COUNTER_COLUMNS) +
                                        f" FROM ({rows}) counted GROUP BY subject")
@@ -173,9 +173,11 @@ class Statements:
         self.touch = (f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES (:subject, 0"
                       f"{', 0' * len(COUNTER_COLUMNS)}) ON CONFLICT (subject, shard) DO NOTHING")
         self.newest_seq = f"SELECT MAX(seq) FROM {MESSAGES}"
-        # A pop of a counted row (Counting.popped): its subject's row exists, so a plain UPDATE, positional.
-        self.pop_counted = (f"UPDATE {COUNTERS} SET pending = pending - 1, pending_bytes = pending_bytes - ? "
-                            "WHERE subject = ? AND shard = 0")
+        # A pop on sqlite (Counting.popped): the subject's row exists once a fold or a delete made it, so a plain
+        # UPDATE, positional. A counted row (its seq at or below the mark) also leaves pending.
+        self.pop_counted = (f"UPDATE {COUNTERS} SET pending = pending - 1, pending_bytes = pending_bytes - ?, "
+                            "deleted = deleted + 1 WHERE subject = ? AND shard = 0")
+        self.pop_uncounted = f"UPDATE {COUNTERS} SET deleted = deleted + 1 WHERE subject = ? AND shard = 0"
         self.fold = (f"INSERT INTO {COUNTERS} (subject, shard, pending, pending_bytes, dead, dead_bytes, dropped, "
                      f"expired) SELECT subject, 0, COUNT(*), SUM(LENGTH(payload)), 0, 0, 0, 0 FROM {MESSAGES} "
                      f"WHERE seq > (SELECT up_to_seq FROM {COUNTED}) GROUP BY subject ON CONFLICT (subject, shard) DO "

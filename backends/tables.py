@@ -11,7 +11,7 @@ walks pending rows in ``seq`` order, skipping other subjects' (see the README on
 
 The tables a writer touches end in the revision whose writers they expect (:data:`WRITER_REVISION`): a revision
 that changes what writers must do renames them, so a process still running an older pbuffer fails on its next
-statement instead of writing the old way (revision 0003 explains).
+statement instead of writing the old way (revisions 0003 and 0004 explain).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ __all__ = ["COUNTED", "COUNTERS", "COUNTER_COLUMNS", "DEAD_LETTERS", "MESSAGES",
 
 VERSION_TABLE = "pbuffer_alembic_version"
 #: The newest revision that changed what a writer must do; the writers' tables carry it in their names.
-WRITER_REVISION = "0003"
+WRITER_REVISION = "0004"
 MESSAGES = f"pbuffer_messages_{WRITER_REVISION}"
 DEAD_LETTERS = f"pbuffer_dead_letters_{WRITER_REVISION}"
 COUNTERS = f"pbuffer_counters_{WRITER_REVISION}"
 COUNTED = f"pbuffer_counted_{WRITER_REVISION}"
 #: What pbuffer_counters counts, per subject and shard.
-COUNTER_COLUMNS = ("pending", "pending_bytes", "dead", "dead_bytes", "dropped", "expired")
+COUNTER_COLUMNS = ("pending", "pending_bytes", "dead", "dead_bytes", "dropped", "expired", "deleted")
 
 metadata = MetaData()
 
@@ -91,7 +91,9 @@ counters = Table(
     metadata,
     Column("subject", SUBJECT_TYPE, primary_key=True),
     Column("shard", Integer, primary_key=True, autoincrement=False),
-    *(Column(name, BigInteger, nullable=False) for name in COUNTER_COLUMNS),
+    *(Column(name, BigInteger, nullable=False) for name in COUNTER_COLUMNS if name != "deleted"),
+    # Revision 0004 added it to tables that already had rows: they start at 0.
+    Column("deleted", BigInteger, nullable=False, server_default="0"),
     **_MYSQL,
 )
 

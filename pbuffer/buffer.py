@@ -56,7 +56,8 @@ class Buffer(BufferAPI, ABC):
     ``"drop_oldest"`` removes the oldest pending messages in the same transaction and counts them as dropped,
     ``"block"`` waits for room up to ``block_timeout`` seconds. With ``ttl``, a message older than ``ttl``
     seconds is removed and counted as expired when a read meets it, and is never returned. :meth:`stats` reads
-    counters kept in the same transactions as the messages.
+    counters kept in the same transactions as the messages: every message saved is counted in exactly one of
+    pending, dead, dropped, expired and deleted (``delete``, ``delete_many``, ``pop``).
 
     **Subjects.** Every message has a NATS subject, given at save or by the buffer's scope: a buffer opened with
     ``subject=...`` saves to that subject by default and sees only that subject's messages. System subjects
@@ -87,6 +88,9 @@ class Buffer(BufferAPI, ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: Whether storage calls block on I/O; the async facade runs blocking calls in a thread.
     blocking: ClassVar[bool] = True
+    #: Whether ``stats().deleted`` counts deletions (see :meth:`_delete`); ``pbuffer watch`` shows exact save and
+    #: send rates when it does, net ones otherwise. The built-in backends do.
+    counts_deletions: ClassVar[bool] = False
     #: The largest message (payload plus header names and values, in bytes) the storage takes in one row, and the
     #: limit's explanation for the error; None: no limit beyond memory. Set by a backend whose server has one.
     _max_message_bytes: int | None = None
@@ -143,8 +147,8 @@ class Buffer(BufferAPI, ABC):
 
     @abstractmethod
     def _pop(self, now_us: int) -> Message | None:
-        """Remove, uncount and return the oldest pending message that no live claim (lease ending at or after
-        ``now_us``) holds; ``None`` if there is none. Two callers never get the same message."""
+        """Remove and return the oldest pending message that no live claim (lease ending at or after ``now_us``)
+        holds, counted as deleted; ``None`` if there is none. Two callers never get the same message."""
 
     @abstractmethod
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
@@ -163,7 +167,7 @@ class Buffer(BufferAPI, ABC):
 
     @abstractmethod
     def _delete(self, message_id: str) -> bool:
-        """Remove the message, pending or dead, and uncount it; ``False`` if there is none."""
+        """Remove the message, pending or dead, and count it as deleted; ``False`` if there is none."""
 
     def _delete_many(self, message_ids: list[str]) -> int:
         """:meth:`_delete` for each of ``message_ids`` (distinct); returns how many existed. This default deletes one
@@ -176,7 +180,8 @@ class Buffer(BufferAPI, ABC):
 
     @abstractmethod
     def _count_removed(self, message: Message, kind: str) -> None:
-        """Add ``message``, already removed (by :meth:`_pop`), to the ``kind`` total, in a transaction of its own."""
+        """Move ``message``, already removed (and counted as deleted) by :meth:`_pop`, from the deleted total to the
+        ``kind`` total (``"expired"``), in a transaction of its own."""
 
     @abstractmethod
     def _mark_dead(self, message_id: str, reason: str, attempts: int, now_us: int) -> bool:

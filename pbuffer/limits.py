@@ -38,7 +38,11 @@ class BufferStats:
     ``pending``/``pending_bytes``: messages waiting to be published and their payload bytes. ``dead``/
     ``dead_bytes``: dead letters. ``oldest_age``: seconds since the oldest pending message was saved (``None``
     when there is none). ``dropped``: messages removed by ``overflow="drop_oldest"``; ``expired``: messages
-    removed because they outlived ``ttl`` (both totals since the buffer was created).
+    removed because they outlived ``ttl``; ``deleted``: messages deleted (by :meth:`~pbuffer.Buffer.delete` or
+    ``delete_many``, which a relay calls after the PubAck, or by ``pop``), pending or dead (all three totals since
+    the buffer was created, or since its upgrade to schema revision 0004 for ``deleted``). Every message ever saved
+    is in exactly one of ``pending``, ``dead``, ``dropped``, ``expired`` and ``deleted``, so their sum grows by one
+    per save: the difference of two readings gives the saves and the deletions between them (``pbuffer watch``).
     """
 
     pending: int
@@ -48,12 +52,14 @@ class BufferStats:
     oldest_age: float | None
     dropped: int
     expired: int
+    deleted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class SubjectStats:
     """One subject's share of :class:`BufferStats`, from the same counters: its pending and dead messages and
-    bytes, and how many of its messages the limits dropped or expired (totals since the buffer was created)."""
+    bytes, how many of its messages the limits dropped or expired and how many were deleted (totals, as in
+    :class:`BufferStats`)."""
 
     pending: int
     pending_bytes: int
@@ -61,6 +67,7 @@ class SubjectStats:
     dead_bytes: int
     dropped: int
     expired: int
+    deleted: int = 0
 
 
 @dataclass(frozen=True, slots=True)

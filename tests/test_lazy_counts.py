@@ -19,13 +19,13 @@ from pbuffer.testing.state_machine import make_state_machine
 
 def _mark(path: Path) -> int:
     with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT up_to_seq FROM pbuffer_counted_0003").fetchone()[0])
+        return int(conn.execute("SELECT up_to_seq FROM pbuffer_counted_0004").fetchone()[0])
 
 
 def _counted(path: Path) -> int:
     """What the counters alone hold as pending (without the tail)."""
     with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT COALESCE(SUM(pending), 0) FROM pbuffer_counters_0003").fetchone()[0])
+        return int(conn.execute("SELECT COALESCE(SUM(pending), 0) FROM pbuffer_counters_0004").fetchone()[0])
 
 
 @pytest.mark.parametrize("every", [1, 2, 5])
@@ -131,6 +131,6 @@ def test_a_downgrade_folds_the_tail_for_revision_0002(tmp_path: Path, monkeypatc
     with sqlite3.connect(path) as conn:  # revision 0002's counters count every row
         rows = dict(conn.execute("SELECT subject, SUM(pending) FROM pbuffer_counters GROUP BY subject").fetchall())
     assert rows == {"": 0, "a": 1, "b": 6}
-    assert pbuffer.upgrade(url) == "0003"
+    assert pbuffer.upgrade(url) == "0004"
     with pbuffer.open(url) as buf:
         assert buf.stats().pending == 7 and _mark(path) == 7

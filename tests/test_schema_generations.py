@@ -158,6 +158,28 @@ def test_an_upgrade_stopped_after_its_rename_is_finished_by_running_it_again(ser
             conn.exec_driver_sql(f"ALTER TABLE pbuffer_{name} RENAME TO pbuffer_{name}_0003")
     engine.dispose()
     assert pbuffer.current(server_store_url) == "0002"
-    assert pbuffer.upgrade(server_store_url) == "0003"
+    assert pbuffer.upgrade(server_store_url) == versioning.head_revision()
     with pbuffer.open(server_store_url) as buf:
         assert [m.payload for m in buf.get_all()] == [b"before"]
+
+
+def test_a_0004_upgrade_stopped_after_its_rename_is_finished_by_running_it_again(server_store_url: str) -> None:
+    """As above for revision 0004 (MariaDB: its RENAME TABLE, then the counters' new column): stopped between the
+    two, the tables carry the new names at revision 0003 without the column; running it again adds the column and
+    the deleted totals count from there."""
+    with pbuffer.open(server_store_url, auto_upgrade=True) as buf:
+        buf.save(b"before", subject="a")
+        buf.save(b"gone", subject="a")
+        assert buf.pop() is not None and buf.stats().deleted == 1
+    assert pbuffer.downgrade(server_store_url, "0003") == "0003"
+    engine = sa.create_engine(server_store_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        for name in ("messages", "dead_letters", "counters", "counted"):
+            conn.exec_driver_sql(f"ALTER TABLE pbuffer_{name}_0003 RENAME TO pbuffer_{name}_0004")
+    engine.dispose()
+    assert pbuffer.current(server_store_url) == "0003"
+    assert pbuffer.upgrade(server_store_url) == "0004"
+    with pbuffer.open(server_store_url) as buf:
+        (left,) = buf.get_all()  # pop() took the oldest
+        assert left.payload == b"gone" and buf.stats().deleted == 0  # the downgrade dropped the old totals
+        assert buf.delete(left.id) and buf.stats().deleted == 1

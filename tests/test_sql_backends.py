@@ -22,7 +22,7 @@ def test_flipped_payload_byte_is_corruption_never_data(sql_store_url: str) -> No
         intact = buf.save(b"fine", subject="a.b")
         engine = raw_engine(sql_store_url)
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE pbuffer_messages_0003 SET payload = :p "
+            conn.execute(sa.text("UPDATE pbuffer_messages_0004 SET payload = :p "
                                  "WHERE subject = 'a.b' AND payload = :old"),
                          {"p": b"\x00importan\x74\xfe", "old": b"\x00important\xff"})
         engine.dispose()
@@ -40,7 +40,7 @@ def test_changed_subject_or_headers_is_corruption(sql_store_url: str) -> None:
         buf.save(b"x", subject="a.b", headers={"Amount": "10"})
         engine = raw_engine(sql_store_url)
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE pbuffer_messages_0003 SET headers = :h"), {"h": '{"Amount":"1000"}'})
+            conn.execute(sa.text("UPDATE pbuffer_messages_0004 SET headers = :h"), {"h": '{"Amount":"1000"}'})
         engine.dispose()
         with pytest.raises(CorruptDatabaseError):
             buf.get()
@@ -52,7 +52,7 @@ def test_migrations_match_the_model(sql_store_url: str) -> None:
     with engine.connect() as conn:
         assert versioning.model_differences(conn) == []
         # The comparison can fail: a column the model does not know is reported.
-        conn.exec_driver_sql("ALTER TABLE pbuffer_messages_0003 ADD COLUMN surprise INTEGER")
+        conn.exec_driver_sql("ALTER TABLE pbuffer_messages_0004 ADD COLUMN surprise INTEGER")
         assert versioning.model_differences(conn) != []
         conn.rollback()
     engine.dispose()

@@ -57,6 +57,33 @@ def test_rates_are_the_net_change_of_pending_dead_dropped_and_expired() -> None:
     assert [row.subject for row in frame.subjects] == ["a", "b"]  # most pending first
 
 
+@pytest.mark.parametrize("scheme", ["sqlite", "memory"])
+def test_saves_and_sends_at_the_same_rate_are_both_seen(scheme: str, tmp_path: Path) -> None:
+    """A healthy pipeline's steady state: as many saves as deletions between two reads (net rates showed 0/s for
+    both). The counters' deleted totals tell them apart, for delete_many (a relay) and pop alike."""
+    url = f"sqlite:///{tmp_path}/b.db" if scheme == "sqlite" else "memory://"
+    with pbuffer.open(url) as buf:
+        watch = Watch(url)
+        buf.save_many([b"x"] * 200, subject="a")
+        buf.save_many([b"x"] * 10, subject="b")
+        watch.add(dataclasses.replace(take_sample(buf), at=0.0))
+        for second in (1.0, 2.0, 3.0):
+            oldest = [m.id for m in buf.get_all() if m.subject == "a"][:200]
+            buf.save_many([b"y"] * 200, subject="a")
+            assert buf.delete_many(oldest) == 200
+            buf.save(b"z", subject="b")
+            assert buf.pop() is not None and buf.pop() is not None  # b's: pop takes the oldest, and a's are newer
+            watch.add(dataclasses.replace(take_sample(buf), at=second))
+    frame = watch.frame()
+    assert not frame.rates_are_net and frame.as_dict()["rates_are_net"] is False
+    rows = {row.subject: row for row in frame.subjects}
+    assert (rows["a"].saved, rows["a"].sent) == (200.0, 200.0)
+    assert (rows["b"].saved, rows["b"].sent) == (1.0, 2.0)
+    assert (frame.saved, frame.sent) == (201.0, 202.0)
+    assert frame.saved_trend == (201.0,) * 3 and frame.sent_trend == (202.0,) * 3
+    assert "net of each other" not in plain(frame)
+
+
 def test_one_sample_has_no_rates_and_the_window_keeps_a_minute() -> None:
     watch = Watch("memory://", window=60.0)
     watch.add(sample(0.0, {"a": subject(1)}))
@@ -107,7 +134,7 @@ def test_a_frame_from_a_real_buffer_follows_its_counters(tmp_path: Path) -> None
     assert frame.claims == Claims(0, 0, None, 10_000)
     data = frame.as_dict()
     assert data["subjects"]["orders.created"] == {
-        "pending": 15, "bytes": 150, "dead": 1, "dead_bytes": 10, "dropped": 9, "expired": 0,
+        "pending": 15, "bytes": 150, "dead": 1, "dead_bytes": 10, "dropped": 9, "expired": 0, "deleted": 15,
         "saved_per_second": 20.0, "sent_per_second": 7.5}
     assert json.loads(json.dumps(data)) == data
 

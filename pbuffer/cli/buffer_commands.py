@@ -132,9 +132,9 @@ def watch(url: str | None, once: bool, interval: float, as_json: bool) -> None:
     tab-separated.
 
     \b
-    The counters give, between two reads, saves minus deletions (pending + dead + dropped + expired changes by
-    exactly that), not each on its own: "saved" is that net change when positive and "sent" (published, popped
-    or purged) when negative, per second. Each is exact while the other side is idle, a lower bound otherwise.
+    Every message saved is counted in exactly one of pending, dead, dropped, expired and deleted (published,
+    popped or purged), so between two reads "saved" is the growth of their sum and "sent" the growth of deleted,
+    per second and per subject. A backend that does not count deletions gets net rates (saves minus deletions).
     Claims: the live ones among the oldest 10,000 pending messages (Buffer.claim_stats), or "unknown" for a
     backend that cannot tell.
 

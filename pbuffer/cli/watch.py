@@ -4,14 +4,13 @@ Each refresh reads :meth:`Buffer.stats`, :meth:`Buffer.subject_stats` and the cl
 from counters or an index, never a walk over the messages, so it costs the same on a buffer of ten messages or a
 million, and it runs beside producers and relays in other processes.
 
-What the counters can and cannot say. They hold, per subject, the messages pending and dead and the totals dropped
-and expired, not how many were ever saved or published. Between two reads, ``pending + dead + dropped + expired``
-changes by exactly *saves minus deletions* (a relay's delete after the PubAck, ``pop``, ``purge``): dead-lettering,
-requeueing, dropping and expiring move a message between those terms without changing the sum. So the rates shown
-are net, per subject and per second: ``saved`` is that change when positive, ``sent`` its opposite when negative,
-and the totals add up the subjects'. Each is exact while the other side is idle on that subject, and a lower bound
-otherwise (a second in which one subject got 500 saves and 400 publishes shows 100 saved, 0 sent). The pending
-counts next to them are exact.
+The rates. The counters hold, per subject, the messages pending and dead and the totals dropped, expired and deleted
+(a relay's delete after the PubAck, ``pop``, ``purge``; schema revision 0004 on). Every message saved is in exactly
+one of those five, so between two reads their sum grows by the saves, and ``deleted`` by the deletions: ``saved``
+and ``sent`` are those changes per second, per subject, exact even while both sides run at the same rate. A backend
+that does not count deletions (``Buffer.counts_deletions`` false: a third-party backend on the contract's defaults)
+gets net rates instead: the change of ``pending + dead + dropped + expired``, shown as ``saved`` when positive and
+as ``sent`` when negative, exact only while the other side is idle (``rates_are_net`` in ``--json``).
 
 Claims come from :meth:`Buffer.claim_stats`: the live ones among the oldest pending messages, where relays claim; a
 backend that cannot tell returns ``None`` (shown as unknown).
@@ -63,6 +62,8 @@ class Sample:
     stats: BufferStats
     subjects: Mapping[str, SubjectStats]
     claims: Claims | None
+    #: Whether the backend counts deletions (``stats().deleted``): exact rates; otherwise net ones.
+    counts_deletions: bool = False
 
 
 def read_claims(buf: Buffer, *, window: int = CLAIM_WINDOW) -> Claims | None:
@@ -79,14 +80,15 @@ def read_claims(buf: Buffer, *, window: int = CLAIM_WINDOW) -> Claims | None:
 def take_sample(buf: Buffer, *, claims: bool = True) -> Sample:
     """Read ``buf`` once: counters, subjects and (unless ``claims`` is false) the claims at the head."""
     at = time.monotonic()
-    return Sample(at, buf.stats(), buf.subject_stats(), read_claims(buf) if claims else None)
+    return Sample(at, buf.stats(), buf.subject_stats(), read_claims(buf) if claims else None,
+                  type(buf).counts_deletions)
 
 
 # --------------------------------------------------------------------------------------------------- the frame
 
 @dataclass(frozen=True, slots=True)
 class SubjectRow:
-    """One subject in a frame; rates are net per second over the frame's span (see the module's docstring)."""
+    """One subject in a frame; rates are per second over the frame's span (see the module's docstring)."""
 
     subject: str
     stats: SubjectStats
@@ -109,6 +111,7 @@ class Frame:
     sent_trend: tuple[float, ...]
     pending_trend: tuple[int, ...]
     subjects: tuple[SubjectRow, ...]
+    rates_are_net: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The frame as JSON: numbers, not text (the CLI's ``watch --json``)."""
@@ -121,11 +124,13 @@ class Frame:
             "url": self.url, "pending": s.pending, "bytes": s.pending_bytes, "dead": s.dead, "dead_bytes": s.dead_bytes,
             "oldest_age_seconds": None if s.oldest_age is None else round(s.oldest_age, 3),
             "dropped": s.dropped, "expired": s.expired, "claims": claims, "span_seconds": round(self.span, 3),
-            "saved_per_second": _round(self.saved), "sent_per_second": _round(self.sent), "rates_are_net": True,
+            "deleted": s.deleted, "saved_per_second": _round(self.saved), "sent_per_second": _round(self.sent),
+            "rates_are_net": self.rates_are_net,
             "subjects": {row.subject: {"pending": row.stats.pending, "bytes": row.stats.pending_bytes,
                                        "dead": row.stats.dead, "dead_bytes": row.stats.dead_bytes,
                                        "dropped": row.stats.dropped, "expired": row.stats.expired,
-                                       "saved_per_second": _round(row.saved), "sent_per_second": _round(row.sent)}
+                                       "deleted": row.stats.deleted, "saved_per_second": _round(row.saved),
+                                       "sent_per_second": _round(row.sent)}
                          for row in self.subjects},
         }
 
@@ -139,7 +144,19 @@ def _level(stats: SubjectStats) -> int:
     return stats.pending + stats.dead + stats.dropped + stats.expired
 
 
-_NOTHING = SubjectStats(0, 0, 0, 0, 0, 0)
+def _exact_series(subjects: Sequence[SubjectStats], times: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Per interval: saves (the growth of every message ever saved: level + deleted) and deletions, per second.
+    A popped message found expired moves from deleted to expired, so a count can step back by one: never below 0."""
+    saved, sent = [], []
+    for i in range(1, len(subjects)):
+        seconds = max(times[i] - times[i - 1], 1e-6)
+        before, after = subjects[i - 1], subjects[i]
+        saved.append(max((_level(after) + after.deleted - _level(before) - before.deleted) / seconds, 0.0))
+        sent.append(max((after.deleted - before.deleted) / seconds, 0.0))
+    return saved, sent
+
+
+_NOTHING = SubjectStats(0, 0, 0, 0, 0, 0, 0)
 
 
 class Watch:
@@ -167,8 +184,10 @@ class Watch:
         saved = [0.0] * (len(samples) - 1)
         sent = [0.0] * (len(samples) - 1)
         rows = []
+        net = not all(s.counts_deletions for s in samples)
         for subject in sorted({name for s in samples for name in s.subjects}):
-            sub_saved, sub_sent = _net_series([_level(s.subjects.get(subject, _NOTHING)) for s in samples], times)
+            seen = [s.subjects.get(subject, _NOTHING) for s in samples]
+            sub_saved, sub_sent = _net_series([_level(s) for s in seen], times) if net else _exact_series(seen, times)
             saved = [a + b for a, b in zip(saved, sub_saved, strict=True)]
             sent = [a + b for a, b in zip(sent, sub_sent, strict=True)]
             rows.append(SubjectRow(subject, newest.subjects.get(subject, _NOTHING), _rate(sub_saved, span),
@@ -176,7 +195,7 @@ class Watch:
                                    tuple(s.subjects.get(subject, _NOTHING).pending for s in samples)))
         rows.sort(key=lambda row: (-row.stats.pending, -row.stats.dead, row.subject))
         return Frame(self.url, newest.stats, newest.claims, span, _rate(saved, span), _rate(sent, span),
-                     tuple(saved), tuple(sent), tuple(s.stats.pending for s in samples), tuple(rows))
+                     tuple(saved), tuple(sent), tuple(s.stats.pending for s in samples), tuple(rows), net)
 
 
 def _net_series(levels: Sequence[int], times: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -242,7 +261,8 @@ def _summary(frame: Frame) -> str:
 def _rates(frame: Frame) -> str:
     digits = 0 if frame.span >= 10 else 1
     over = f"over the last {frame.span:,.{digits}f} s" if frame.span > 0 else "(after the next read)"
-    return f"rates: saved {_per_s(frame.saved)}, sent {_per_s(frame.sent)} {over} (net of each other)"
+    net = " (net of each other)" if frame.rates_are_net else ""
+    return f"rates: saved {_per_s(frame.saved)}, sent {_per_s(frame.sent)} {over}{net}"
 
 
 def _subject_cells(row: SubjectRow) -> list[str]:
@@ -288,7 +308,8 @@ def render(frame: Frame, *, max_rows: int = 20) -> RenderableType:
         if label == "pending" and top_pending:
             line.append(f" (peak {top_pending:,})", style="dim")
         lines.append(line)
-    lines.append(Text("saved and sent are net of each other (see pbuffer watch --help)", style="dim"))
+    if frame.rates_are_net:
+        lines.append(Text("saved and sent are net of each other (see pbuffer watch --help)", style="dim"))
     shown = _shown(frame)
     table = Table(*_HEADERS, "pending, last minute", title=None, show_edge=False, pad_edge=False)
     for column in table.columns[1:8]:

@@ -201,10 +201,10 @@ class BufferReader:
                     break
                 if subject != OTHER:
                     self._labelled.setdefault(subject)
-            zero = SubjectStats(0, 0, 0, 0, 0, 0)
+            zero = SubjectStats(0, 0, 0, 0, 0, 0, 0)
             # Labelled subjects stay exported at 0 even if a backend stops listing a drained subject.
             subjects = {subject: per_subject.get(subject, zero) for subject in self._labelled}
-            other = [0] * 6
+            other = [0] * 7
             for subject, counts in per_subject.items():
                 if subject not in self._labelled:
                     for i, value in enumerate(subject_values(counts)):
@@ -214,9 +214,9 @@ class BufferReader:
             return BufferSnapshot(stats, subjects, limits.max_messages, limits.max_bytes)
 
 
-def subject_values(s: SubjectStats) -> tuple[int, int, int, int, int, int]:
-    """The six counters of one subject, in the order of SubjectStats's fields."""
-    return (s.pending, s.pending_bytes, s.dead, s.dead_bytes, s.dropped, s.expired)
+def subject_values(s: SubjectStats) -> tuple[int, int, int, int, int, int, int]:
+    """The counters of one subject, in the order of SubjectStats's fields."""
+    return (s.pending, s.pending_bytes, s.dead, s.dead_bytes, s.dropped, s.expired, s.deleted)
 
 
 # ---------------------------------------------------------------------------------------------------- health

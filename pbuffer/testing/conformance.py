@@ -460,7 +460,36 @@ class BufferConformance(_Base):
         assert (stats.pending, stats.pending_bytes) == (len(pending), sum(len(m.payload) for m in pending))
         assert (stats.dead, stats.dead_bytes) == (len(dead), sum(len(d.message.payload) for d in dead))
         assert (stats.pending, stats.dead, stats.dropped, stats.expired) == (1, 1, 0, 0)
+        assert stats.deleted == (3 if type(buffer).counts_deletions else 0)  # the pop, delete and delete_many
         assert stats.oldest_age is not None and 0 <= stats.oldest_age < 60
+
+    def test_every_message_saved_is_counted_once(self, make_buffer: MakeBuffer) -> None:
+        """pending + dead + dropped + expired + deleted grows by exactly one per save, whatever moves or removes a
+        message (so two readings tell saves and deletions apart: ``pbuffer watch``'s rates)."""
+        with make_buffer(max_messages=4, overflow="drop_oldest", ttl=0.2) as buf:
+            if not type(buf).counts_deletions:
+                pytest.skip(f"{type(buf).__name__} does not count deletions (counts_deletions is false)")
+
+            def counted() -> tuple[int, int]:
+                s, share = buf.stats(), buf.subject_stats()[SUBJECT]
+                every = s.pending + s.dead + s.dropped + s.expired + s.deleted
+                assert every == share.pending + share.dead + share.dropped + share.expired + share.deleted
+                return every, s.deleted
+
+            saved = buf.save_many([b"a", b"b", b"c"], subject=SUBJECT)
+            assert counted() == (3, 0)
+            assert buf.mark_dead(saved[0].id, "x") and buf.requeue(saved[0].id)  # moved, not removed
+            assert buf.delete(saved[1].id)
+            assert counted() == (3, 1)
+            assert buf.pop() is not None
+            assert counted() == (3, 2)
+            buf.save_many([b"d", b"e", b"f", b"g"], subject=SUBJECT)  # over max_messages: drops the oldest
+            assert counted()[0] == 7
+            buf.save(b"h", subject=SUBJECT)
+            time.sleep(0.3)  # every message outlives the ttl
+            assert buf.pop() is None  # each one popped is found expired: counted as expired, not deleted
+            assert buf.expire() == 0
+            assert counted()[0] == 8 and buf.stats().pending == 0
 
     def test_stats_are_shared_and_scoped(self, make_buffer: MakeBuffer) -> None:
         with make_buffer() as whole, make_buffer(subject="s.a") as scoped, make_buffer() as other:
@@ -586,17 +615,19 @@ class BufferConformance(_Base):
         second = buffer.save_many([b"dddd", b"eeeee"], subject=two)
         assert buffer.mark_dead(first[0].id, "x")
         assert buffer.delete(second[0].id)
-        expected = {one: pbuffer.SubjectStats(2, 5, 1, 1, 0, 0), two: pbuffer.SubjectStats(1, 5, 0, 0, 0, 0)}
+        counted = int(type(buffer).counts_deletions)
+        expected = {one: pbuffer.SubjectStats(2, 5, 1, 1, 0, 0), two: pbuffer.SubjectStats(1, 5, 0, 0, 0, 0, counted)}
         assert buffer.subject_stats() == expected
         totals = buffer.stats()
         assert sum(s.pending for s in expected.values()) == totals.pending == len(buffer)
         assert sum(s.pending_bytes for s in expected.values()) == totals.pending_bytes
         assert sum(s.dead for s in expected.values()) == totals.dead
         # The contract's generic way (a walk, for backends without counters) agrees on what it can know.
-        assert Buffer._subject_stats(buffer) == expected
+        walked = {name: dataclasses.replace(share, deleted=0) for name, share in expected.items()}
+        assert Buffer._subject_stats(buffer) == walked
         # A drained subject stays, at zero.
         assert buffer.delete(second[1].id)
-        assert buffer.subject_stats()[two] == pbuffer.SubjectStats(0, 0, 0, 0, 0, 0)
+        assert buffer.subject_stats()[two] == pbuffer.SubjectStats(0, 0, 0, 0, 0, 0, 2 * counted)
         assert list(buffer.subject_stats()) == [one, two]  # sorted by subject
 
     def test_a_claim_passes_over_skipped_subjects(self, buffer: Buffer) -> None:

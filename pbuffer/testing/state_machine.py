@@ -37,6 +37,11 @@ class _Model:
     next_seq: int = 0
     pending: list[tuple[int, Message]] = field(default_factory=list)
     dead: dict[str, tuple[Message, str, int]] = field(default_factory=dict)
+    #: Deleted totals per subject (delete, pop), from what the store already counted when the example began.
+    deleted: dict[str, int] = field(default_factory=dict)
+
+    def count_deleted(self, message: Message) -> None:
+        self.deleted[message.subject] = self.deleted.get(message.subject, 0) + 1
 
     def add(self, message: Message) -> None:
         self.pending.append((self.next_seq, message))
@@ -64,7 +69,8 @@ def make_state_machine(make_empty_buffer: Callable[[], Buffer],
             super().__init__()
             self.buffer = make_empty_buffer()
             self.view = make_view(self.buffer, "a.b")
-            self.model = _Model()
+            self.model = _Model(deleted={name: share.deleted for name, share in self.buffer.subject_stats().items()})
+            self.counts_deletions = type(self.buffer).counts_deletions
 
         def teardown(self) -> None:
             self.view.close()
@@ -113,6 +119,7 @@ def make_state_machine(make_empty_buffer: Callable[[], Buffer],
                 return
             _, expected = self.model.pending.pop(0)
             assert found is not None and _key(found) == _key(expected)
+            self.model.count_deleted(expected)
 
         @rule()
         def view_pop(self) -> None:
@@ -123,14 +130,17 @@ def make_state_machine(make_empty_buffer: Callable[[], Buffer],
                 return
             _, expected = self.model.pending.pop(index)
             assert found is not None and _key(found) == _key(expected)
+            self.model.count_deleted(expected)
 
         @rule(message_id=consumes(ids))
         def delete(self, message_id: str) -> None:
             index = self.model.find(message_id)
             expected = index is not None or message_id in self.model.dead
             if index is not None:
-                self.model.pending.pop(index)
-            self.model.dead.pop(message_id, None)
+                self.model.count_deleted(self.model.pending.pop(index)[1])
+            dead = self.model.dead.pop(message_id, None)
+            if dead is not None:
+                self.model.count_deleted(dead[0])
             assert self.buffer.delete(message_id) is expected
 
         @rule(message_id=ids, reason=REASONS, attempts=st.integers(0, 5))
@@ -180,6 +190,12 @@ def make_state_machine(make_empty_buffer: Callable[[], Buffer],
                         len(mine), sum(len(m.payload) for m in mine), len(gone), sum(len(m.payload) for m in gone))
                 assert sum(share.pending for share in by_subject.values()) == stats.pending
                 assert sum(share.dead_bytes for share in by_subject.values()) == stats.dead_bytes
+                if self.counts_deletions:  # every delete and pop counted, per subject and in scope
+                    deleted = {name: count for name, count in self.model.deleted.items()
+                               if subject in (None, name)}
+                    assert stats.deleted == sum(deleted.values())
+                    assert {name: share.deleted for name, share in by_subject.items() if share.deleted} == {
+                        name: count for name, count in deleted.items() if count}
 
     return BufferMachine
 
