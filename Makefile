@@ -9,7 +9,8 @@ DOCS_STAMP := $(VENV)/.docs-installed
 
 .PHONY: demo test lint typecheck pytest conformance bench docs clean
 
-$(STAMP): pyproject.toml
+# The version is installed metadata (importlib.metadata), so a new version reinstalls too.
+$(STAMP): pyproject.toml pbuffer/_version.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -263,7 +263,7 @@ def test_undecodable_text_on_disk_is_corruption(tmp_path: Path) -> None:
     with pbuffer.open(url(path)) as buf:
         buf.save(b"secret payload", subject="a")
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE pbuffer_messages_0003 SET subject = CAST(X'ff736563726574' AS TEXT)")  # b"\xffsecret"
+    conn.execute("UPDATE pbuffer_messages_0004 SET subject = CAST(X'ff736563726574' AS TEXT)")  # b"\xffsecret"
     conn.commit()
     conn.close()
     with pbuffer.open(url(path)) as buf:
