@@ -4,9 +4,10 @@ nats-py's exceptions and the server's replies mapped into transient or permanent
 Publishes go out as core NATS publishes with a reply subject under one inbox prefix of this transport; one
 subscription on that prefix reads every reply and parses it itself. The publish commands are written here
 (:mod:`.frames`: ``HPUB`` with the ``Nats-Msg-Id`` header, byte for byte what nats-py writes) and handed to nats-py a
-chunk at a time (:func:`.natscompat.send_publishes`), about a fifth of the client CPU of nats-py's ``publish()``. nats-py's own ``publish_async`` is not used: its
-reply handler raises on a publish error reply (nats.py issue #985), so the server's "400: maximum message size
-exceeded" or "503: maximum messages exceeded" never reached the relay and every try ended as a 5 s timeout.
+chunk at a time (:func:`.natscompat.send_publishes`), about a fifth of the client CPU of nats-py's ``publish()``.
+nats-py's own ``publish_async`` is not used: its reply handler raises on a publish error reply (nats.py issue #985),
+so the server's "400: maximum message size exceeded" or "503: maximum messages exceeded" never reached the relay and
+every try ended as a 5 s timeout.
 """
 
 from __future__ import annotations
