@@ -30,7 +30,7 @@ from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
 from .sql_removal import remove_rows
-from .sql_rows import SEQ_COLUMNS, message_from_row, row_params, row_values
+from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, row_values
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, SEQ_PARAMS, SKIP_PARAMS, Statements, bind, chunks
 from .sqlite_space import SpaceReclaimer
 from .tables import DEAD_LETTERS, MESSAGES
@@ -303,7 +303,7 @@ class SQLBuffer(Buffer):
             rows = cursor.fetchall()
             # Verified before the claim commits: a damaged row raises (the relay dead-letters it) and nothing is
             # claimed.
-            messages = [message_from_row(row[1:]) for row in rows]
+            messages = messages_from_seq_rows(rows)
             for chunk in chunks(rows):
                 claim = bind(SEQ_PARAMS, [row[0] for row in chunk])
                 cursor.execute(self._sql.set_claims(len(chunk)), {**claim, "owner": params["owner"],
