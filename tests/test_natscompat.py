@@ -8,13 +8,14 @@ from types import MappingProxyType
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from pbuffer import ids
 from pbuffer.examples.natsserver import NatsServer
 from pbuffer.message import NO_HEADERS, Message
 from pbuffer.relay.fast_ingest import FastBatch, publish_batch
 from pbuffer.relay.jetstream import JetStreamTransport
-from pbuffer.relay.natscompat import check_client, drop_unsent_publishes, send_publishes
+from pbuffer.relay.natscompat import check_client, deliver_inline, drop_unsent_publishes, send_publishes, stop_inline
 
 
 def test_the_private_state_exists_and_unsent_publishes_are_dropped() -> None:
@@ -33,14 +34,16 @@ def test_the_private_state_exists_and_unsent_publishes_are_dropped() -> None:
         asyncio.run(scenario())
 
 
-def test_a_client_without_that_state_is_refused() -> None:
+@pytest.mark.parametrize("renamed", ["_pending", "_pending_data_size", "_send_command", "_flush_pending",
+                                     "_flush_queue", "_max_pending_size", "_process_msg", "_process_headers"])
+def test_a_client_without_that_state_is_refused(renamed: str) -> None:
     class Renamed(Client):
         def __getattribute__(self, name: str) -> object:
-            if name == "_pending":
+            if name == renamed:
                 raise AttributeError(name)
             return super().__getattribute__(name)
 
-    with pytest.raises(RuntimeError, match="_pending"):
+    with pytest.raises(RuntimeError, match=renamed):
         check_client(Renamed())
 
 
@@ -103,3 +106,41 @@ def test_publishes_are_refused_as_nats_py_refuses_them() -> None:
     nc._status = Client.CLOSED
     with pytest.raises(nats.errors.ConnectionClosedError):
         asyncio.run(send_publishes(nc, b"PUB a 1\r\nx\r\n", 1, 1))
+
+
+def test_replies_are_read_as_nats_py_parses_them() -> None:
+    """deliver_inline: a subscription's messages reach the handler from nats-py's reader (not its callback), with the
+    headers nats-py reads (a no-responders status too); other subscriptions are untouched; stop_inline ends it."""
+    with NatsServer() as server:
+        async def scenario() -> None:
+            nc = Client()
+            await nc.connect(server.url)
+            inline: list[tuple[bytes, bytes, dict[str, str] | None]] = []
+            through_callback: list[str] = []
+
+            async def callback(msg: Msg) -> None:
+                through_callback.append(msg.subject)
+
+            ours = await nc.subscribe("replies.*", cb=callback)
+            other = await nc.subscribe("other.*", cb=callback)
+            deliver_inline(nc, ours, lambda subject, data, headers: inline.append((subject, data, headers)))
+            await nc.publish("replies.1", b"one")
+            await nc.publish("replies.2", b"two", headers={"K": "v"})
+            await nc.publish("other.1", b"x")
+            # No stream and no service on this subject: the server's no-responders status comes to the reply.
+            await nc.publish("nobody.listens", b"", reply="replies.3", headers={"Nats-Msg-Id": "x"})
+            await nc.flush()
+            await asyncio.sleep(0.2)
+            assert inline[:2] == [(b"replies.1", b"one", None), (b"replies.2", b"two", {"K": "v"})]
+            assert len(inline) == 3 and inline[2][:2] == (b"replies.3", b"")
+            assert inline[2][2] is not None and inline[2][2]["Status"] == "503"
+            assert through_callback == ["other.1"]
+            stop_inline(nc, ours)
+            await nc.publish("replies.4", b"four")
+            await nc.flush()
+            await asyncio.sleep(0.2)
+            assert len(inline) == 3 and through_callback == ["other.1", "replies.4"]
+            await other.unsubscribe()
+            await nc.close()
+
+        asyncio.run(scenario())

@@ -33,7 +33,7 @@ from ..validation import is_server_api_subject
 from .connecting import open_client
 from .fast_ingest import BatchOutcome, FastBatch, StreamModes, publish_batch
 from .frames import CHUNK_BYTES, ID_HEADER_BYTES, is_plain
-from .natscompat import check_client, send_publishes
+from .natscompat import check_client, deliver_inline, send_publishes, stop_inline
 from .replies import classify, parse_reply
 from .transport import PublishResult, Transport
 
@@ -408,6 +408,8 @@ class JetStreamTransport(Transport):
         return float(window) if window is not None else None
 
     async def close(self) -> None:
+        if self._replies is not None:
+            stop_inline(self.nc, self._replies)
         for subscription in (self._replies, self._fast_replies):
             if subscription is not None and not self.nc.is_closed:
                 with contextlib.suppress(Exception):
@@ -430,6 +432,9 @@ class JetStreamTransport(Transport):
             # Generous pending limits: a reply dropped as a "slow consumer" would cost a timeout and a retry.
             self._replies = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply, pending_msgs_limit=-1,
                                                     pending_bytes_limit=-1)
+            # Read as nats-py parses them, not through the subscription's queue and task (_on_reply stays the
+            # callback, for any reply that would still come that way).
+            deliver_inline(self.nc, self._replies, self._on_raw_reply)
         if self._fast_replies is None and self.fast_ingest:
             # Batches answer on <fast inbox>.<batch id>.<flow>.<gap mode>.<batch seq>.<op>.$FI.
             self._fast_inbox = self.nc.new_inbox()
@@ -437,13 +442,17 @@ class JetStreamTransport(Transport):
                                                          pending_msgs_limit=-1, pending_bytes_limit=-1)
 
     async def _on_reply(self, msg: Msg) -> None:
+        self._on_raw_reply(msg.subject.encode(), msg.data, msg.headers)
+
+    def _on_raw_reply(self, subject: bytes, data: bytes, headers: dict[str, str] | None) -> None:
+        """A reply on ``<inbox>.<token>``: the result of the message that has the token, if its call still waits."""
         try:
-            token = int(msg.subject.rpartition(".")[2])
+            token = int(subject.rpartition(b".")[2])
         except ValueError:
             return
         for acks in self._open:
             if acks.base <= token < acks.end:
-                acks.reply(token - acks.base, parse_reply(msg.data, msg.headers))
+                acks.reply(token - acks.base, parse_reply(data, headers))
                 return
 
     async def _on_fast_reply(self, msg: Msg) -> None:
