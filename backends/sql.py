@@ -305,6 +305,10 @@ class SQLBuffer(Buffer):
             # claimed.
             messages = messages_from_seq_rows(rows)
             for chunk in chunks(rows):
+                if self._sql.positional:
+                    cursor.execute(self._sql.set_claims_at(len(chunk)),
+                                   [params["owner"], until_us, *[row[0] for row in chunk]])
+                    continue
                 claim = bind(SEQ_PARAMS, [row[0] for row in chunk])
                 cursor.execute(self._sql.set_claims(len(chunk)), {**claim, "owner": params["owner"],
                                                                    "until": until_us})

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from pbuffer.backends import versioning
 
 import pbuffer
-from pbuffer import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError, StorageFullError
+from pbuffer import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError, StorageFullError, ids
 
 
 def raw_engine(url: str) -> sa.Engine:
@@ -161,3 +161,16 @@ def test_deletes_without_returning_keep_the_counters(sql_store_url: str) -> None
         stats = buf.stats()
         assert [m.id for m in buf.get_all()] == [saved[2].id] and buf.dead_letters() == []
         assert (stats.pending, stats.pending_bytes, stats.dead, stats.dead_bytes) == (1, 2, 0, 0)
+
+
+def test_a_scoped_buffer_claims_and_deletes_its_own_subject_only(sql_store_url: str) -> None:
+    with pbuffer.open(sql_store_url) as buf:
+        mine = buf.save_many([b"m"] * 3, subject="c.d")
+        others = buf.save_many([b"o"] * 3, subject="a.b")
+        with pbuffer.open(sql_store_url, subject="c.d") as scoped:
+            claimed = scoped.claim(10, owner=ids.new_id(), lease=30)
+            assert [m.id for m in claimed] == [m.id for m in mine]
+            assert scoped.delete_many([m.id for m in others + mine]) == 3
+            assert len(scoped) == 0
+        assert [m.id for m in buf.get_all()] == [m.id for m in others]
+        assert buf.stats().pending == 3
