@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", action="store_true", help="time the relay's stages too")
     parser.add_argument("--label", default="", help="a name for this run's lines (e.g. before/after)")
     parser.add_argument("--windows", type=int, help="Relay(windows_in_flight=...), where the relay has it")
+    parser.add_argument("--batch-size", type=int, help="Relay(batch_size=...) (default: the Relay's)")
     parser.add_argument("--only", choices=("plain", "batched"), help="drain only into this kind of stream")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="cProfile each drain; write the reports here")
     args = parser.parse_args(argv)
@@ -201,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
 
     n = args.messages
     label = args.label or Path(pbuffer.__file__).resolve().parent.parent.name
-    options = {} if args.windows is None else {"windows_in_flight": args.windows}
+    options: dict[str, Any] = {} if args.windows is None else {"windows_in_flight": args.windows}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
     kinds = [kind for kind in ("plain", "batched") if args.only in (None, kind)]
     rows: dict[str, list[dict[str, float]]] = {"ceiling": [], **{kind: [] for kind in kinds}}
     with tempfile.TemporaryDirectory(prefix="pbuffer-relay-pipeline-") as root:
