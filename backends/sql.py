@@ -291,16 +291,18 @@ class SQLBuffer(Buffer):
         else:
             statement = self._sql.claim if after is None else self._sql.claim_after
         with self._tx.cursor("claim", write=True) as cursor:
-            if after is not None and not self._sqlite:
-                # A late commit: a row older than `after` committed after this owner claimed past its place. A
-                # window behind `after` would publish its producer's later messages before it: claim nothing, so
-                # the relay starts again from the oldest (sqlite commits in insert order: never late).
-                cursor.execute(self._sql.late_before(len(skip)), params)
-                if cursor.fetchall():
-                    return []
             # Server databases: FOR UPDATE SKIP LOCKED, so competing claimers pass each other's rows by.
             cursor.execute(statement, params)
             rows = cursor.fetchall()
+            if after is not None and not self._sqlite:
+                # A late commit: a row older than `after` committed after this owner claimed past its place. A
+                # window behind `after` would publish its producer's later messages before it: claim nothing, so
+                # the relay starts again from the oldest (sqlite commits in insert order: never late). Checked
+                # after the read (each statement sees what committed before it, READ COMMITTED): a producer's
+                # rows that committed in time for the read (with or after its older ones) are seen here too.
+                cursor.execute(self._sql.late_before(len(skip)), params)
+                if cursor.fetchall():
+                    return []
             # Verified before the claim commits: a damaged row raises (the relay dead-letters it) and nothing is
             # claimed.
             messages = messages_from_seq_rows(rows)
