@@ -20,7 +20,8 @@ delete calls on their own) and writes the top entries to ``DIR/relay-<kind>-<sta
 profiled rates are slower than unprofiled ones and not comparable.
 
 Findings of December 2026 (load 2-7 on 2 cores, so single runs vary by +-40%): ``results/
-2026-12-01-8eb891a-relay-pipeline.md``.
+2026-12-01-8eb891a-relay-pipeline.md``, and after issue 15's client-side work ``results/
+2026-12-01-801ef2b-relay-pipeline.md``. ``--batch-size N`` passes ``batch_size=N`` to the Relay.
 
 Runs against whichever ``pbuffer`` is first on the path: ``PYTHONPATH=<another checkout> python
 benchmarks/relay_pipeline.py`` measures that checkout with the same script (before/after in one session).
