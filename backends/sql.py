@@ -30,7 +30,7 @@ from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
 from .sql_removal import remove_rows
-from .sql_rows import SEQ_COLUMNS, message_from_row, row_params, row_values
+from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, row_values
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, SEQ_PARAMS, SKIP_PARAMS, Statements, bind, chunks
 from .sqlite_space import SpaceReclaimer
 from .tables import DEAD_LETTERS, MESSAGES
@@ -291,20 +291,26 @@ class SQLBuffer(Buffer):
         else:
             statement = self._sql.claim if after is None else self._sql.claim_after
         with self._tx.cursor("claim", write=True) as cursor:
-            if after is not None and not self._sqlite:
-                # A late commit: a row older than `after` committed after this owner claimed past its place. A
-                # window behind `after` would publish its producer's later messages before it: claim nothing, so
-                # the relay starts again from the oldest (sqlite commits in insert order: never late).
-                cursor.execute(self._sql.late_before(len(skip)), params)
-                if cursor.fetchall():
-                    return []
             # Server databases: FOR UPDATE SKIP LOCKED, so competing claimers pass each other's rows by.
             cursor.execute(statement, params)
             rows = cursor.fetchall()
+            if after is not None and not self._sqlite:
+                # A late commit: a row older than `after` committed after this owner claimed past its place. A
+                # window behind `after` would publish its producer's later messages before it: claim nothing, so
+                # the relay starts again from the oldest (sqlite commits in insert order: never late). Checked
+                # after the read (each statement sees what committed before it, READ COMMITTED): a producer's
+                # rows that committed in time for the read (with or after its older ones) are seen here too.
+                cursor.execute(self._sql.late_before(len(skip)), params)
+                if cursor.fetchall():
+                    return []
             # Verified before the claim commits: a damaged row raises (the relay dead-letters it) and nothing is
             # claimed.
-            messages = [message_from_row(row[1:]) for row in rows]
+            messages = messages_from_seq_rows(rows)
             for chunk in chunks(rows):
+                if self._sql.positional:
+                    cursor.execute(self._sql.set_claims_at(len(chunk)),
+                                   [params["owner"], until_us, *[row[0] for row in chunk]])
+                    continue
                 claim = bind(SEQ_PARAMS, [row[0] for row in chunk])
                 cursor.execute(self._sql.set_claims(len(chunk)), {**claim, "owner": params["owner"],
                                                                    "until": until_us})

