@@ -29,12 +29,11 @@ from nats.aio.msg import Msg
 from .. import ids
 from ..errors import PublishError
 from ..message import Message
-from ..validation import is_server_api_subject
 from .connecting import open_client
 from .fast_ingest import BatchOutcome, FastBatch, StreamModes, publish_batch
-from .frames import CHUNK_BYTES, ID_HEADER_BYTES, is_plain
+from .frames import CHUNK_BYTES, ID_HEADER_BYTES, header_size, is_api_subject, is_plain, too_large
 from .natscompat import check_client, deliver_inline, send_publishes, stop_inline
-from .replies import classify, parse_reply
+from .replies import Acks, classify, parse_reply
 from .transport import PublishResult, Transport
 
 __all__ = ["JetStreamTransport", "classify", "parse_reply"]
@@ -85,11 +84,10 @@ class JetStreamTransport(Transport):
         self._inbox = ""
         self._replies: Any = None  # the subscription on <inbox>.*
         #: The publish calls awaiting replies; a reply's token says which call and which message.
-        self._open: list[_Acks] = []
+        self._open: list[Acks] = []
         self._next_token = 0
         self._warned_closed = -1e9
         self._jetstream_checked = (-1e9, True)  # (when, whether $JS.API.INFO answered)
-        self._api_subjects: dict[str, bool] = {}  # is_server_api_subject by subject: a relay meets few subjects
         #: Publish a window's messages for a stream with ``allow_batched`` as one fast-ingest batch.
         self.fast_ingest = fast_ingest
         #: Messages confirmed by the final PubAck of a fast-ingest batch (the others went one by one).
@@ -192,7 +190,7 @@ class JetStreamTransport(Transport):
         the tokens of a call consecutive, so a reply finds its message by arithmetic. One timer bounds the wait for
         every reply of the call."""
         loop = asyncio.get_running_loop()
-        acks = _Acks(self._next_token, len(messages), loop.create_future())
+        acks = Acks(self._next_token, len(messages), loop.create_future())
         self._next_token += len(messages)
         self._open.append(acks)
         try:
@@ -217,7 +215,7 @@ class JetStreamTransport(Transport):
                 results.append(result)
         return results
 
-    async def _send_each(self, messages: Sequence[Message], acks: _Acks) -> None:
+    async def _send_each(self, messages: Sequence[Message], acks: Acks) -> None:
         """Send every message of ``acks``'s call (reply ``<inbox>.<token>``), counting it in ``acks`` before it is
         handed to nats-py (its reply may come while nats-py flushes); one that is refused or cannot be sent gets
         its result at once."""
@@ -244,7 +242,7 @@ class JetStreamTransport(Transport):
             chunk_bytes = payload_bytes = 0
 
         for index, message in enumerate(messages):
-            if not is_plain(message) or self._api_subject(message.subject):
+            if not is_plain(message) or is_api_subject(message.subject):
                 # Through nats-py (its own checks and exceptions), after what was built before it.
                 if chunk:
                     await flush()
@@ -263,7 +261,7 @@ class JetStreamTransport(Transport):
             payload = message.payload
             size = len(payload) + ID_HEADER_BYTES
             if size > max_payload:
-                results[index] = _too_large(size, max_payload)
+                results[index] = too_large(size, max_payload)
                 continue
             frames.append(f"HPUB {message.subject} {prefix}{base + index} {ID_HEADER_BYTES} {size}\r\n"
                           f"NATS/1.0\r\nNats-Msg-Id: {message.id}\r\n\r\n".encode())
@@ -375,27 +373,18 @@ class JetStreamTransport(Transport):
             if result.failure is not None and result.failure.no_stream:
                 self._modes.forget([message.subject])
 
-    def _api_subject(self, subject: str) -> bool:
-        """Whether ``subject`` is a NATS server API subject (cached: a relay meets few subjects)."""
-        api = self._api_subjects.get(subject)
-        if api is None:
-            if len(self._api_subjects) > 10_000:  # bounded: subjects can be many
-                self._api_subjects.clear()
-            api = self._api_subjects[subject] = is_server_api_subject(subject)
-        return api
-
     def _refused_before_sending(self, message: Message, max_payload: int) -> PublishResult | None:
         """A permanent failure for a message the server must never get: a server API subject, or more than
         ``max_payload`` bytes of payload plus headers (the server would drop the connection for it)."""
-        if self._api_subject(message.subject):
+        if is_api_subject(message.subject):
             return PublishResult.failed(
                 f"refused: {message.subject!r} is a NATS server API subject; publishing there would make the server "
                 "act (purge, delete...), not store a message", transient=False)
         # The common case (no headers of its own, a 36-character id; see frames.is_plain) is one constant.
         size = len(message.payload) + (ID_HEADER_BYTES if is_plain(message)
-                                       else _header_size({**message.headers, "Nats-Msg-Id": message.id}))
+                                       else header_size({**message.headers, "Nats-Msg-Id": message.id}))
         if size > max_payload:
-            return _too_large(size, max_payload)
+            return too_large(size, max_payload)
         return None
 
     async def duplicate_window(self, subject: str) -> float | None:
@@ -507,46 +496,3 @@ class JetStreamTransport(Transport):
             self._warned_closed = time.monotonic()
             _log.warning("%s", reason)
         return reason
-
-
-def _header_size(headers: Mapping[str, str]) -> int:
-    """Bytes of the header block nats-py writes for ``headers`` (the server counts them with the payload)."""
-    # "NATS/1.0\r\n", then "Name: value\r\n" per header, then "\r\n".
-    return 12 + sum(len(k.strip().encode()) + len(v.strip().encode()) + 4 for k, v in headers.items())
-
-
-def _too_large(size: int, max_payload: int) -> PublishResult:
-    return PublishResult.failed(
-        f"MaxPayload: payload plus headers are {size:,} bytes, over the server's max_payload of "
-        f"{max_payload:,} bytes (the server would drop the connection for it)", transient=False)
-
-
-class _Acks:
-    """The replies one publish call awaits: message ``i`` of the call has token ``base + i``. ``done`` is set once
-    every message sent has its result (``remaining`` is 0 after the last send), or by :meth:`expire`."""
-
-    __slots__ = ("base", "done", "end", "remaining", "results", "sending", "sent")
-
-    def __init__(self, base: int, size: int, done: asyncio.Future[None]) -> None:
-        self.base = base
-        self.end = base + size
-        self.results: list[PublishResult | None] = [None] * size
-        self.sent = 0  # messages handed to nats-py (or being handed)
-        self.remaining = 0  # of those, the ones without a result yet
-        self.sending = True
-        self.done = done
-
-    def sending_more(self, count: int) -> None:
-        self.sent += count
-        self.remaining += count
-
-    def reply(self, index: int, result: PublishResult) -> None:
-        if self.results[index] is None:
-            self.results[index] = result
-            self.remaining -= 1
-            if self.remaining == 0 and not self.sending and not self.done.done():
-                self.done.set_result(None)
-
-    def expire(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)

@@ -14,7 +14,7 @@ import nats.js.errors
 from ..message import Message
 from .transport import FailureKind, PublishResult
 
-__all__ = ["classify", "parse_reply"]
+__all__ = ["Acks", "classify", "parse_reply"]
 
 _TRANSIENT = (
     asyncio.TimeoutError,  # nats.errors.TimeoutError derives from it
@@ -108,3 +108,34 @@ def parse_reply(data: bytes, headers: dict[str, str] | None) -> PublishResult:
     # Something answered that is not a stream (a service on that subject, a $-subject API...): retrying would
     # only make it act again.
     return PublishResult.failed(f"the reply is not a JetStream PubAck: {bytes(data[:200])!r}", transient=False)
+
+
+class Acks:
+    """The replies one publish call awaits: message ``i`` of the call has token ``base + i``. ``done`` is set once
+    every message sent has its result (``remaining`` is 0 after the last send), or by :meth:`expire`."""
+
+    __slots__ = ("base", "done", "end", "remaining", "results", "sending", "sent")
+
+    def __init__(self, base: int, size: int, done: asyncio.Future[None]) -> None:
+        self.base = base
+        self.end = base + size
+        self.results: list[PublishResult | None] = [None] * size
+        self.sent = 0  # messages handed to nats-py (or being handed)
+        self.remaining = 0  # of those, the ones without a result yet
+        self.sending = True
+        self.done = done
+
+    def sending_more(self, count: int) -> None:
+        self.sent += count
+        self.remaining += count
+
+    def reply(self, index: int, result: PublishResult) -> None:
+        if self.results[index] is None:
+            self.results[index] = result
+            self.remaining -= 1
+            if self.remaining == 0 and not self.sending and not self.done.done():
+                self.done.set_result(None)
+
+    def expire(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
