@@ -227,6 +227,33 @@ def test_limits_reject_and_drop_oldest_work_inside_the_transaction(sql_store_url
         engine.dispose()
 
 
+@pytest.mark.parametrize(("limits", "payload", "dropped"), [
+    ({"max_messages": 40}, b"held", 1),
+    ({"max_bytes": 400}, b"h" * 35, 4),
+], ids=["max_messages", "max_bytes"])
+def test_drop_oldest_in_an_open_transaction_holds_only_what_it_drops(server_store_url: str, limits: dict[str, Any],
+                                                                     payload: bytes, dropped: int) -> None:
+    """PostgreSQL and MariaDB: an outbox save that drops the oldest messages holds only those rows until its caller
+    commits. A relay meanwhile claims the next oldest, in order: the messages behind the dropped ones are neither
+    held back until the commit nor passed over (which would publish newer messages before them)."""
+    buf = open_buffer(server_store_url, overflow="drop_oldest", **limits)
+    engine = caller_engine(server_store_url)
+    owner = pbuffer.ids.new_id()
+    try:
+        saved = buf.save_many([f"message-{i:02d}".encode() for i in range(40)], subject="d.s")  # 10 bytes each
+        with engine.connect() as conn:
+            held = buf.save(payload, subject="d.s", connection=conn)  # drops the oldest, in the open transaction
+            claimed = buf.claim(5, owner=owner, lease=30)
+            assert [m.payload for m in claimed] == [m.payload for m in saved[dropped:dropped + 5]]
+            assert buf.release([m.id for m in claimed], owner=owner) == 5
+            conn.commit()
+        assert [m.id for m in buf.get_all()] == [*(m.id for m in saved[dropped:]), held.id]
+        assert (buf.stats().pending, buf.stats().dropped) == (41 - dropped, dropped)
+    finally:
+        buf.close()
+        engine.dispose()
+
+
 def test_block_cannot_wait_inside_the_callers_transaction(sql_store_url: str) -> None:
     engine = caller_engine(sql_store_url)
     buf = open_buffer(sql_store_url, max_messages=1, overflow="block", block_timeout=30)
