@@ -95,8 +95,10 @@ def after_commit(target: Session | sa.Connection, key: int, callback: Callable[[
     """Run ``callback()`` once when ``target``'s transaction commits; forget it when it rolls back.
 
     ``key`` names the callback (one per buffer), so many saves in one transaction wake once. A Session runs it
-    after its COMMIT (``after_commit``); a Connection's ``commit`` event comes just before the driver's COMMIT,
-    which a relay woken by it sees at its next look (PostgreSQL's NOTIFY, sent at the COMMIT, wakes it again).
+    after its COMMIT (``after_commit``), not when a savepoint (``begin_nested``) is released or rolled back (the
+    Session fires the same events for those); a Connection's ``commit`` event comes just before the driver's
+    COMMIT, which a relay woken by it sees at its next look (PostgreSQL's NOTIFY, sent at the COMMIT, wakes it
+    again), and its savepoints have events of their own.
     """
     with _waiting_lock:
         pending = _waiting.get(target)
@@ -122,9 +124,17 @@ def _take(target: object) -> list[Callable[[], object]]:
 
 
 def _committed(target: Any) -> None:
+    if _savepoint_ending(target):
+        return
     for callback in _take(target):
         callback()
 
 
 def _rolled_back(target: Any) -> None:
-    _take(target)
+    if not _savepoint_ending(target):
+        _take(target)
+
+
+def _savepoint_ending(target: Any) -> bool:
+    """A Session's ``after_commit``/``after_rollback`` fired for a savepoint: its transaction goes on."""
+    return isinstance(target, Session) and target.in_nested_transaction()

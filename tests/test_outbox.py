@@ -122,6 +122,34 @@ def test_listeners_wake_at_commit_never_at_save_nor_rollback(outbox: tuple[Buffe
     assert len(woken) > count
 
 
+def test_savepoints_neither_wake_listeners_nor_lose_the_wake_up(server_store_url: str) -> None:
+    """A Session's savepoint (``begin_nested``) ending is not the caller's commit: releasing one wakes no listener
+    (the transaction may still roll back), and rolling one back does not forget the wake-up of saves made
+    outside it. (sqlite's default driver commits at a RELEASE that opened the transaction: not run there.)"""
+    buf = open_buffer(server_store_url)
+    engine = caller_engine(server_store_url)
+    woken: list[int] = []
+    buf.add_listener(lambda: woken.append(len(buf)))
+    try:
+        with Session(engine) as session:
+            with session.begin_nested():
+                buf.save(b"released", subject="sp.s", connection=session)
+            assert woken == []  # released, not committed
+            session.rollback()
+        assert woken == [] and len(buf) == 0
+        with Session(engine) as session:
+            kept = buf.save(b"kept", subject="sp.s", connection=session)
+            nested = session.begin_nested()
+            buf.save(b"undone", subject="sp.s", connection=session)
+            nested.rollback()
+            session.commit()
+        assert woken[:1] == [1]  # woken at the commit, and the listener sees the message
+        assert [m.id for m in buf.get_all()] == [kept.id]
+    finally:
+        buf.close()
+        engine.dispose()
+
+
 def test_another_database_is_refused_before_anything_is_written(sql_store_url: str, tmp_path: Path) -> None:
     buf = open_buffer(sql_store_url)
     if sql_store_url.startswith("sqlite"):
