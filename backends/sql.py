@@ -115,6 +115,8 @@ class SQLBuffer(Buffer):
         self._space = SpaceReclaimer(self._tx)  # sqlite only
         # Callers' databases already found to be this one (or not: why), by their URL.
         self._same_database: dict[str, str | None] = {}
+        # What the buffer's server says it is (see sql_outbox.check_same_database), read at the first outbox save.
+        self._server_identity: tuple[str, ...] | None = None
         # PostgreSQL: saves NOTIFY at commit; with psycopg 3, a listener added to this buffer starts a thread that
         # LISTENs, so saves of other processes wake this one's relay too.
         dialect = self._engine.dialect

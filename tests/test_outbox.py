@@ -175,6 +175,46 @@ def test_another_database_is_refused_before_anything_is_written(sql_store_url: s
         other.dispose()
 
 
+def test_the_server_not_the_url_says_which_database(server_store_url: str) -> None:
+    """A URL can name the buffer's database and still connect elsewhere (a driver option in its query string, the
+    driver's environment: PGPORT, an option file). The server is asked: such a connection is refused, and the
+    message does not land in the other database's buffer; the same server under another name for its host is
+    accepted."""
+    import uuid
+
+    url = sa.make_url(server_store_url)
+    other_name = f"pbuffer_test_other_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {other_name}")
+    other_buffer = open_buffer(url.set(database=other_name).render_as_string(hide_password=False))
+    buf = open_buffer(server_store_url)
+    # The driver's own database option in the query string wins over the URL's database.
+    option = "dbname" if url.get_backend_name() == "postgresql" else "database"
+    elsewhere = caller_engine(url.update_query_dict({option: other_name}).render_as_string(hide_password=False))
+    alias = caller_engine(url.set(host="localhost" if url.host != "localhost" else "127.0.0.1")
+                          .render_as_string(hide_password=False))
+    try:
+        with elsewhere.connect() as conn:
+            with pytest.raises(ConfigurationError, match="not on this buffer's database"):
+                buf.save(b"x", subject="o.s", connection=conn)
+            conn.rollback()
+        assert len(other_buffer) == 0 and len(buf) == 0
+        with alias.connect() as conn:
+            saved = buf.save(b"y", subject="o.s", connection=conn)
+            conn.commit()
+        assert [m.id for m in buf.get_all()] == [saved.id]
+    finally:
+        buf.close()
+        other_buffer.close()
+        elsewhere.dispose()
+        alias.dispose()
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if url.get_backend_name() == "postgresql" else ""
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {other_name}{force}")
+        admin.dispose()
+
+
 def test_other_family_and_memory_buffers_are_refused(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     memory = pbuffer.open("memory://outbox-test")
