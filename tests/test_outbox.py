@@ -31,6 +31,12 @@ from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
 from pbuffer.relay.transport import MockTransport, PublishResult
 
+#: A known gap (run these tests on MariaDB by removing their xfail): a relay's delete (its locking read of the rows
+#: by seq) waits for an open outbox transaction's uncommitted row when the batch covers most of a small table;
+#: neither LIMIT, FORCE INDEX (PRIMARY) nor a STRAIGHT_JOIN by primary key avoided the wait on MariaDB 10.11.
+MARIADB_DELETE_WAITS = ("MariaDB: a relay's delete waits for an open outbox transaction's row when its batch covers "
+                        "most of a small table (known gap)")
+
 
 @pytest.fixture
 def outbox(sql_store_url: str) -> Iterator[tuple[Buffer, sa.Engine]]:
@@ -450,6 +456,32 @@ def test_an_open_outbox_transaction_blocks_neither_saves_nor_the_relay(server_st
     finally:
         release.set()
         holder.join(HANG_GUARD)
+        buf.close()
+        engine.dispose()
+
+
+def test_deleting_nearly_the_whole_table_does_not_wait_for_an_open_transaction(server_store_url: str) -> None:
+    """A relay that keeps up deletes batches covering nearly every row of a small table; on MariaDB the optimizer
+    then scans the table instead of looking the rows up, and a scan waits for the open outbox transaction's row
+    (until innodb_lock_wait_timeout: 50 s, then an error). Claims and deletes must not wait for it."""
+    if server_store_url.startswith("mysql"):
+        pytest.xfail(MARIADB_DELETE_WAITS)
+    buf = open_buffer(server_store_url)
+    engine = caller_engine(server_store_url)
+    owner = pbuffer.ids.new_id()
+    try:
+        with engine.connect() as conn:
+            held = buf.save(b"held", subject="n.s", connection=conn)
+            committed = buf.save_many([f"{i}".encode() for i in range(20)], subject="n.s")
+            claimed = buf.claim(100, owner=owner, lease=30)
+            assert [m.id for m in claimed] == [m.id for m in committed]
+            assert buf.delete_many([m.id for m in claimed]) == 20
+            again = buf.save_many([b"a", b"b", b"c"], subject="n.s")
+            assert buf.delete_many([m.id for m in again]) == 3
+            conn.commit()
+        assert [m.id for m in buf.get_all()] == [held.id]
+        assert buf.stats().pending == 1
+    finally:
         buf.close()
         engine.dispose()
 
