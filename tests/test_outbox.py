@@ -156,6 +156,33 @@ def test_savepoints_neither_wake_listeners_nor_lose_the_wake_up(server_store_url
         engine.dispose()
 
 
+def test_postgresql_wakes_another_buffer_at_the_commit() -> None:
+    """PostgreSQL: a save NOTIFYs in its transaction and a buffer with a listener LISTENs, so a relay elsewhere (here
+    another Buffer object, which has its own connections and channel token) wakes at the caller's commit, not at the
+    save and not only at its next poll."""
+    url = POSTGRES.empty()
+    saver, relay_side = open_buffer(url), open_buffer(url)
+    engine = caller_engine(url)
+    woken = threading.Event()
+    relay_side.add_listener(woken.set)
+    try:
+        # A plain save wakes it once its LISTEN thread is connected (saves before that are not heard: polling's).
+        deadline = time.monotonic() + HANG_GUARD
+        while not woken.wait(0.2):
+            assert time.monotonic() < deadline, "a plain save never woke the other buffer"
+            saver.save(b"plain", subject="n.s")
+        woken.clear()
+        with engine.connect() as conn:
+            saver.save(b"x", subject="n.s", connection=conn)
+            assert not woken.wait(1.0)  # not at the save
+            conn.commit()
+        assert woken.wait(HANG_GUARD)
+    finally:
+        saver.close()
+        relay_side.close()
+        engine.dispose()
+
+
 def test_another_database_is_refused_before_anything_is_written(sql_store_url: str, tmp_path: Path) -> None:
     buf = open_buffer(sql_store_url)
     if sql_store_url.startswith("sqlite"):
