@@ -116,6 +116,8 @@ class SQLBuffer(Buffer):
         self._space = SpaceReclaimer(self._tx)  # sqlite only
         # Callers' databases already found to be this one (or not: why), by their URL.
         self._same_database: dict[str, str | None] = {}
+        # What the buffer's server says it is (see sql_outbox.check_same_database), read at the first outbox save.
+        self._server_identity: tuple[str, ...] | None = None
         # PostgreSQL: saves NOTIFY at commit; with psycopg 3, a listener added to this buffer starts a thread that
         # LISTENs, so saves of other processes wake this one's relay too.
         dialect = self._engine.dialect
@@ -193,18 +195,25 @@ class SQLBuffer(Buffer):
             cursor.fetchall()
         cursor.execute(self._sql.totals, self._sql.scope)
         totals = Counts.from_row(cursor.fetchone())
+        # Server databases, in a caller's transaction: lock (and so read) only the rows it drops. A row locked until
+        # the caller commits but not dropped would be passed over by relays' claims (SKIP LOCKED), which would then
+        # publish newer messages before it.
         unclaimed = outbox and not self._sqlite
-        oldest_sql = self._sql.outbox_oldest if unclaimed else self._sql.oldest_sizes
+        taken: list[tuple[tuple[int, str, int], int]] = []
 
         def oldest(count: int) -> list[tuple[tuple[int, str, int], int]]:
-            params = {**self._sql.scope, "limit": count}
-            if unclaimed:
-                params["now"] = time.time_ns() // 1000
-            cursor.execute(oldest_sql, params)
-            return [((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall()]
+            if not unclaimed:
+                cursor.execute(self._sql.oldest_sizes, {**self._sql.scope, "limit": count})
+                return [((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall()]
+            if count > len(taken):  # read on after the rows already taken (and locked): only as many more
+                cursor.execute(self._sql.outbox_oldest, {**self._sql.scope, "limit": count - len(taken),
+                                                         "now": time.time_ns() // 1000,
+                                                         "after_seq": taken[-1][0][0] if taken else 0})
+                taken.extend(((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall())
+            return taken[:count]
 
         victims = self.limits.make_room(totals.pending, totals.pending_bytes, [len(m.payload) for m in messages],
-                                         oldest)
+                                         oldest, exact=unclaimed)
         if victims:
             for chunk in chunks(victims):
                 cursor.execute(self._sql.delete_seqs(MESSAGES, len(chunk)),

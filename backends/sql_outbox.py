@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from pbuffer.errors import BufferFullError, ConfigurationError
 from pbuffer.message import Message
-from pbuffer.outbox import caller_connection, same_database
+from pbuffer.outbox import caller_connection, database_family, same_database
 
 from .counters import tally
 from .database import sqlite_path
@@ -65,14 +65,48 @@ def insert_in_callers_transaction(buffer: SQLBuffer, messages: list[Message], co
         raise map_driver_error(orig, "save") from exc
     return target
 
+# What a server says it is: the database this connection is on, and the server (PostgreSQL: its port and start
+# time; MariaDB: host name, port and data directory). Asked of the server because a URL can name the buffer's
+# database and connect elsewhere: a driver option in its query string, the driver's environment (PGHOST, PGPORT),
+# an option file. Read once per connection (kept in its info, which lives as long as the driver's connection).
+_IDENTITY = {
+    # (the start time in seconds since the epoch, as text: the same whatever the session's TimeZone or driver)
+    "postgresql": "SELECT current_database(), current_setting('port'), "
+                  "CAST(EXTRACT(EPOCH FROM pg_postmaster_start_time()) AS TEXT)",
+    "mysql": "SELECT DATABASE(), @@hostname, @@port, @@datadir",
+}
+_IDENTITY_KEY = "pbuffer_server_identity"
+
+
 def check_same_database(buffer: SQLBuffer, conn: sa.Connection) -> None:
     url = conn.engine.url
     key = url.render_as_string(hide_password=False)
     if key not in buffer._same_database:
         buffer._same_database[key] = same_database(url, buffer.url, sqlite_path)
     reason = buffer._same_database[key]
+    family = database_family(url)
+    identity_sql = _IDENTITY.get(family) if family == database_family(buffer.url) else None
+    if identity_sql is not None:
+        # A server of the buffer's family: the servers' own answers decide (a host under another name is
+        # accepted, a URL that connects elsewhere is refused).
+        theirs = conn.info.get(_IDENTITY_KEY)
+        if theirs is None:
+            theirs = conn.info[_IDENTITY_KEY] = tuple(str(value) for value in conn.exec_driver_sql(identity_sql).one())
+        if buffer._server_identity is None:
+            with buffer._tx.cursor("save", write=False) as cursor:
+                cursor.execute(identity_sql)
+                buffer._server_identity = tuple(str(value) for value in cursor.fetchone())
+        mine = buffer._server_identity
+        reason = None if theirs == mine else reason or (
+            f"the server says it is {_describe(family, theirs)}, the buffer's is {_describe(family, mine)}")
     if reason is not None:
         raise ConfigurationError(
             f"connection= is not on this buffer's database ({buffer._database.display_url}): {reason}. The outbox "
             "writes the message in your transaction, so it must be the same database (same server and "
             "database name, or the same sqlite file); nothing was written")
+
+
+def _describe(family: str, identity: tuple[str, ...]) -> str:
+    if family == "postgresql":
+        return f"database {identity[0]!r} on port {identity[1]} (a server started at {identity[2]} s since 1970)"
+    return f"database {identity[0]!r} on {identity[1]}:{identity[2]} (data in {identity[3]})"

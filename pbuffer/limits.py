@@ -116,13 +116,15 @@ class Limits:
         return self.max_messages is not None or self.max_bytes is not None
 
     def make_room(self, pending: int, pending_bytes: int, adding: Sequence[int],
-                  oldest: Callable[[int], Sequence[tuple[K, int]]]) -> list[K]:
+                  oldest: Callable[[int], Sequence[tuple[K, int]]], *, exact: bool = False) -> list[K]:
         """Decide what a save of messages with payload sizes ``adding`` does, given what is pending now.
 
         Returns the keys of the oldest messages to drop first (``drop_oldest``; ``[]`` when everything fits).
         Raises :class:`BufferFullError` when the save must not happen (``reject`` and ``block`` at the limit,
         or messages that could never fit). ``oldest(n)`` gives the ``n`` oldest pending messages as
-        ``(key, payload size)``, oldest first.
+        ``(key, payload size)``, oldest first. ``exact``: never ask ``oldest`` for more messages than may still be
+        dropped (one more at a time once the count is met), for an ``oldest`` that locks what it reads until a
+        caller's commit (the outbox): a row locked and not dropped would hold a relay back from it.
         """
         count, size = len(adding), sum(adding)
         if (self.max_messages is not None and count > self.max_messages) or (
@@ -136,7 +138,7 @@ class Limits:
         if self.overflow != "drop_oldest":
             raise BufferFullError(f"the buffer is full: {pending} message(s), {pending_bytes} bytes pending "
                                   f"(max_messages={self.max_messages}, max_bytes={self.max_bytes})")
-        wanted = max(over_count, 1) + 16
+        wanted = max(over_count, 1) + (0 if exact else 16)
         while True:
             rows = oldest(wanted)
             victims: list[K] = []
@@ -150,5 +152,5 @@ class Limits:
             if (freed_count >= over_count and freed_bytes >= over_bytes) or len(rows) < wanted:
                 # Everything pending is dropped, or enough was: the new messages alone fit (checked above).
                 return victims
-            wanted *= 4
+            wanted = wanted + max(over_count - freed_count, 1) if exact else wanted * 4
 

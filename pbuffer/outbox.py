@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from .errors import ConfigurationError
 
-__all__ = ["after_commit", "caller_connection", "same_database"]
+__all__ = ["after_commit", "caller_connection", "database_family", "same_database"]
 
 # Dialect names that are one database family (a MariaDB server answers mysql:// and mariadb:// alike).
 _FAMILY = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
@@ -58,12 +58,17 @@ def caller_connection(connection: object) -> tuple[sa.Connection, Session | sa.C
     raise ConfigurationError(f"connection= must be a SQLAlchemy Connection or ORM Session, not {kind}")
 
 
+def database_family(url: URL) -> str:
+    """``"postgresql"``, ``"mysql"`` (MariaDB and MySQL under either name) or ``"sqlite"``; ``""`` for others."""
+    return _FAMILY.get(url.get_backend_name(), "")
+
+
 def same_database(caller: URL, buffer: URL, sqlite_path: Callable[[URL], Path]) -> str | None:
     """Why ``caller`` is not the buffer's database, or ``None`` when it is: the same server (host and port) and
     database name, or the same sqlite file (``sqlite_path`` resolves a URL's file). The drivers may differ
     (psycopg and asyncpg, say)."""
-    family = _FAMILY.get(caller.get_backend_name(), "")
-    if family != _FAMILY.get(buffer.get_backend_name()):
+    family = database_family(caller)
+    if family != database_family(buffer):
         return f"it is a {caller.get_backend_name()} database and the buffer's is {buffer.get_backend_name()}"
     if family == "sqlite":
         try:
@@ -95,8 +100,10 @@ def after_commit(target: Session | sa.Connection, key: int, callback: Callable[[
     """Run ``callback()`` once when ``target``'s transaction commits; forget it when it rolls back.
 
     ``key`` names the callback (one per buffer), so many saves in one transaction wake once. A Session runs it
-    after its COMMIT (``after_commit``); a Connection's ``commit`` event comes just before the driver's COMMIT,
-    which a relay woken by it sees at its next look (PostgreSQL's NOTIFY, sent at the COMMIT, wakes it again).
+    after its COMMIT (``after_commit``), not when a savepoint (``begin_nested``) is released or rolled back (the
+    Session fires the same events for those); a Connection's ``commit`` event comes just before the driver's
+    COMMIT, which a relay woken by it sees at its next look (PostgreSQL's NOTIFY, sent at the COMMIT, wakes it
+    again), and its savepoints have events of their own.
     """
     with _waiting_lock:
         pending = _waiting.get(target)
@@ -122,9 +129,17 @@ def _take(target: object) -> list[Callable[[], object]]:
 
 
 def _committed(target: Any) -> None:
+    if _savepoint_ending(target):
+        return
     for callback in _take(target):
         callback()
 
 
 def _rolled_back(target: Any) -> None:
-    _take(target)
+    if not _savepoint_ending(target):
+        _take(target)
+
+
+def _savepoint_ending(target: Any) -> bool:
+    """A Session's ``after_commit``/``after_rollback`` fired for a savepoint: its transaction goes on."""
+    return isinstance(target, Session) and target.in_nested_transaction()

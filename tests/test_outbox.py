@@ -31,6 +31,12 @@ from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
 from pbuffer.relay.transport import MockTransport, PublishResult
 
+#: A known gap (run these tests on MariaDB by removing their xfail): a relay's delete (its locking read of the rows
+#: by seq) waits for an open outbox transaction's uncommitted row when the batch covers most of a small table;
+#: neither LIMIT, FORCE INDEX (PRIMARY) nor a STRAIGHT_JOIN by primary key avoided the wait on MariaDB 10.11.
+MARIADB_DELETE_WAITS = ("MariaDB: a relay's delete waits for an open outbox transaction's row when its batch covers "
+                        "most of a small table (known gap)")
+
 
 @pytest.fixture
 def outbox(sql_store_url: str) -> Iterator[tuple[Buffer, sa.Engine]]:
@@ -122,6 +128,61 @@ def test_listeners_wake_at_commit_never_at_save_nor_rollback(outbox: tuple[Buffe
     assert len(woken) > count
 
 
+def test_savepoints_neither_wake_listeners_nor_lose_the_wake_up(server_store_url: str) -> None:
+    """A Session's savepoint (``begin_nested``) ending is not the caller's commit: releasing one wakes no listener
+    (the transaction may still roll back), and rolling one back does not forget the wake-up of saves made
+    outside it. (sqlite's default driver commits at a RELEASE that opened the transaction: not run there.)"""
+    buf = open_buffer(server_store_url)
+    engine = caller_engine(server_store_url)
+    woken: list[int] = []
+    buf.add_listener(lambda: woken.append(len(buf)))
+    try:
+        with Session(engine) as session:
+            with session.begin_nested():
+                buf.save(b"released", subject="sp.s", connection=session)
+            assert woken == []  # released, not committed
+            session.rollback()
+        assert woken == [] and len(buf) == 0
+        with Session(engine) as session:
+            kept = buf.save(b"kept", subject="sp.s", connection=session)
+            nested = session.begin_nested()
+            buf.save(b"undone", subject="sp.s", connection=session)
+            nested.rollback()
+            session.commit()
+        assert woken[:1] == [1]  # woken at the commit, and the listener sees the message
+        assert [m.id for m in buf.get_all()] == [kept.id]
+    finally:
+        buf.close()
+        engine.dispose()
+
+
+def test_postgresql_wakes_another_buffer_at_the_commit() -> None:
+    """PostgreSQL: a save NOTIFYs in its transaction and a buffer with a listener LISTENs, so a relay elsewhere (here
+    another Buffer object, which has its own connections and channel token) wakes at the caller's commit, not at the
+    save and not only at its next poll."""
+    url = POSTGRES.empty()
+    saver, relay_side = open_buffer(url), open_buffer(url)
+    engine = caller_engine(url)
+    woken = threading.Event()
+    relay_side.add_listener(woken.set)
+    try:
+        # A plain save wakes it once its LISTEN thread is connected (saves before that are not heard: polling's).
+        deadline = time.monotonic() + HANG_GUARD
+        while not woken.wait(0.2):
+            assert time.monotonic() < deadline, "a plain save never woke the other buffer"
+            saver.save(b"plain", subject="n.s")
+        woken.clear()
+        with engine.connect() as conn:
+            saver.save(b"x", subject="n.s", connection=conn)
+            assert not woken.wait(1.0)  # not at the save
+            conn.commit()
+        assert woken.wait(HANG_GUARD)
+    finally:
+        saver.close()
+        relay_side.close()
+        engine.dispose()
+
+
 def test_another_database_is_refused_before_anything_is_written(sql_store_url: str, tmp_path: Path) -> None:
     buf = open_buffer(sql_store_url)
     if sql_store_url.startswith("sqlite"):
@@ -145,6 +206,46 @@ def test_another_database_is_refused_before_anything_is_written(sql_store_url: s
     finally:
         buf.close()
         other.dispose()
+
+
+def test_the_server_not_the_url_says_which_database(server_store_url: str) -> None:
+    """A URL can name the buffer's database and still connect elsewhere (a driver option in its query string, the
+    driver's environment: PGPORT, an option file). The server is asked: such a connection is refused, and the
+    message does not land in the other database's buffer; the same server under another name for its host is
+    accepted."""
+    import uuid
+
+    url = sa.make_url(server_store_url)
+    other_name = f"pbuffer_test_other_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {other_name}")
+    other_buffer = open_buffer(url.set(database=other_name).render_as_string(hide_password=False))
+    buf = open_buffer(server_store_url)
+    # The driver's own database option in the query string wins over the URL's database.
+    option = "dbname" if url.get_backend_name() == "postgresql" else "database"
+    elsewhere = caller_engine(url.update_query_dict({option: other_name}).render_as_string(hide_password=False))
+    alias = caller_engine(url.set(host="localhost" if url.host != "localhost" else "127.0.0.1")
+                          .render_as_string(hide_password=False))
+    try:
+        with elsewhere.connect() as conn:
+            with pytest.raises(ConfigurationError, match="not on this buffer's database"):
+                buf.save(b"x", subject="o.s", connection=conn)
+            conn.rollback()
+        assert len(other_buffer) == 0 and len(buf) == 0
+        with alias.connect() as conn:
+            saved = buf.save(b"y", subject="o.s", connection=conn)
+            conn.commit()
+        assert [m.id for m in buf.get_all()] == [saved.id]
+    finally:
+        buf.close()
+        other_buffer.close()
+        elsewhere.dispose()
+        alias.dispose()
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if url.get_backend_name() == "postgresql" else ""
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {other_name}{force}")
+        admin.dispose()
 
 
 def test_other_family_and_memory_buffers_are_refused(tmp_path: Path) -> None:
@@ -222,6 +323,33 @@ def test_limits_reject_and_drop_oldest_work_inside_the_transaction(sql_store_url
             conn.commit()
         assert [m.payload for m in buf.get_all()] == [b"3", b"4", b"5"]
         assert buf.stats().dropped == 2 and buf.stats().pending == 3
+    finally:
+        buf.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("limits", "payload", "dropped"), [
+    ({"max_messages": 40}, b"held", 1),
+    ({"max_bytes": 400}, b"h" * 35, 4),
+], ids=["max_messages", "max_bytes"])
+def test_drop_oldest_in_an_open_transaction_holds_only_what_it_drops(server_store_url: str, limits: dict[str, Any],
+                                                                     payload: bytes, dropped: int) -> None:
+    """PostgreSQL and MariaDB: an outbox save that drops the oldest messages holds only those rows until its caller
+    commits. A relay meanwhile claims the next oldest, in order: the messages behind the dropped ones are neither
+    held back until the commit nor passed over (which would publish newer messages before them)."""
+    buf = open_buffer(server_store_url, overflow="drop_oldest", **limits)
+    engine = caller_engine(server_store_url)
+    owner = pbuffer.ids.new_id()
+    try:
+        saved = buf.save_many([f"message-{i:02d}".encode() for i in range(40)], subject="d.s")  # 10 bytes each
+        with engine.connect() as conn:
+            held = buf.save(payload, subject="d.s", connection=conn)  # drops the oldest, in the open transaction
+            claimed = buf.claim(5, owner=owner, lease=30)
+            assert [m.payload for m in claimed] == [m.payload for m in saved[dropped:dropped + 5]]
+            assert buf.release([m.id for m in claimed], owner=owner) == 5
+            conn.commit()
+        assert [m.id for m in buf.get_all()] == [*(m.id for m in saved[dropped:]), held.id]
+        assert (buf.stats().pending, buf.stats().dropped) == (41 - dropped, dropped)
     finally:
         buf.close()
         engine.dispose()
@@ -355,6 +483,32 @@ def test_an_open_outbox_transaction_blocks_neither_saves_nor_the_relay(server_st
     finally:
         release.set()
         holder.join(HANG_GUARD)
+        buf.close()
+        engine.dispose()
+
+
+def test_deleting_nearly_the_whole_table_does_not_wait_for_an_open_transaction(server_store_url: str) -> None:
+    """A relay that keeps up deletes batches covering nearly every row of a small table; on MariaDB the optimizer
+    then scans the table instead of looking the rows up, and a scan waits for the open outbox transaction's row
+    (until innodb_lock_wait_timeout: 50 s, then an error). Claims and deletes must not wait for it."""
+    if server_store_url.startswith("mysql"):
+        pytest.xfail(MARIADB_DELETE_WAITS)
+    buf = open_buffer(server_store_url)
+    engine = caller_engine(server_store_url)
+    owner = pbuffer.ids.new_id()
+    try:
+        with engine.connect() as conn:
+            held = buf.save(b"held", subject="n.s", connection=conn)
+            committed = buf.save_many([f"{i}".encode() for i in range(20)], subject="n.s")
+            claimed = buf.claim(100, owner=owner, lease=30)
+            assert [m.id for m in claimed] == [m.id for m in committed]
+            assert buf.delete_many([m.id for m in claimed]) == 20
+            again = buf.save_many([b"a", b"b", b"c"], subject="n.s")
+            assert buf.delete_many([m.id for m in again]) == 3
+            conn.commit()
+        assert [m.id for m in buf.get_all()] == [held.id]
+        assert buf.stats().pending == 1
+    finally:
         buf.close()
         engine.dispose()
 
