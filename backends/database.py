@@ -40,6 +40,8 @@ SUPPORTED = SQL_SCHEMES
 # Any constants work: they only have to be the same in every pbuffer process.
 _PG_LOCK_KEY = 0x70627566  # "pbuf"
 _MYSQL_LOCK_NAME = "pbuffer_schema"
+#: The MySQL protocol's CLIENT_MULTI_STATEMENTS capability flag (pymysql.constants.CLIENT.MULTI_STATEMENTS).
+_CLIENT_MULTI_STATEMENTS = 1 << 16
 _DRIVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 #: The longest busy_timeout, in seconds (about 24 days): sqlite takes it in milliseconds as a 32-bit int.
 MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
@@ -127,6 +129,14 @@ class Database:
                                      f"{use}pip install 'pbuffer[{extra}]' ({exc})") from exc
         except sa.exc.ArgumentError as exc:
             raise ConfigurationError(f"bad database URL: {exc}") from exc
+        if engine.dialect.name in ("mysql", "mariadb") and engine.dialect.driver == "pymysql":
+            @event.listens_for(engine, "do_connect")
+            def _multi_statements(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+                # A relay's delete sends one primary-key statement per row in one round trip (sql_removal): a
+                # statement over many rows can wait on rows another transaction holds. Added to the flags
+                # SQLAlchemy sets (FOUND_ROWS), not in their place.
+                params["client_flag"] = params.get("client_flag", 0) | _CLIENT_MULTI_STATEMENTS
+
         if self.sqlite:
             synchronous = sqlite_file.DURABILITY_SYNCHRONOUS[self.durability or "process"]
             busy_ms = int(self.busy_timeout * 1000)

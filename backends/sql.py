@@ -29,7 +29,7 @@ from .sql_connections import Connections, Transactions
 from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
-from .sql_removal import remove_rows
+from .sql_removal import delete_by_seq, remove_rows
 from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, row_values
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, SEQ_PARAMS, SKIP_PARAMS, Statements, bind, chunks
 from .sqlite_space import SpaceReclaimer
@@ -215,9 +215,7 @@ class SQLBuffer(Buffer):
         victims = self.limits.make_room(totals.pending, totals.pending_bytes, [len(m.payload) for m in messages],
                                          oldest, exact=unclaimed)
         if victims:
-            for chunk in chunks(victims):
-                cursor.execute(self._sql.delete_seqs(MESSAGES, len(chunk)),
-                               bind(SEQ_PARAMS, [seq for seq, _, _ in chunk]))
+            delete_by_seq(cursor, self._sql, MESSAGES, [seq for seq, _, _ in victims], own_connection=not outbox)
             mark = self._counting.read_mark(cursor)
             changes = tally(((subject, size) for seq, subject, size in victims if seq <= mark), pending=-1)
             tally(((subject, 0) for _, subject, _ in victims), kind="dropped", into=changes)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sql_statements import ID_PARAMS, SEQ_PARAMS, Statements, bind
+from .sql_statements import ID_PARAMS, SEQ_PARAMS, Statements, bind, chunks
 
-__all__ = ["remove_rows"]
+__all__ = ["delete_by_seq", "remove_rows"]
 
 
 def remove_rows(cursor: Any, sql: Statements, table: str, ids: list[bytes]) -> list[tuple[str, int, bool]]:
@@ -28,9 +28,12 @@ def remove_rows(cursor: Any, sql: Statements, table: str, ids: list[bytes]) -> l
     # every row it passes that another transaction holds, an open outbox transaction's new row among them.
     # So: find the seqs without locking, then lock and delete exactly those rows by primary key.
     cursor.execute(sql.seqs_of_ids(table, len(ids)), params)
-    seqs = bind(SEQ_PARAMS, [row[0] for row in cursor.fetchall()])
-    if not seqs:
+    found = [int(row[0]) for row in cursor.fetchall()]
+    if not found:
         return []
+    if sql.point_statements:
+        return [(subject, int(size), True) for subject, size in _delete_each(cursor, sql, table, found)]
+    seqs = bind(SEQ_PARAMS, found)
     if sql.delete_returning:
         cursor.execute(sql.delete_seqs_returning(table, len(seqs)), seqs)
         return [(subject, int(size), True) for subject, size in cursor.fetchall()]
@@ -40,3 +43,30 @@ def remove_rows(cursor: Any, sql: Statements, table: str, ids: list[bytes]) -> l
         cursor.execute(sql.delete_seqs(table, len(rows)),
                        bind(SEQ_PARAMS, [row[0] for row in rows]))
     return [(subject, int(size), True) for _, subject, size in rows]
+
+
+def delete_by_seq(cursor: Any, sql: Statements, table: str, seqs: list[int], *, own_connection: bool) -> None:
+    """Delete the rows with these seqs (already locked by this transaction, or gone). MariaDB/MySQL: a statement
+    per row, never one over many (see :func:`_delete_each`): together in one round trip on pbuffer's own
+    connections, one by one on a caller's (the outbox: its connection takes one statement at a time)."""
+    if not sql.by_seq:
+        for chunk in chunks(seqs):
+            cursor.execute(sql.delete_seqs(table, len(chunk)), bind(SEQ_PARAMS, chunk))
+    elif sql.point_statements and own_connection:
+        _delete_each(cursor, sql, table, seqs)
+    else:
+        for seq in seqs:
+            cursor.execute(sql.delete_one(table), {"seq": seq})
+
+
+def _delete_each(cursor: Any, sql: Statements, table: str, seqs: list[int]) -> list[tuple[str, int]]:
+    """One statement per row, all in one round trip, returning each deleted row's subject and size: even an IN
+    list of primary keys is read by a full scan when the table is small (a relay that keeps up), and that scan
+    waits on every row another transaction holds, an open outbox transaction's new row among them (MariaDB)."""
+    removed: list[tuple[str, int]] = []
+    for chunk in chunks(seqs):
+        cursor.execute(sql.delete_each_seq(table, chunk))
+        removed.extend((subject, int(size)) for subject, size in cursor.fetchall())
+        while cursor.nextset():
+            removed.extend((subject, int(size)) for subject, size in cursor.fetchall())
+    return removed

@@ -139,7 +139,10 @@ class Statements:
         self.by_seq = dialect.name in ("mysql", "mariadb")
         # positional (sqlite): a relay's claim and delete bind their IN lists by position (set_claims_at,
         # delete_ids_at): binding 500 named parameters cost 1.2 us a row, by position 0.45 (measured).
-        self._for_update, self.positional = for_update, sqlite
+        # point_statements (MariaDB/MySQL through PyMySQL): the connections take several statements in one round
+        # trip (see database.py), so a relay's delete is one primary-key statement per row, sent together.
+        self._for_update, self.positional, self.point_statements = (
+            for_update, sqlite, self.by_seq and dialect.driver == "pymysql")
 
     def _counter_statements(self, dialect: str, compile_: Callable[[str], str], where: str, and_scope: str) -> None:
         """The counters' statements: the upsert every write runs, and the reads (with sqlite's uncounted tail)."""
@@ -231,6 +234,22 @@ class Statements:
         return self._in_list(f"delete seq returning {table}", count, lambda seqs: (
             f"DELETE FROM {table} WHERE seq IN ({seqs}){self._limit(count)} RETURNING subject, length(payload)"),
             prefix="s")
+
+    def delete_one(self, table: str) -> str:
+        """Delete one row of ``table`` by its seq (``:seq``)."""
+        return self.delete_seq if table == MESSAGES else self.delete_dead_seq
+
+    def delete_each_seq(self, table: str, seqs: Sequence[int]) -> str:
+        """Several statements in one (``point_statements``): per seq, delete that one row by primary key and say
+        its subject and size (MariaDB: ``DELETE ... RETURNING``; MySQL: a locking read, then the delete). A point
+        statement touches its own row only: an IN list or a range may scan a small table whole and wait on every
+        row another transaction holds, an open outbox transaction's new row among them. The seqs are integers
+        read from the table, written in as such."""
+        if self.delete_returning:
+            return "; ".join(f"DELETE FROM {table} WHERE seq = {int(seq)} RETURNING subject, length(payload)"
+                             for seq in seqs)
+        return "; ".join(f"SELECT subject, length(payload) FROM {table} WHERE seq = {int(seq)} FOR UPDATE; "
+                         f"DELETE FROM {table} WHERE seq = {int(seq)}" for seq in seqs)
 
     def lock_seqs(self, table: str, count: int) -> str:
         """Where DELETE cannot return rows (MySQL): the rows to delete, locked by primary key."""

@@ -148,9 +148,6 @@ def test_order_service_killed_at_random_moments(server: NatsServer) -> None:
 
 
 HOLD_SECONDS = 10.0
-# The relay's delete on MariaDB can wait for the held row (see tests/test_outbox.py): 3 runs of 4 stalled there.
-MARIADB_DELETE_WAITS = ("MariaDB: a relay's delete waits for an open outbox transaction's row when its batch covers "
-                        "most of a small table (known gap)")
 
 
 @pytest.mark.parametrize("limits", [{}, {"max_messages": 2000, "overflow": "drop_oldest"}],
@@ -162,8 +159,6 @@ def test_a_transaction_held_open_10_s_blocks_neither_saves_nor_the_relay(server_
     (none waited for the open transaction) and the relay has published everything they committed, each once, in
     each producer's order; then the held message is published too. With drop_oldest the buffer starts full, so
     the held save and the others drop messages while the transaction is open."""
-    if server_store_url.startswith("mysql"):
-        pytest.xfail(MARIADB_DELETE_WAITS)
     buf = open_buffer(server_store_url, **limits)
     engine = caller_engine(server_store_url)
     if limits:
