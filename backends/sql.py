@@ -212,8 +212,10 @@ class SQLBuffer(Buffer):
                 taken.extend(((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall())
             return taken[:count]
 
+        # Server databases read the oldest rows locked (SKIP LOCKED) until the save commits: exactly as many as
+        # it drops, since a relay's claim meanwhile passes locked rows by and would publish newer messages first.
         victims = self.limits.make_room(totals.pending, totals.pending_bytes, [len(m.payload) for m in messages],
-                                         oldest, exact=unclaimed)
+                                         oldest, exact=not self._sqlite)
         if victims:
             delete_by_seq(cursor, self._sql, MESSAGES, [seq for seq, _, _ in victims], own_connection=not outbox)
             mark = self._counting.read_mark(cursor)

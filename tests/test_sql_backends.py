@@ -226,3 +226,25 @@ def test_a_claim_never_takes_a_row_whose_older_sibling_it_passed(server_store_ur
         assert b.id not in [m.id for m in behind], "B was claimed while A, older, was left behind"
         assert [m.id for m in buf.claim(10, owner=owner, lease=30)] == [a.id, x.id, b.id]
         engine.dispose()
+
+
+def test_a_drop_oldest_save_holds_back_only_what_it_drops(server_store_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a drop_oldest save's transaction runs, a relay's claim (another buffer object: another connection)
+    takes the oldest messages the save does not drop, in order. The save used to lock 16 rows more than it dropped
+    (SKIP LOCKED), and the claim passed them by: the relay would have published newer messages first."""
+    with pbuffer.open(server_store_url, max_messages=40, overflow="drop_oldest") as buf, \
+            pbuffer.open(server_store_url) as relay_side:
+        buf.save_many([str(i).encode() for i in range(40)], subject="d.s")
+        claimed: list[list[bytes]] = []
+        counting = buf._counting  # type: ignore[attr-defined]
+        real_bump = counting.bump
+
+        def bump(cursor: Any, changes: Any, **options: Any) -> None:
+            if not claimed:  # the first bump: the dropped rows' counts, inside the save's transaction
+                claimed.append([m.payload for m in relay_side.claim(5, owner=ids.new_id(), lease=30)])
+            real_bump(cursor, changes, **options)
+
+        monkeypatch.setattr(counting, "bump", bump)
+        buf.save(b"new", subject="d.s")  # drops message 0
+    assert claimed == [[b"1", b"2", b"3", b"4", b"5"]]
