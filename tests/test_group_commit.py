@@ -133,7 +133,7 @@ def test_saves_from_threads_are_committed_together(tmp_path: Path) -> None:
 
 
 def test_a_failed_thread_group_commit_fails_every_save_in_it(tmp_path: Path) -> None:
-    with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db", group_commit=True) as buf:
         buf.save(b"before", subject="a")
         original = buf._insert  # type: ignore[attr-defined]
         entered = threading.Event()
@@ -153,7 +153,7 @@ def test_a_failed_thread_group_commit_fails_every_save_in_it(tmp_path: Path) -> 
 
 
 def test_a_full_buffer_answers_each_grouped_save_on_its_own(tmp_path: Path) -> None:
-    with pbuffer.open(f"sqlite:///{tmp_path}/b.db", max_messages=25) as buf:
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db", max_messages=25, group_commit=True) as buf:
         per_thread, errors = save_from_threads(buf, 10, 5)
         assert len(errors) == 25 and all(isinstance(e, pbuffer.BufferFullError) for e in errors)
         assert sum(len(ids) for ids in per_thread) == 25 == len(buf)
@@ -184,3 +184,20 @@ def test_a_full_buffer_answers_each_grouped_async_save_on_its_own(tmp_path: Path
         assert max(tried) > 1, "no group was tried together: the save-by-save fallback was not exercised"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("options", "grouped"), [
+    ({}, False), ({"durability": "power"}, True), ({"group_commit": True}, True),
+    ({"durability": "power", "group_commit": False}, False)])
+def test_threads_group_commits_by_default_only_where_a_commit_waits(tmp_path: Path, options: dict[str, object],
+                                                                    grouped: bool) -> None:
+    """sqlite with durability="process" commits into the WAL without waiting: threads' saves are not grouped
+    unless asked (grouping measured slower there); with "power" (an fsync per commit) they are, unless turned off.
+    """
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db", **options) as buf:  # type: ignore[arg-type]
+        assert buf.group_commit is grouped
+        sizes = counting_commits(buf)
+        _, errors = save_from_threads(buf, 8, 20)
+        assert not errors and sum(sizes) == 160 == len(buf)
+        if not grouped:
+            assert max(sizes) == 1, "saves were grouped although group commit is off"
