@@ -96,3 +96,46 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {HANG_GUARD} s waiting for {what}")
         time.sleep(0.05)
+
+
+class HeldSave:
+    """A thread that saves one message through an outbox transaction of its own and keeps that transaction open
+    until :meth:`commit`: what other savers and relays must never wait for. ``message``: the saved message."""
+
+    def __init__(self, buf: Buffer, engine: sa.Engine, subject: str) -> None:
+        self.message: pbuffer.Message | None = None
+        self.error: BaseException | None = None
+        self._held, self._release = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._hold, args=(buf, engine, subject))
+
+    def _hold(self, buf: Buffer, engine: sa.Engine, subject: str) -> None:
+        try:
+            with engine.connect() as conn:
+                self.message = buf.save(b"held", subject=subject, connection=conn)
+                self._held.set()
+                self._release.wait(HANG_GUARD)
+                conn.commit()
+        except BaseException as exc:  # reported by the test's thread
+            self.error = exc
+            self._held.set()
+
+    def start(self) -> None:
+        """Start, and return once the message is saved in the open transaction."""
+        self._thread.start()
+        assert self._held.wait(HANG_GUARD) and self.error is None, self.error
+
+    def is_open(self) -> bool:
+        return self._thread.is_alive()
+
+    def commit(self) -> pbuffer.Message:
+        """Commit the held transaction; returns its message."""
+        self._release.set()
+        self._thread.join(HANG_GUARD)
+        assert self.error is None and self.message is not None, self.error
+        return self.message
+
+    def end(self) -> None:
+        """In a test's ``finally``: let the thread end whatever happened."""
+        self._release.set()
+        if self._thread.ident is not None:  # started
+            self._thread.join(HANG_GUARD)

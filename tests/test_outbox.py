@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from backend_urls import POSTGRES
 from nats_support import add_stream
-from outbox_support import HANG_GUARD, RelayThread, caller_engine, open_buffer, stream_ids, wait_until
+from outbox_support import HANG_GUARD, HeldSave, RelayThread, caller_engine, open_buffer, stream_ids, wait_until
 from sqlalchemy.orm import Session
 
 import pbuffer
@@ -429,24 +429,9 @@ def test_an_open_outbox_transaction_blocks_neither_saves_nor_the_relay(server_st
     published too."""
     buf = open_buffer(server_store_url, **limits)
     engine = caller_engine(server_store_url)
-    held, release = threading.Event(), threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def hold_open() -> None:
-        try:
-            with engine.connect() as conn:
-                outcome["message"] = buf.save(b"held", subject="busy.s", connection=conn)
-                held.set()
-                release.wait(HANG_GUARD)
-                conn.commit()
-        except BaseException as exc:  # reported by the main thread
-            outcome["error"] = exc
-            held.set()
-
-    holder = threading.Thread(target=hold_open)
-    holder.start()
+    holder = HeldSave(buf, engine, "busy.s")
     try:
-        assert held.wait(HANG_GUARD) and "error" not in outcome
+        holder.start()
         saved: list[str] = []
 
         def producer(n: int) -> None:
@@ -466,17 +451,14 @@ def test_an_open_outbox_transaction_blocks_neither_saves_nor_the_relay(server_st
         relay = Relay(buf, transport, batch_size=20)
         stats = asyncio.run(asyncio.wait_for(relay.drain(), HANG_GUARD))
         assert stats.published == 204 and len(buf) == 0  # everything committed, while the holder is still open
-        assert holder.is_alive()
-        release.set()
-        holder.join(HANG_GUARD)
-        assert "error" not in outcome
+        assert holder.is_open()
+        held = holder.commit()
         stats = asyncio.run(asyncio.wait_for(Relay(buf, transport).drain(), HANG_GUARD))
-        assert stats.published == 1 and transport.published[-1].id == outcome["message"].id
-        assert sorted(m.id for m in transport.published) == sorted([*saved, outcome["message"].id])
+        assert stats.published == 1 and transport.published[-1].id == held.id
+        assert sorted(m.id for m in transport.published) == sorted([*saved, held.id])
         assert buf.stats().pending == 0
     finally:
-        release.set()
-        holder.join(HANG_GUARD)
+        holder.end()
         buf.close()
         engine.dispose()
 

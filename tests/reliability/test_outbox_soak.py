@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 from backend_urls import POSTGRES
 from nats_support import add_stream
-from outbox_support import HANG_GUARD, RelayThread, caller_engine, open_buffer, stream_ids, wait_until
+from outbox_support import HANG_GUARD, HeldSave, RelayThread, caller_engine, open_buffer, stream_ids, wait_until
 
 from pbuffer.examples.natsserver import NatsServer
 from pbuffer.relay import Relay
@@ -168,21 +168,10 @@ def test_a_transaction_held_open_10_s_blocks_neither_saves_nor_the_relay(server_
     loop = asyncio.new_event_loop()
     relay_thread = threading.Thread(target=lambda: loop.run_until_complete(relay.run()), name="relay")
     relay_thread.start()
-    held, release, stop = threading.Event(), threading.Event(), threading.Event()
-    outcome: dict[str, Any] = {}
+    stop = threading.Event()
     saved: list[list[str]] = [[] for _ in range(4)]
     errors: list[BaseException] = []
-
-    def hold_open() -> None:
-        try:
-            with engine.connect() as conn:
-                outcome["message"] = buf.save(b"held", subject="hold.s", connection=conn)
-                held.set()
-                release.wait(HANG_GUARD)
-                conn.commit()
-        except BaseException as exc:  # reported by the main thread
-            outcome["error"] = exc
-            held.set()
+    holder = HeldSave(buf, engine, "hold.s")
 
     def producer(n: int) -> None:
         try:
@@ -196,11 +185,9 @@ def test_a_transaction_held_open_10_s_blocks_neither_saves_nor_the_relay(server_
         except BaseException as exc:
             errors.append(exc)
 
-    holder = threading.Thread(target=hold_open)
     producers = [threading.Thread(target=producer, args=(n,)) for n in range(4)]
     try:
         holder.start()
-        assert held.wait(HANG_GUARD) and "error" not in outcome
         started = time.monotonic()
         for thread in producers:
             thread.start()
@@ -217,7 +204,7 @@ def test_a_transaction_held_open_10_s_blocks_neither_saves_nor_the_relay(server_
             return not {m.id for m in buf.get_all()} & ours
 
         wait_until(published_or_dropped, "the relay to publish what the producers committed")
-        assert holder.is_alive(), "the held transaction ended early"
+        assert holder.is_open(), "the held transaction ended early"
         published = [m.id for m in transport.published if m.id in ours]
         assert len(published) == len(set(published)), "a message was published twice"
         position = {message_id: index for index, message_id in enumerate(published)}
@@ -226,15 +213,12 @@ def test_a_transaction_held_open_10_s_blocks_neither_saves_nor_the_relay(server_
             assert mine == sorted(mine), "a producer's order changed"
         if not limits:
             assert set(published) == ours
-        release.set()
-        holder.join(HANG_GUARD)
-        assert "error" not in outcome
-        wait_until(lambda: outcome["message"].id in {m.id for m in transport.published}, "the held message")
+        held = holder.commit()
+        wait_until(lambda: held.id in {m.id for m in transport.published}, "the held message")
         assert sum(len(ids) for ids in saved) > 100  # the producers did save throughout
     finally:
         stop.set()
-        release.set()
-        holder.join(HANG_GUARD)
+        holder.end()
         for thread in producers:
             thread.join(HANG_GUARD)
         loop.call_soon_threadsafe(relay.stop)
