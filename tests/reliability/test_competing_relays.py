@@ -86,13 +86,19 @@ def test_two_relay_processes_publish_every_message_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_killed_relays_claims_run_out_and_the_other_takes_over(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/b.db"
-    total = 20_000
+    total = 100_000
     saved = fill(url, total)
     with NatsServer() as server:
         add_stream(server)
         victim, survivor = start_relay(url, server), start_relay(url, server)
         go(victim, survivor)
-        time.sleep(0.3)  # both are mid-drain, each holding claimed windows
+        # Kill once both relays hold claimed windows (not after a fixed time: a faster relay drained 20,000
+        # messages before a 0.3 s sleep ended).
+        with pbuffer.open(url) as buf:
+            deadline = time.monotonic() + 60
+            while (buf.claim_stats() or pbuffer.ClaimStats(0, 0, None, 0)).owners < 2:
+                assert time.monotonic() < deadline, "the two relays never held claims at once"
+                time.sleep(0.005)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
         with pbuffer.open(url) as buf:
