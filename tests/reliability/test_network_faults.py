@@ -26,7 +26,9 @@ from pbuffer.relay.jetstream import JetStreamTransport
 from .faults_support import HANG_GUARD, check_drained, connect_recording, require_nats_server, stream_ids
 from .tcp_proxy import TcpProxy
 
-TOTAL = 8_000
+# The faults' waits ask for about 5,000 acknowledgements in all, and each may overshoot by what arrives while it
+# polls (10 ms): room for a fast relay, so every fault lands mid-drain.
+TOTAL = 16_000
 TIMEOUT = 2.0  # the transport's publish timeout: how long a window's acks are awaited
 PING_INTERVAL = 1.0  # with nats-py's default of 2 outstanding pings, a silent connection is stale after ~3 s
 
