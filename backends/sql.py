@@ -201,25 +201,23 @@ class SQLBuffer(Buffer):
             cursor.fetchall()
         cursor.execute(self._sql.totals, self._sql.scope)
         totals = Counts.from_row(cursor.fetchone())
-        # Server databases, in a caller's transaction: lock (and so read) only the rows it drops. A row locked until
-        # the caller commits but not dropped would be passed over by relays' claims (SKIP LOCKED), which would then
-        # publish newer messages before it.
+        # Server databases read the oldest rows locked (SKIP LOCKED) until the save commits (a caller's commit, in
+        # the outbox): exactly as many as it drops, since a relay's claim meanwhile passes locked rows by and would
+        # publish newer messages before them. In a caller's transaction only rows no relay holds (a relay's delete
+        # would wait for the caller's commit).
         unclaimed = outbox and not self._sqlite
+        statement = self._sql.outbox_oldest if unclaimed else self._sql.oldest_sizes
         taken: list[tuple[tuple[int, str, int], int]] = []
 
         def oldest(count: int) -> list[tuple[tuple[int, str, int], int]]:
-            if not unclaimed:
-                cursor.execute(self._sql.oldest_sizes, {**self._sql.scope, "limit": count})
-                return [((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall()]
-            if count > len(taken):  # read on after the rows already taken (and locked): only as many more
-                cursor.execute(self._sql.outbox_oldest, {**self._sql.scope, "limit": count - len(taken),
-                                                         "now": time.time_ns() // 1000,
-                                                         "after_seq": taken[-1][0][0] if taken else 0})
+            if count > len(taken):  # read on after the rows already taken: each row is read (and locked) once
+                params = {**self._sql.scope, "limit": count - len(taken), "after_seq": taken[-1][0][0] if taken else 0}
+                if unclaimed:
+                    params["now"] = time.time_ns() // 1000
+                cursor.execute(statement, params)
                 taken.extend(((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall())
             return taken[:count]
 
-        # Server databases read the oldest rows locked (SKIP LOCKED) until the save commits: exactly as many as
-        # it drops, since a relay's claim meanwhile passes locked rows by and would publish newer messages first.
         victims = self.limits.make_room(totals.pending, totals.pending_bytes, [len(m.payload) for m in messages],
                                          oldest, exact=not self._sqlite)
         if victims:

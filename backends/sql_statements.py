@@ -123,9 +123,10 @@ class Statements:
             "claim_until_us >= :now THEN claim_owner END), MAX(CASE WHEN claim_until_us >= :now THEN claim_until_us "
             f"END) FROM (SELECT claim_owner, claim_until_us FROM {MESSAGES}{where} ORDER BY seq LIMIT :limit) head")
         self.oldest_created = compile_(f"SELECT created_us FROM {MESSAGES}{where} ORDER BY seq LIMIT 1")
-        # Rows an outbox save holds deleted until its caller commits are passed over, not waited for.
-        self.oldest_sizes = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES}{where} ORDER BY seq "
-                                     f"LIMIT :limit{skip_locked}")
+        # drop_oldest's candidates, read on from :after_seq (the rows already taken); rows an outbox save holds
+        # deleted until its caller commits are passed over, not waited for.
+        self.oldest_sizes = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES} WHERE seq > :after_seq"
+                                     f"{and_scope} ORDER BY seq LIMIT :limit{skip_locked}")
         # An outbox save's drop_oldest (server databases): only rows no relay holds, so no relay's delete waits for
         # the caller's commit; read on from :after_seq, as many as it drops (it holds them until the commit).
         self.outbox_oldest = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES} WHERE seq > :after_seq "
