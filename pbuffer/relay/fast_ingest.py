@@ -31,7 +31,7 @@ from typing import Any, TypeGuard
 from nats.aio.client import Client
 
 from ..message import Message
-from .frames import CHUNK_BYTES, ID_HEADER_BYTES, is_plain
+from .frames import CHUNK_BYTES, ID_HEADER_BYTES, command_head, is_plain
 from .natscompat import send_publishes
 
 __all__ = ["BatchOutcome", "FastBatch", "StreamModes", "publish_batch"]
@@ -184,8 +184,7 @@ async def publish_batch(nc: Client, inbox: str, batch: FastBatch, messages: Sequ
                 op = _OP_APPEND if 1 < seq < last else _OP_START if seq == 1 else _OP_COMMIT
                 payload = message.payload
                 size = len(payload) + ID_HEADER_BYTES
-                frames.append(f"HPUB {message.subject} {prefix}{seq}.{op}.$FI {ID_HEADER_BYTES} {size}\r\n"
-                              f"NATS/1.0\r\nNats-Msg-Id: {message.id}\r\n\r\n".encode())
+                frames.append(command_head(message.subject, f"{prefix}{seq}.{op}.$FI", message.id, size))
                 frames.append(payload)
                 frames.append(b"\r\n")
                 payload_bytes += len(payload)

@@ -24,7 +24,7 @@ from ..message import Message
 from ..validation import is_server_api_subject
 from .transport import PublishResult
 
-__all__ = ["CHUNK_BYTES", "ID_HEADER_BYTES", "header_size", "is_api_subject", "is_plain", "too_large"]
+__all__ = ["CHUNK_BYTES", "ID_HEADER_BYTES", "command_head", "header_size", "is_api_subject", "is_plain", "too_large"]
 
 #: The header block of a message whose only header is a 36-character Nats-Msg-Id, as nats-py writes it:
 #: "NATS/1.0\r\n" + "Nats-Msg-Id: <id>\r\n" + "\r\n".
@@ -37,6 +37,13 @@ CHUNK_BYTES = 128 * 1024
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")
 _plain_subjects: dict[str, bool] = {}
 _api_subjects: dict[str, bool] = {}  # is_server_api_subject by subject: a relay meets few subjects
+
+
+def command_head(subject: str, reply: str, message_id: str, size: int) -> bytes:
+    """The ``HPUB`` command of a plain message (:func:`is_plain`) up to its payload, with its header block (its
+    ``Nats-Msg-Id``); ``size``: payload plus header bytes. The payload and ``\r\n`` follow it on the wire."""
+    return (f"HPUB {subject} {reply} {ID_HEADER_BYTES} {size}\r\n"
+            f"NATS/1.0\r\nNats-Msg-Id: {message_id}\r\n\r\n").encode()
 
 
 def is_plain(message: Message) -> bool:

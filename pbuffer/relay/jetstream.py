@@ -31,7 +31,7 @@ from ..errors import PublishError
 from ..message import Message
 from .connecting import open_client
 from .fast_ingest import BatchOutcome, FastBatch, StreamModes, publish_batch
-from .frames import CHUNK_BYTES, ID_HEADER_BYTES, header_size, is_api_subject, is_plain, too_large
+from .frames import CHUNK_BYTES, ID_HEADER_BYTES, command_head, header_size, is_api_subject, is_plain, too_large
 from .natscompat import check_client, deliver_inline, send_publishes, stop_inline
 from .replies import Acks, classify, parse_reply
 from .transport import PublishResult, Transport
@@ -263,8 +263,7 @@ class JetStreamTransport(Transport):
             if size > max_payload:
                 results[index] = too_large(size, max_payload)
                 continue
-            frames.append(f"HPUB {message.subject} {prefix}{base + index} {ID_HEADER_BYTES} {size}\r\n"
-                          f"NATS/1.0\r\nNats-Msg-Id: {message.id}\r\n\r\n".encode())
+            frames.append(command_head(message.subject, f"{prefix}{base + index}", message.id, size))
             frames.append(payload)
             frames.append(b"\r\n")
             chunk.append(index)
