@@ -176,6 +176,13 @@ class _Store:
             lane.compact(pending)
         return message
 
+    def delete(self, seq: int) -> Message:
+        """Remove a pending message and count it as deleted (``delete``, ``pop``; the limits' removals are
+        counted as what they are instead)."""
+        message = self.remove(seq)
+        self.counters[message.subject].deleted += 1
+        return message
+
     def add_dead(self, dead: _Dead) -> None:
         self.dead[dead.message.id] = dead
         counts = self.counts(dead.message.subject)
@@ -285,11 +292,7 @@ class MemoryBuffer(Buffer):
             free = None if not store.claims else (
                 lambda message: not store.claimed_by_other(message.id, None, now_us))
             head = self._walk(None, 1, free)
-            if not head:
-                return None
-            message = store.remove(head[0][0])
-            store.counters[message.subject].deleted += 1
-            return message
+            return store.delete(head[0][0]) if head else None
 
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:
         return self._claim_skipping(limit, after, owner, until_us, now_us, frozenset())
@@ -362,7 +365,7 @@ class MemoryBuffer(Buffer):
         store = self._store
         seq = store.seq_by_id.get(message_id)
         if seq is not None and self._in_scope(store.pending[seq]):
-            store.counters[store.remove(seq).subject].deleted += 1
+            store.delete(seq)
             return True
         dead = store.dead.get(message_id)
         if dead is not None and self._in_scope(dead.message):
