@@ -30,7 +30,7 @@ from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
 from .sql_removal import delete_by_seq, remove_rows
-from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, row_values
+from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, row_values, rows_values
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, SEQ_PARAMS, SKIP_PARAMS, Statements, bind, chunks
 from .sqlite_space import SpaceReclaimer
 from .tables import DEAD_LETTERS, MESSAGES
@@ -158,7 +158,13 @@ class SQLBuffer(Buffer):
     def _insert(self, messages: list[Message]) -> None:
         # The hot path of save(): the steps of Transactions.cursor, spelled out to spare a generator per message.
         # sqlite binds positional parameters faster than named ones.
-        rows = [row_values(message) for message in messages] if self._sqlite else [row_params(m) for m in messages]
+        rows: list[Any]
+        if not self._sqlite:
+            rows = [row_params(m) for m in messages]
+        elif len(messages) == 1:
+            rows = [row_values(messages[0])]
+        else:
+            rows = rows_values(messages)
         with self._write_lock:
             conn = self._connections.take("save")
             try:

@@ -13,7 +13,7 @@ from pbuffer.ids import from_bytes, to_bytes
 from pbuffer.message import NO_HEADERS, Message, checksum, decode_headers, encode_headers
 
 __all__ = ["COLUMNS", "DEAD_COLUMNS", "SEQ_COLUMNS", "message_from_row", "messages_from_seq_rows", "row_params",
-           "row_values"]
+           "row_values", "rows_values"]
 
 #: A message's columns, in the order every statement reads and writes them.
 COLUMNS = "id, subject, payload, headers, created_us, checksum"
@@ -28,6 +28,21 @@ def row_values(message: Message) -> tuple[Any, ...]:
     headers = encode_headers(message.headers)
     return (to_bytes(message.id), message.subject, message.payload, headers, message.created_us,
             checksum(message.id, message.subject, headers, message.created_us, message.payload))
+
+
+def rows_values(messages: list[Message]) -> list[tuple[Any, ...]]:
+    """:func:`row_values` of each message, in one loop: a ``save_many`` of 1,000 messages spent a third of its
+    Python in the calls per message. The checksum is :func:`pbuffer.message.checksum`'s, written out (a test
+    compares the two on every kind of message)."""
+    rows: list[tuple[Any, ...]] = []
+    append, crc32, fromhex = rows.append, zlib.crc32, bytes.fromhex
+    for message in messages:
+        message_id, subject, payload, created_us = message.id, message.subject, message.payload, message.created_us
+        headers = encode_headers(message.headers) if message.headers else None
+        head = f"{message_id}\x00{subject}\x00{headers or ''}\x00{created_us}\x00".encode()
+        append((fromhex(message_id.replace("-", "")), subject, payload, headers, created_us,
+                crc32(payload, crc32(head))))
+    return rows
 
 
 def row_params(message: Message) -> dict[str, Any]:

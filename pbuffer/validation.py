@@ -34,6 +34,7 @@ __all__ = [
     "check_subject_prefixes",
     "check_window",
     "is_system_subject",
+    "valid_subjects",
 ]
 
 #: Longest subject accepted, in characters (the database column is sized for it).
@@ -64,8 +65,9 @@ def check_payload(payload: object) -> bytes:
     raise TypeError(f"payload must be bytes-like (bytes, bytearray, memoryview), not {type(payload).__name__}")
 
 
-# Subjects already found valid; producers reuse a few subjects, and the check is on every save.
-_valid_subjects: set[str] = set()
+#: Ordinary subjects already found valid (never a system subject: whether one passes depends on the buffer);
+#: producers reuse a few subjects, and the check is on every save. Only :func:`check_subject` adds to it.
+valid_subjects: set[str] = set()
 _VALID_SUBJECTS_KEPT = 4096
 
 
@@ -130,7 +132,7 @@ def check_subject(subject: object, allowed_prefixes: tuple[str, ...] = ()) -> st
     """
     if not isinstance(subject, str):
         raise ValidationError(f"subject must be a str, not {type(subject).__name__}")
-    if subject in _valid_subjects:
+    if subject in valid_subjects:
         # Only ordinary subjects are remembered: whether a system subject passes depends on the buffer.
         return subject
     if not subject:
@@ -154,9 +156,9 @@ def check_subject(subject: object, allowed_prefixes: tuple[str, ...] = ()) -> st
                               "asks the server to act (e.g. $JS.API.* purges or deletes streams); to buffer "
                               "messages for one on purpose (e.g. KV puts on $KV.<bucket>.<key>), open the buffer "
                               "with allow_subject_prefixes=(\"$KV.<bucket>.\",)")
-    if len(_valid_subjects) >= _VALID_SUBJECTS_KEPT:
-        _valid_subjects.clear()
-    _valid_subjects.add(subject)
+    if len(valid_subjects) >= _VALID_SUBJECTS_KEPT:
+        valid_subjects.clear()
+    valid_subjects.add(subject)
     return subject
 
 

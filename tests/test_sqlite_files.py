@@ -204,3 +204,47 @@ def test_space_goes_back_after_a_backlog_drains(tmp_path: Path) -> None:
         buf.save_many([b"x"] * 10, subject="a")  # a reclaimed file is a normal buffer
         assert buf.reclaim(force=True) >= 0
         assert len(buf) == 10
+
+
+@pytest.mark.parametrize("holder", ["another process", "another thread"])
+def test_a_held_write_lock_times_out_with_nothing_written(tmp_path: Path, holder: str) -> None:
+    # Where the sqlite library has the WAL-reset bug, writes take a lock file (flock across processes, a thread
+    # lock within one); a writer that cannot get it within busy_timeout must fail, typed, and write nothing.
+    import fcntl
+    import threading
+
+    from pbuffer import BackendError
+
+    path = tmp_path / "buffer.db"
+    with pbuffer.open(url(path, busy_timeout="0.3"), serialize_writes=True) as buf:
+        buf.save(b"before", subject="a")
+        release = threading.Event()
+        if holder == "another process":
+            # flock belongs to an open file description: a second one conflicts as another process's would.
+            fd = os.open(path.with_name("buffer.db.lock"), os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            held = threading.Event()
+
+            def hold() -> None:
+                with buf._write_lock:  # type: ignore[attr-defined]
+                    held.set()
+                    release.wait(10)
+
+            thread = threading.Thread(target=hold)
+            thread.start()
+            assert held.wait(10)
+        try:
+            with pytest.raises(BackendError, match=f"{holder} held the write lock .* nothing was written"):
+                buf.save(b"lost?", subject="a")
+            with pytest.raises(BackendError, match="nothing was written"):
+                buf.pop()
+        finally:
+            if holder == "another process":
+                os.close(fd)
+            else:
+                release.set()
+                thread.join()
+        assert [m.payload for m in buf.get_all()] == [b"before"]
+        buf.save(b"after", subject="a")  # the lock is free again: writes go on
+        assert [m.payload for m in buf.get_all()] == [b"before", b"after"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .. import ids, validation
 from ..errors import BackendError, ValidationError
 from ..limits import BufferStats, ClaimStats, Limits, SubjectStats
-from ..message import DeadLetter, Message, Outgoing, Payload
+from ..message import NO_HEADERS, DeadLetter, Message, Outgoing, Payload
 from ..validation import check_limit, check_message_id
 from . import expiry
 from .group_commit import GroupCommit
@@ -24,14 +24,25 @@ __all__ = ["BufferAPI"]
 
 _Self = TypeVar("_Self", bound="BufferAPI")
 
+# Looked up once: save() runs them on every message.
+_time_ns = time.time_ns
+_new_id = ids.new_id
+_known_subjects = validation.valid_subjects
+
 
 class BufferAPI:
     """The public methods of :class:`~pbuffer.Buffer` (documented there as its own), over its primitives."""
 
     limits: Limits
     group_commit: bool
+    # Set by Buffer (the last by a backend whose server limits a row); save() reads them on its fast path.
+    subject: str | None
+    _with_trace: Callable[[Mapping[str, str] | None], Mapping[str, str] | None] | None
+    _max_message_bytes: int | None
 
     def __init__(self, limits: Limits) -> None:
+        # Limits are frozen and the buffer's never change: whether a save may wait for room is known now.
+        self._blocks_for_room = limits.overflow == "block"
         self._listeners = Listeners()
         self._removals = RemovalLog(limits)
         self._room = Room(limits)
@@ -74,12 +85,21 @@ class BufferAPI:
         """
         if self._closed:
             self._check_open()
-        now_ns = time.time_ns()
-        message = self._prepare(payload, subject, headers, ids.new_id(now_ns), now_ns // 1000)
+        now_ns = _time_ns()
+        if (type(payload) is bytes and headers is None and type(subject) is str and subject in _known_subjects
+                and self.subject is None and self._with_trace is None and self._max_message_bytes is None):
+            # The common save, spelled out: what _prepare checks and builds for bytes, no headers and a subject
+            # already found valid (an ordinary one: system subjects are never remembered), three calls fewer.
+            message = Message(_new_id(now_ns), subject, payload, NO_HEADERS, now_ns // 1000)
+        else:
+            message = self._prepare(payload, subject, headers, _new_id(now_ns), now_ns // 1000)
         if connection is not None:
             self._save_in([message], connection)
             return message
-        self._commit_call([message])
+        if self.group_commit or self._blocks_for_room:
+            self._commit_call([message])
+        else:  # _commit_call's common case, spelled out
+            self._insert([message])
         if self._listeners.callbacks:
             self._notify()
         return message
@@ -93,15 +113,21 @@ class BufferAPI:
         """
         self._check_open()
         items = list(items)
-        now_ns = time.time_ns()
+        now_ns = _time_ns()
         created_us = now_ns // 1000
-        prepare = self._prepare
-        messages = [
-            prepare(item.payload, item.subject or subject, headers if item.headers is None else item.headers,
-                    message_id, created_us)
-            if isinstance(item, Outgoing) else prepare(item, subject, headers, message_id, created_us)
-            for item, message_id in zip(items, ids.new_ids(len(items), now_ns), strict=True)
-        ]
+        message_ids = ids.new_ids(len(items), now_ns)
+        prepare = self._prepare_item
+        if (headers is None and type(subject) is str and subject in _known_subjects and self.subject is None
+                and self._with_trace is None and self._max_message_bytes is None):
+            # As in save(): a bytes payload with the call's known subject and no headers needs no more checking.
+            messages = [
+                Message(message_id, subject, item, NO_HEADERS, created_us) if type(item) is bytes
+                else prepare(item, subject, headers, message_id, created_us)
+                for item, message_id in zip(items, message_ids, strict=True)
+            ]
+        else:
+            messages = [prepare(item, subject, headers, message_id, created_us)
+                        for item, message_id in zip(items, message_ids, strict=True)]
         if connection is not None:
             if messages:
                 self._save_in(messages, connection)
@@ -110,6 +136,14 @@ class BufferAPI:
             self._commit_call(messages)
             self._notify()
         return messages
+
+    def _prepare_item(self, item: Payload | Outgoing, subject: str | None, headers: Mapping[str, str] | None,
+                      message_id: str, created_us: int) -> Message:
+        """:meth:`_prepare` for one item of :meth:`save_many`: an :class:`Outgoing`'s fields over the call's."""
+        if isinstance(item, Outgoing):
+            return self._prepare(item.payload, item.subject or subject,
+                                 headers if item.headers is None else item.headers, message_id, created_us)
+        return self._prepare(item, subject, headers, message_id, created_us)
 
     def prepare(self, payload: Payload, *, subject: str | None = None,
                 headers: Mapping[str, str] | None = None) -> Message:
@@ -294,7 +328,7 @@ class BufferAPI:
         """Commit one call's messages: grouped with other threads' when enabled, waiting for room if asked to."""
         if self.group_commit:
             self._grouped.commit(messages)
-        elif self.limits.overflow == "block":
+        elif self._blocks_for_room:
             self._room.insert(messages, self._insert)
         else:  # the common case, spelled out: two calls fewer per save (memory save() is ~4 us in all)
             self._insert(messages)

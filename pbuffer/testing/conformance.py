@@ -142,6 +142,28 @@ class BufferConformance(_Base):
         assert buffer.save_many([], subject=SUBJECT) == []
         assert len(buffer) == 0
 
+    def test_a_subject_already_seen_checks_every_other_argument(self, buffer: Buffer) -> None:
+        # A subject found valid once is remembered (saves skip its check); nothing else may be skipped with it.
+        buffer.save(b"warm", subject=SUBJECT)
+        buffer.save_many([b"warm"], subject=SUBJECT)
+        for bad_subject in (["orders"], {"a": 1}, SUBJECT.encode(), 7, "a b"):
+            with pytest.raises(ValidationError):
+                buffer.save(b"x", subject=bad_subject)  # type: ignore[arg-type]
+            with pytest.raises(ValidationError):
+                buffer.save_many([b"x"], subject=bad_subject)  # type: ignore[arg-type]
+        for bad_payload in ("text", 7, None, [b"x"]):
+            with pytest.raises(TypeError):
+                buffer.save(bad_payload, subject=SUBJECT)  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                buffer.save_many([b"ok", bad_payload], subject=SUBJECT)  # type: ignore[list-item]
+        with pytest.raises(ValidationError):
+            buffer.save(b"x", subject=SUBJECT, headers={"Bad Name": "v"})
+        payload = bytearray(b"abc")
+        saved = [buffer.save(payload, subject=SUBJECT), *buffer.save_many([payload, b"def"], subject=SUBJECT)]
+        payload[0:1] = b"z"
+        assert [type(m.payload) for m in saved] == [bytes] * 3
+        assert [m.payload for m in buffer.get_all()] == [b"warm", b"warm", b"abc", b"abc", b"def"]
+
     def test_payloads_and_headers_round_trip(self, buffer: Buffer) -> None:
         payloads = [b"", bytes(range(256)), b"\x00" * 10, "héllo ✓".encode(), b"x" * (1 << 20)]
         headers = {"Content-Type": "application/x-protobuf", "X-Unicode": "naïve ✓", "X-Tab": "a\tb", "X-Empty": ""}
