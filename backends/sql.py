@@ -30,7 +30,7 @@ from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
 from .sql_removal import delete_by_seq, remove_rows
-from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, row_values, rows_values
+from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, rows_values
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, SEQ_PARAMS, SKIP_PARAMS, Statements, bind, chunks
 from .sqlite_space import SpaceReclaimer
 from .tables import DEAD_LETTERS, MESSAGES
@@ -159,12 +159,7 @@ class SQLBuffer(Buffer):
         # The hot path of save(): the steps of Transactions.cursor, spelled out to spare a generator per message.
         # sqlite binds positional parameters faster than named ones.
         rows: list[Any]
-        if not self._sqlite:
-            rows = [row_params(m) for m in messages]
-        elif len(messages) == 1:
-            rows = [row_values(messages[0])]
-        else:
-            rows = rows_values(messages)
+        rows = rows_values(messages) if self._sqlite else [row_params(m) for m in messages]
         with self._write_lock:
             conn = self._connections.take("save")
             try:
@@ -291,7 +286,7 @@ class SQLBuffer(Buffer):
                 self._tx.failed(conn, exc, "pop")
             self._connections.give_back(conn)
         if message is not None:
-            self._removed(1)
+            self._space.removed(1)
         return message
 
     def _claim(self, limit: int, after: str | None, owner: str, until_us: int, now_us: int) -> list[Message]:

@@ -281,7 +281,7 @@ def _builtin_cases(settings: Settings) -> list[Case]:
             subject_label=f"sqlite -> relay drain() [batch {e2e.BATCH_SIZE}]", subject=e2e.relay_drain,
             baseline_label="seed loop: await js.publish()", baseline=e2e.seed_publish_loop,
             count=e2e_n, baseline_count=seed_n,
-            target=Target("end to end >= 5x the seed's loop", "min_ratio", 5.0),
+            target=Target("end to end >= 10x the seed's loop (the relay issue; the first asked 5x)", "min_ratio", 10.0),
             note=_E2E_SETUP + "Baseline: the seed's loop exactly as the seed wrote it, one awaited "
                  "js.publish(subject, payload) per message on nats.connect()/nc.jetstream() with their defaults: "
                  "no Nats-Msg-Id (so the server does no deduplication for it), no buffer, nothing deleted. The "
@@ -296,7 +296,8 @@ def _builtin_cases(settings: Settings) -> list[Case]:
             subject_label=f"sqlite -> relay drain() [batch {e2e.BATCH_SIZE}]", subject=e2e.relay_drain,
             baseline_label="bare js.publish_async(), no buffer", baseline=e2e.ceiling_publish_async,
             count=e2e_n,
-            target=Target("end to end >= 0.6x bare publish_async (the ceiling)", "min_ratio", 0.6),
+            target=Target("end to end >= 1.0x bare publish_async (the ceiling; the relay issue, the first asked 0.6x)",
+                          "min_ratio", 1.0),
             note=_E2E_SETUP + "Baseline (the ceiling): nats-py alone, no buffer: futures = [await "
                  "js.publish_async(subject, payload) for each message]; await asyncio.gather(*futures), with no "
                  "wait_stall, on a JetStreamContext made with "

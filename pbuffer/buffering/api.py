@@ -175,13 +175,16 @@ class BufferAPI:
 
     def pop(self) -> Message | None:
         """Remove and return the oldest pending message no live claim holds, atomically, or ``None``."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
+        ttl = self.limits.ttl
         while True:
-            message = self._pop(time.time_ns() // 1000)
+            message = self._pop(_time_ns() // 1000)
             if message is None:
                 return None
-            self._room.freed(1)
-            if not expiry.is_expired(message, time.time_ns() // 1000, self.limits.ttl):
+            if self._blocks_for_room:
+                self._room.freed(1)
+            if ttl is None or not expiry.is_expired(message, _time_ns() // 1000, ttl):
                 return message
             # Too old to hand out: counted as expired in a transaction after the pop's (a crash between the two
             # loses the count of this one message, never a message).
