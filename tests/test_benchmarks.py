@@ -648,3 +648,29 @@ def test_throughput_plot_names_each_baseline_and_the_filter() -> None:
         plt.close(figure)
     unfiltered = _document([], {"ops": None, "backends": None, "cases": None, "url": None})
     assert "filtered" not in plots._title(unfiltered, "throughput by case")
+
+
+def test_every_instruction_count_workload_runs() -> None:
+    from pbuffer.benchmarks import instructions
+
+    for name in instructions.WORKLOADS:
+        instructions.run(name, 1_000 if name == "save_many" else 3)
+
+
+def test_instructions_are_counted_per_message() -> None:
+    # valgrind is a tool, not a service, but the rule is the same: missing here is a skip, on CI a failure.
+    import shutil
+
+    from pbuffer.benchmarks import instructions
+
+    if shutil.which("valgrind") is None:
+        if os.environ.get("CI"):
+            pytest.fail("valgrind is not installed (apt install valgrind); CI is set")
+        pytest.skip("valgrind is not installed (apt install valgrind)")
+    per_message = instructions.count_instructions("deque", 300)
+    # A uuid4(), a CRC32 and a tuple: thousands of instructions, not the interpreter's start-up (hundreds of
+    # millions) nor nothing.
+    assert 2_000 < per_message < 200_000
+    done = subprocess.run([sys.executable, "-m", "pbuffer.benchmarks.instructions", "nope"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "unknown workload nope; choose from save" in done.stderr
