@@ -254,8 +254,9 @@ def _stress_group_commit(combine_for: float, threads: int = 12, calls: int = 150
     workers = [threading.Thread(target=producer, args=(n,), daemon=True) for n in range(threads)]
     for worker in workers:
         worker.start()
+    deadline = time.monotonic() + 120  # a generous bound on a hang, not a timing assertion
     for worker in workers:
-        worker.join(120)
+        worker.join(max(0.0, deadline - time.monotonic()))
     assert not any(worker.is_alive() for worker in workers), "a call never got its answer (lost wake-up)"
     assert unexpected == []
     assert sorted(written) == sorted(m for messages in returned for m in messages), "written != returned"
