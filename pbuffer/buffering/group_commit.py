@@ -79,6 +79,10 @@ class GroupCommit:
             except BaseException:
                 self._hand_over()
                 raise
+            with self._lock:  # the lone thread's way out, spelled out: nothing queued meanwhile
+                if not self._queue:
+                    self._busy = False
+                    return
             self._commit_queued()
             return
         try:
