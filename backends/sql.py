@@ -64,7 +64,7 @@ class SQLBuffer(Buffer):
         group_commit: saves from several threads share transactions (default: on). Where a commit waits for a
             disk flush or a server round trip (sqlite ``durability="power"``, PostgreSQL, MariaDB) they share the
             wait; with sqlite ``durability="process"`` a transaction of many rows costs little more than one of a
-            single row (8 threads in the quick benchmark: about 1.4x one thread grouped, 0.85x not).
+            single row (8 threads in the quick benchmark: about 1.4x one thread grouped, 0.9x not).
         auto_upgrade: upgrade an older schema at open. Default: yes for sqlite (after a backup), no for server
             databases, which raise :class:`~pbuffer.SchemaTooOldError` naming the command to run.
         serialize_writes: sqlite only; one writer at a time across processes (a lock file beside the database),
