@@ -187,13 +187,12 @@ def test_a_full_buffer_answers_each_grouped_async_save_on_its_own(tmp_path: Path
 
 
 @pytest.mark.parametrize(("options", "grouped"), [
-    ({}, False), ({"durability": "power"}, True), ({"group_commit": True}, True),
+    ({}, True), ({"durability": "power"}, True), ({"group_commit": False}, False),
     ({"durability": "power", "group_commit": False}, False)])
-def test_threads_group_commits_by_default_only_where_a_commit_waits(tmp_path: Path, options: dict[str, object],
-                                                                    grouped: bool) -> None:
-    """sqlite with durability="process" commits into the WAL without waiting: threads' saves are not grouped
-    unless asked (grouping measured slower there); with "power" (an fsync per commit) they are, unless turned off.
-    """
+def test_threads_group_commits_by_default_unless_turned_off(tmp_path: Path, options: dict[str, object],
+                                                            grouped: bool) -> None:
+    """Threads' saves are grouped by default, at either durability (with "process", a transaction of many rows
+    costs little more than one of a single row; with "power", they share its fsync), unless turned off."""
     with pbuffer.open(f"sqlite:///{tmp_path}/b.db", **options) as buf:  # type: ignore[arg-type]
         assert buf.group_commit is grouped
         sizes = counting_commits(buf)
@@ -201,3 +200,154 @@ def test_threads_group_commits_by_default_only_where_a_commit_waits(tmp_path: Pa
         assert not errors and sum(sizes) == 160 == len(buf)
         if not grouped:
             assert max(sizes) == 1, "saves were grouped although group commit is off"
+
+
+def _stress_group_commit(combine_for: float, threads: int = 12, calls: int = 150) -> None:
+    """GroupCommit alone, over a fake insert that fails some transactions (every call in them), refuses some
+    groups as over the limits (then each call alone, some of which fail) and blocks a little now and then: every
+    call returns or raises (none hangs), a call that returns was written exactly once, a call that raises was not
+    written at all, and every grouped call got its own answer."""
+    import random
+    import time
+
+    from pbuffer.buffering.group_commit import GroupCommit
+
+    written: list[str] = []
+    write_lock = threading.Lock()
+    chance = random.Random(7)
+    chance_lock = threading.Lock()
+
+    calls_per_commit: list[int] = []
+
+    def insert(messages: list[str]) -> None:
+        calls_per_commit.append(len({m.rsplit(":", 1)[0] for m in messages}))
+        with chance_lock:
+            roll = chance.random()
+        if roll < 0.03:
+            time.sleep(0.0005)  # a slow commit: more calls queue behind it (no assertion depends on timing)
+        if len({m.rsplit(":", 1)[0] for m in messages}) > 1 and roll < 0.15:  # several calls' messages
+            raise pbuffer.BufferFullError("simulated: the group does not fit")
+        if any(m.split(":")[1] == "7" for m in messages) or roll > 0.93:  # call 7 of each thread always fails
+            raise pbuffer.StorageFullError("simulated: disk full")
+        with write_lock:
+            written.extend(messages)
+
+    grouped = GroupCommit(insert, combine_for=combine_for)  # type: ignore[arg-type]
+    returned: list[list[str]] = [[] for _ in range(threads)]
+    raised: list[list[str]] = [[] for _ in range(threads)]
+    unexpected: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def producer(n: int) -> None:
+        start.wait()
+        for i in range(calls):
+            messages = [f"{n}:{i}:{j}" for j in range(1 + i % 3)]
+            try:
+                grouped.commit(messages)  # type: ignore[arg-type]
+            except pbuffer.StorageFullError:
+                raised[n].extend(messages)
+            except BaseException as exc:
+                unexpected.append(exc)
+            else:
+                returned[n].extend(messages)
+
+    workers = [threading.Thread(target=producer, args=(n,), daemon=True) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 120  # a generous bound on a hang, not a timing assertion
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    assert not any(worker.is_alive() for worker in workers), "a call never got its answer (lost wake-up)"
+    assert unexpected == []
+    assert sorted(written) == sorted(m for messages in returned for m in messages), "written != returned"
+    assert not set(written) & {m for messages in raised for m in messages}, "a call that raised was written"
+    assert sum(map(len, returned)) + sum(map(len, raised)) == threads * sum(1 + i % 3 for i in range(calls))
+    assert not any(m.split(":")[1] == "7" for messages in returned for m in messages)
+    assert max(calls_per_commit) > 1, "no transaction held several calls: nothing was grouped"
+
+
+@pytest.mark.parametrize("combine_for", [0.0, 0.001, 60.0])
+def test_many_threads_with_failing_commits_each_get_their_own_answer(combine_for: float) -> None:
+    """combine_for 0: the committing is handed over after every transaction (a woken call leads each time); 60 s:
+    one thread commits for all of them while they keep coming."""
+    _stress_group_commit(combine_for)
+
+
+def test_a_call_interrupted_while_it_waits_leaves_no_other_call_waiting() -> None:
+    """A KeyboardInterrupt (Ctrl-C, in the main thread) while a call waits for the commit running: that call
+    leaves the queue having written nothing, and the calls behind it are still committed, even when it was the
+    one chosen to commit next (here: the running commit ends by a BaseException, which hands the committing over
+    to the oldest queued call)."""
+    from pbuffer.buffering import group_commit
+    from pbuffer.buffering.group_commit import GroupCommit
+
+    class Stop(BaseException):
+        pass
+
+    written: list[str] = []
+    entered, finish = threading.Event(), threading.Event()
+
+    def insert(messages: list[str]) -> None:
+        if messages == ["first"]:
+            entered.set()
+            finish.wait()
+            raise Stop
+        written.extend(messages)
+
+    grouped = GroupCommit(insert)  # type: ignore[arg-type]
+    outcomes: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        try:
+            grouped.commit([name])  # type: ignore[list-item]
+        except BaseException as exc:
+            outcomes[name] = exc
+        else:
+            outcomes[name] = "stored"
+
+    first = threading.Thread(target=call, args=("first",), daemon=True)
+    first.start()
+    entered.wait()
+
+    class InterruptedLock:
+        """The lock a waiting call blocks on; the interrupted call's acquire raises as Ctrl-C would."""
+
+        def __init__(self, interrupt: bool) -> None:
+            self._lock = threading.Lock()
+            self._interrupt = interrupt
+
+        def acquire(self, blocking: bool = True) -> bool:
+            if self._interrupt and self._lock.locked():
+                self._interrupt = False
+                # The second call queues behind this one before the interrupt lands.
+                second.start()
+                while len(grouped._queue) < 2:
+                    threading.Event().wait(0.001)
+                raise KeyboardInterrupt
+            return self._lock.acquire(blocking)
+
+        def release(self) -> None:
+            self._lock.release()
+
+    made: list[InterruptedLock] = []
+
+    def allocate_lock() -> InterruptedLock:
+        made.append(InterruptedLock(interrupt=not made))
+        return made[-1]
+
+    second = threading.Thread(target=call, args=("second",), daemon=True)
+    original = group_commit.allocate_lock
+    group_commit.allocate_lock = allocate_lock  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            grouped.commit(["interrupted"])  # type: ignore[list-item]
+    finally:
+        group_commit.allocate_lock = original
+    finish.set()
+    first.join(60)
+    second.join(60)
+    assert not second.is_alive(), "the call queued behind the interrupted one was never committed"
+    assert isinstance(outcomes["first"], Stop) and outcomes["second"] == "stored"
+    assert written == ["second"]
+    grouped.commit(["after"])  # type: ignore[list-item]  # nobody is left committing: a new call commits at once
+    assert written == ["second", "after"]
