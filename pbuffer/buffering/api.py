@@ -96,9 +96,12 @@ class BufferAPI:
         if connection is not None:
             self._save_in([message], connection)
             return message
-        if self.group_commit or self._blocks_for_room:
-            self._commit_call([message])
-        else:  # _commit_call's common case, spelled out
+        # _commit_call, spelled out: a call fewer on every save.
+        if self.group_commit:
+            self._grouped.commit([message])
+        elif self._blocks_for_room:
+            self._room.insert([message], self._insert)
+        else:
             self._insert([message])
         if self._listeners.callbacks:
             self._notify()
