@@ -64,7 +64,8 @@ class SQLBuffer(Buffer):
         group_commit: saves from several threads share transactions (default: on). Where a commit waits for a
             disk flush or a server round trip (sqlite ``durability="power"``, PostgreSQL, MariaDB) they share the
             wait; with sqlite ``durability="process"`` a transaction of many rows costs little more than one of a
-            single row (8 threads in the quick benchmark: about 1.4x one thread grouped, 0.9x not).
+            single row (8 threads, paired quick benchmark runs: a median of 1.44x one thread grouped, 0.93x not;
+            on a busier host 0.69-0.84x grouped, 0.69-0.71x not, and a third more messages a second).
         auto_upgrade: upgrade an older schema at open. Default: yes for sqlite (after a backup), no for server
             databases, which raise :class:`~pbuffer.SchemaTooOldError` naming the command to run.
         serialize_writes: sqlite only; one writer at a time across processes (a lock file beside the database),
@@ -156,8 +157,7 @@ class SQLBuffer(Buffer):
     def _insert(self, messages: list[Message]) -> None:
         # The hot path of save(): the steps of Transactions.cursor, spelled out to spare a generator per message.
         # sqlite binds positional parameters faster than named ones.
-        rows: list[Any]
-        rows = rows_values(messages) if self._sqlite else [row_params(m) for m in messages]
+        rows: list[Any] = rows_values(messages) if self._sqlite else [row_params(m) for m in messages]
         with self._write_lock:
             conn = self._connections.take("save")
             try:

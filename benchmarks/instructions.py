@@ -4,7 +4,8 @@
 ``valgrind --tool=callgrind`` (once doing nothing after its setup, once making ``N`` calls) and prints the
 difference divided by ``N``: the instructions the process executed per call, in Python, sqlite and libc. Wall time
 on the shared 2-core machine this project is measured on swings by +-40% between runs; these counts repeat to
-within about 1%, so a change of a few percent in the Python on a hot path shows. They leave out what the kernel
+within 2-3% (ids, counter folds and checkpoints fall on different calls from run to run), so a change of
+several percent in the Python on a hot path shows. They leave out what the kernel
 does (writes, fsyncs, locks): a figure here says how much CPU work a call costs, not how fast it is; the harness
 (``python -m benchmarks``) measures speed.
 
@@ -18,9 +19,10 @@ loop writing the revision-0002 row, as ``baselines.sqlite3_rev2_insert``), ``rev
 RETURNING`` of that row) and ``deque`` (a ``uuid4()``, a CRC32 and a tuple per message, as
 ``baselines.deque_loop``). 100-byte payloads, sqlite ``durability="process"``, files in a temporary directory.
 
-Measured here, 2026-12-01 (instructions per call; the commit before this session's core work, then after it):
-``save`` 108,968 -> 99,799 (``rev2_insert``: 76,844), ``pop`` 152,687 -> 148,283 (``rev2_pop``: 84,890; pop's
-counters UPDATE alone is about 20,000), ``memory_save`` 25,607 -> 23,167 (``deque``: 17,420).
+Measured here, 2026-12-01 (instructions per message; pbuffer 0.3.0 -> the next release's code): ``save``
+105,968 -> 104,254 (101,590 with ``group_commit=False``, now on by default; ``rev2_insert``: 76,844), ``save_many``
+51,818 -> 46,715, ``pop`` 153,790 -> 147,917 (``rev2_pop``: 84,890; pop's counters UPDATE alone is about 20,000),
+``memory_save`` 25,534 -> 22,707 (``deque``: 17,420).
 """
 
 from __future__ import annotations
