@@ -13,13 +13,15 @@ Run from another checkout (``cd <checkout> && python -m benchmarks.instructions`
 it has none), it counts that checkout's pbuffer: the child (``python -m benchmarks.instructions --run WORKLOAD
 N``) imports whichever pbuffer is first on the path. So two versions compare on one machine in one session.
 
-Workloads: ``save``, ``save_many`` (calls of 1,000 messages: the figure is per message), ``pop`` (from 4,000
-waiting), ``memory_save``; and the pinned floors the harness compares them with: ``rev2_insert`` (a plain sqlite3
-loop writing the revision-0002 row, as ``baselines.sqlite3_rev2_insert``), ``rev2_pop`` (``DELETE ...
-RETURNING`` of that row) and ``deque`` (a ``uuid4()``, a CRC32 and a tuple per message, as
-``baselines.deque_loop``). 100-byte payloads, sqlite ``durability="process"``, files in a temporary directory.
+Workloads: ``save``, ``save_many`` (calls of 1,000 messages: the figure is per message), ``memory_save``, and the
+pinned floors ``rev2_insert`` (a plain sqlite3 loop writing the revision-0002 row) and ``deque`` (a ``uuid4()``, a
+CRC32 and a tuple per message) are the harness's own functions (``workloads.buffer_save``, ``buffer_save_many``,
+``baselines.sqlite3_rev2_insert``, ``deque_loop``); ``pop`` and ``rev2_pop`` (``DELETE ... RETURNING`` of that
+row) pop from 4,000 waiting, filled in both runs so the fill cancels out. 100-byte payloads, sqlite
+``durability="process"``, files in a temporary directory.
 
-Measured here, 2026-12-01 (instructions per message; pbuffer 0.3.0 -> the next release's code): ``save``
+Measured here, 2026-12-01, with this module's first version (its own loops over the same rows and statements;
+the harness's functions replaced them after), instructions per message, pbuffer 0.3.0 -> the next release: ``save``
 105,968 -> 104,254 (101,590 with ``group_commit=False``, now on by default; ``rev2_insert``: 76,844), ``save_many``
 51,818 -> 46,715, ``pop`` 153,790 -> 147,917 (``rev2_pop``: 84,890; pop's counters UPDATE alone is about 20,000),
 ``memory_save`` 25,534 -> 22,707 (``deque``: 17,420).
@@ -34,104 +36,51 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
-import zlib
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from . import baselines, workloads
+from .harness import Context
+from .payload import current
+from .workloads import SUBJECT
 
 __all__ = ["WORKLOADS", "count_instructions", "run"]
 
-PAYLOAD = b"x" * 100
-SUBJECT = "orders.created"
 #: Messages waiting before the pop workloads start (both runs fill them, so the fill cancels out).
 POP_BACKLOG = 4_000
-_BATCH = 1_000
 
 
-def _pbuffer_save(directory: Path, n: int) -> None:
-    import pbuffer
-
-    with pbuffer.open(f"sqlite:///{directory}/b.db") as buffer:
-        buffer.save(PAYLOAD, subject=SUBJECT)  # the subject is now known: every later call is a warm one
-        for _ in range(n):
-            buffer.save(PAYLOAD, subject=SUBJECT)
-
-
-def _pbuffer_save_many(directory: Path, n: int) -> None:
-    import pbuffer
-
-    with pbuffer.open(f"sqlite:///{directory}/b.db") as buffer:
-        buffer.save(PAYLOAD, subject=SUBJECT)
-        batch = [PAYLOAD] * _BATCH
-        for _ in range(n // _BATCH):
-            buffer.save_many(batch, subject=SUBJECT)
+def _harness(workload: Callable[..., float], **options: Any) -> Callable[[Path, int], None]:
+    """One of the harness's own workloads (benchmarks/workloads.py, baselines.py), timing and checks included:
+    the run with no messages pays the same setup, so the difference is the messages' work."""
+    def run_it(directory: Path, n: int) -> None:
+        workload(Context(root=directory), directory, n, **options)
+    return run_it
 
 
 def _pbuffer_pop(directory: Path, n: int) -> None:
+    # Not workloads.buffer_pop: it fills as many messages as it pops, and the fill would not cancel out.
     import pbuffer
 
     with pbuffer.open(f"sqlite:///{directory}/b.db") as buffer:
-        buffer.save_many([PAYLOAD] * POP_BACKLOG, subject=SUBJECT)
+        buffer.save_many([current()] * POP_BACKLOG, subject=SUBJECT)
         for _ in range(min(n, POP_BACKLOG)):
             buffer.pop()
 
 
-def _memory_save(directory: Path, n: int) -> None:
-    import pbuffer
-
-    with pbuffer.open("memory://") as buffer:
-        buffer.save(PAYLOAD, subject=SUBJECT)
-        for _ in range(n):
-            buffer.save(PAYLOAD, subject=SUBJECT)
-
-
-def _rev2(directory: Path) -> object:
-    import sqlite3
-
-    from .baselines import REVISION_0002_PRAGMAS, REVISION_0002_TABLE
-
-    connection = sqlite3.connect(directory / "rev2.db", isolation_level=None)
-    for pragma in REVISION_0002_PRAGMAS:
-        connection.execute(f"PRAGMA {pragma.format(synchronous='NORMAL')}")
-    connection.execute(REVISION_0002_TABLE)
-    return connection
-
-
-def _rev2_insert(directory: Path, n: int) -> None:
-    from .baselines import _REV2_INSERT
-
-    connection = _rev2(directory)
-    execute = connection.execute  # type: ignore[attr-defined]
-    for _ in range(n):
-        execute("BEGIN IMMEDIATE")
-        execute(_REV2_INSERT, (uuid.uuid4().bytes, SUBJECT, PAYLOAD, None, time.time_ns() // 1000,
-                               zlib.crc32(PAYLOAD)))
-        execute("COMMIT")
-    connection.close()  # type: ignore[attr-defined]
-
-
 def _rev2_pop(directory: Path, n: int) -> None:
-    from .baselines import _REV2_INSERT, _REV2_POP, _rows
-
-    connection = _rev2(directory)
-    execute = connection.execute  # type: ignore[attr-defined]
+    # As baselines.sqlite3_rev2_pop, with a fixed fill (see _pbuffer_pop).
+    connection = baselines._rev2(directory, "NORMAL")
+    execute = connection.execute
     execute("BEGIN IMMEDIATE")
-    connection.executemany(_REV2_INSERT, _rows(POP_BACKLOG, PAYLOAD))  # type: ignore[attr-defined]
+    connection.executemany(baselines._REV2_INSERT, baselines._rows(POP_BACKLOG, current()))
     execute("COMMIT")
     for _ in range(min(n, POP_BACKLOG)):
         execute("BEGIN IMMEDIATE")
-        execute(_REV2_POP).fetchone()
+        execute(baselines._REV2_POP).fetchone()
         execute("COMMIT")
-    connection.close()  # type: ignore[attr-defined]
-
-
-def _deque(directory: Path, n: int) -> None:
-    queue: deque[tuple[uuid.UUID, str, bytes, int]] = deque()
-    append, uuid4, crc32 = queue.append, uuid.uuid4, zlib.crc32
-    for _ in range(n):
-        append((uuid4(), SUBJECT, PAYLOAD, crc32(PAYLOAD)))
+    connection.close()
 
 
 #: This module as the child imports it: benchmarks.instructions from a checkout, pbuffer.benchmarks.* installed.
@@ -139,13 +88,13 @@ _MODULE = __spec__.name if __spec__ is not None and __spec__.name != "__main__" 
 
 #: name -> (the workload, the default number of calls)
 WORKLOADS: dict[str, tuple[Callable[[Path, int], None], int]] = {
-    "save": (_pbuffer_save, 2_000),
-    "save_many": (_pbuffer_save_many, 20_000),
+    "save": (_harness(workloads.buffer_save), 2_000),
+    "save_many": (_harness(workloads.buffer_save_many), 20_000),
     "pop": (_pbuffer_pop, POP_BACKLOG),
-    "memory_save": (_memory_save, 20_000),
-    "rev2_insert": (_rev2_insert, 2_000),
+    "memory_save": (_harness(workloads.buffer_save, store=workloads.MEMORY), 20_000),
+    "rev2_insert": (_harness(baselines.sqlite3_rev2_insert), 2_000),
     "rev2_pop": (_rev2_pop, POP_BACKLOG),
-    "deque": (_deque, 20_000),
+    "deque": (_harness(baselines.deque_loop), 20_000),
 }
 
 

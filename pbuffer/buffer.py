@@ -98,14 +98,13 @@ class Buffer(BufferAPI, ABC):
 
     def __init__(self, *, subject: str | None = None, max_messages: int | None = None,
                  max_bytes: int | None = None, overflow: Overflow = "reject", ttl: float | None = None,
-                 block_timeout: float = 30.0, group_commit: bool | None = None,
+                 block_timeout: float = 30.0, group_commit: bool = True,
                  allow_subject_prefixes: Iterable[str] = (), propagate_trace: bool = False) -> None:
         #: System subject prefixes (``$KV.orders.``...) this buffer may save to; see Subjects above.
         self.allow_subject_prefixes = validation.check_subject_prefixes(allow_subject_prefixes)
         self.subject = None if subject is None else check_subject(subject, self.allow_subject_prefixes)
-        #: Whether saves from several threads share transactions (storage that blocks only). ``None``: the backend
-        #: decides (on, unless it turns it off where a commit does not wait: see SQLBuffer).
-        self.group_commit = self.blocking and (group_commit is None or bool(group_commit))
+        #: Whether saves from several threads share transactions (storage that blocks only).
+        self.group_commit = bool(group_commit) and self.blocking
         self.limits = Limits(max_messages, max_bytes, overflow, ttl, block_timeout)
         #: Whether saves carry the current OpenTelemetry trace context in their headers (see pbuffer.buffering.tracing).
         self.propagate_trace = bool(propagate_trace)

@@ -96,13 +96,7 @@ class BufferAPI:
         if connection is not None:
             self._save_in([message], connection)
             return message
-        # _commit_call, spelled out: a call fewer on every save.
-        if self.group_commit:
-            self._grouped.commit([message])
-        elif self._blocks_for_room:
-            self._room.insert([message], self._insert)
-        else:
-            self._insert([message])
+        self._commit_call([message])
         if self._listeners.callbacks:
             self._notify()
         return message

@@ -132,15 +132,12 @@ class GroupCommit:
 
     def _hand_over_locked(self) -> None:
         if self._queue:
-            self._wake_next()
+            # The oldest queued call stays in the queue: its thread commits the queue, it included.
+            following = self._queue[0]
+            following.lead = True
+            following.done.release()
         else:
             self._busy = False
-
-    def _wake_next(self) -> None:
-        # Under self._lock, with a call queued. It stays in the queue: its thread commits the queue, it included.
-        following = self._queue[0]
-        following.lead = True
-        following.done.release()
 
     def _commit_batch(self, batch: list[_Pending]) -> None:
         """Write the calls of ``batch`` in one transaction (or call by call if they do not fit together) and
