@@ -22,9 +22,10 @@ row) pop from 4,000 waiting, filled in both runs so the fill cancels out. 100-by
 
 Measured here, 2026-12-01, with this module's first version (its own loops over the same rows and statements;
 the harness's functions replaced them after), instructions per message, pbuffer 0.3.0 -> the next release: ``save``
-105,968 -> 104,254 (101,590 with ``group_commit=False``, now on by default; ``rev2_insert``: 76,844), ``save_many``
-51,818 -> 46,715, ``pop`` 153,790 -> 147,917 (``rev2_pop``: 84,890; pop's counters UPDATE alone is about 20,000),
-``memory_save`` 25,534 -> 22,707 (``deque``: 17,420).
+105,968 -> 104,254 (101,590 with ``group_commit=False``, now on by default; ``rev2_insert``: 74,125), ``save_many``
+51,818 -> 46,715, ``pop`` 153,790 -> 147,917 (``rev2_pop``: 83,722; pop's counters UPDATE alone is about 20,000),
+``memory_save`` 25,534 -> 22,707 (``deque``: 15,758; the floors counted by
+this version).
 """
 
 from __future__ import annotations
