@@ -30,7 +30,7 @@ from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
 from .sql_removal import delete_by_seq, remove_rows
-from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, rows_values
+from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, rows_values, sqlite_id
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, SEQ_PARAMS, SKIP_PARAMS, Statements, bind, chunks
 from .sqlite_space import SpaceReclaimer
 from .tables import DEAD_LETTERS, MESSAGES
@@ -157,7 +157,12 @@ class SQLBuffer(Buffer):
     def _insert(self, messages: list[Message]) -> None:
         # The hot path of save(): the steps of Transactions.cursor, spelled out to spare a generator per message.
         # sqlite binds positional parameters faster than named ones.
-        rows: list[Any] = rows_values(messages) if self._sqlite else [row_params(m) for m in messages]
+        rows: list[Any]
+        if self._sqlite:
+            rows, headed = rows_values(messages)
+            insert = self._sql.insert_row if headed else self._sql.insert_bare
+        else:
+            rows, insert = [row_params(m) for m in messages], self._sql.insert_row
         with self._write_lock:
             conn = self._connections.take("save")
             try:
@@ -167,14 +172,14 @@ class SQLBuffer(Buffer):
                 if self.limits.bounded:
                     self._make_room(cursor, messages)
                 if len(rows) == 1:
-                    cursor.execute(self._sql.insert_row, rows[0])
+                    cursor.execute(insert, rows[0])
                     if self._lazy:
                         self._counting.maybe_fold(cursor, cursor.lastrowid)
                     else:
                         message = messages[0]
                         self._counting.bump(cursor, {message.subject: Counts(1, len(message.payload))})
                 else:
-                    cursor.executemany(self._sql.insert_row, rows)
+                    cursor.executemany(insert, rows)
                     if self._lazy:
                         self._counting.maybe_fold(cursor, None)
                     else:
@@ -355,8 +360,10 @@ class SQLBuffer(Buffer):
         removed = 0
         with self._tx.cursor(where, write=True) as cursor:
             changes: Changes = {}
+            # sqlite binds a bytearray without the adapter lookup it makes for bytes (see sql_rows.rows_values).
+            id_bytes = sqlite_id if self._sqlite else to_bytes
             for ids in chunks(message_ids):
-                chunk = [to_bytes(message_id) for message_id in ids]
+                chunk = [id_bytes(message_id) for message_id in ids]
                 pending = remove_rows(cursor, self._sql, MESSAGES, chunk)
                 tally(((subject, size) for subject, size, counted in pending if counted), pending=-1, into=changes)
                 tally(((subject, size) for subject, size, counted in pending if not counted), into=changes)

@@ -6,6 +6,7 @@ Most databases delete by id and return the rows' subjects and sizes in one state
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .sql_statements import ID_PARAMS, SEQ_PARAMS, Statements, bind, chunks
@@ -13,7 +14,8 @@ from .sql_statements import ID_PARAMS, SEQ_PARAMS, Statements, bind, chunks
 __all__ = ["delete_by_seq", "remove_rows"]
 
 
-def remove_rows(cursor: Any, sql: Statements, table: str, ids: list[bytes]) -> list[tuple[str, int, bool]]:
+def remove_rows(cursor: Any, sql: Statements, table: str,
+                ids: Sequence[bytes | bytearray]) -> list[tuple[str, int, bool]]:
     """Delete the rows with these ids (at most CHUNK) in scope; returns each one's subject, size and whether
     it was in the counters (a pending row above sqlite's mark is not)."""
     if sql.positional:  # sqlite: by position, the scope's subject last

@@ -75,8 +75,12 @@ class Statements:
 
         values = ", ".join(f":{column}" for column in COLUMNS.split(", "))
         self.insert = compile_(f"INSERT INTO {MESSAGES} ({COLUMNS}) VALUES ({values})")
-        # What save() runs: positional on sqlite (see sql_rows.row_values), named elsewhere (see row_params).
-        self.insert_row = f"INSERT INTO {MESSAGES} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)" if sqlite else self.insert
+        # What save() runs: positional on sqlite (see sql_rows.rows_values), named elsewhere (see row_params); on
+        # sqlite without the headers column for messages that have none (binding a NULL costs an adapter lookup).
+        self.insert_row, self.insert_bare = (
+            (f"INSERT INTO {MESSAGES} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+             f"INSERT INTO {MESSAGES} (id, subject, payload, created_us, checksum) VALUES (?, ?, ?, ?, ?)")
+            if sqlite else (self.insert, self.insert))
         self.insert_dead = compile_(f"INSERT INTO {DEAD_LETTERS} ({COLUMNS}, reason, attempts, failed_us) "
                                     f"VALUES ({values}, :reason, :attempts, :failed_us)")
         self.get_all = compile_(f"SELECT {COLUMNS} FROM {MESSAGES}{where} ORDER BY seq")

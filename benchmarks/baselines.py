@@ -40,6 +40,7 @@ __all__ = [
     "server_pop",
     "server_save",
     "server_save_many",
+    "sqlite3_rev2_executemany",
     "sqlite3_rev2_insert",
     "sqlite3_rev2_pop",
 ]
@@ -92,6 +93,32 @@ def sqlite3_rev2_insert(context: Context, directory: Path, n: int, *, synchronou
             for _ in range(n):
                 execute("BEGIN IMMEDIATE")
                 execute(_REV2_INSERT, (uuid4().bytes, SUBJECT, payload, None, time_ns() // 1000, crc32(payload)))
+                execute("COMMIT")
+
+        seconds = timed(run)
+        _expect(_rev2_count(connection) == n, f"{n} rows inserted")
+        return seconds
+    finally:
+        connection.close()
+
+
+def sqlite3_rev2_executemany(context: Context, directory: Path, n: int, *, synchronous: str = "NORMAL",
+                             batch: int = BATCH) -> float:
+    """The floor under save_many(): ``executemany`` of ``batch`` revision-0002 rows, a transaction each, the rows'
+    ids, time and CRCs made inside the timed section (save_many makes its own)."""
+    payload = current()
+    connection = _rev2(directory, synchronous)
+    try:
+        execute, executemany, uuid4, time_ns, crc32 = (connection.execute, connection.executemany, uuid.uuid4,
+                                                       time.time_ns, zlib.crc32)
+        sizes = [min(batch, n - start) for start in range(0, n, batch)]
+
+        def run() -> None:
+            for size in sizes:
+                now_us = time_ns() // 1000
+                rows = [(uuid4().bytes, SUBJECT, payload, None, now_us, crc32(payload)) for _ in range(size)]
+                execute("BEGIN IMMEDIATE")
+                executemany(_REV2_INSERT, rows)
                 execute("COMMIT")
 
         seconds = timed(run)

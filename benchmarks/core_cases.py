@@ -60,6 +60,18 @@ def core_cases(settings: Settings) -> list[Case]:
             headline=True,
         ),
         Case(
+            name=f"sqlite.save_many vs sqlite3 {REV2} executemany", op="save_many", backend="sqlite",
+            subject_label="pbuffer sqlite save_many() [process]", subject=workloads.buffer_save_many,
+            baseline_label=f"sqlite3 executemany, {REV2} [NORMAL]", baseline=baselines.sqlite3_rev2_executemany,
+            count=count(50_000, 20_000),
+            target=Target(f"sqlite save_many() >= 0.8x executemany of the {REV2} in batches of 1,000", "min_ratio",
+                          0.8),
+            note=_REV2_NOTE.format(sync="NORMAL") + ": per batch of 1,000, the rows made (a uuid4() id each, "
+                 "time.time_ns() // 1000 once, zlib.crc32 of the payload each), then BEGIN IMMEDIATE; executemany "
+                 "of the INSERT; COMMIT. Subject: save_many() of 1,000 messages a call (one transaction each).",
+            headline=True,
+        ),
+        Case(
             name=f"sqlite.save {threads} threads vs 1 thread", op="save", backend="sqlite",
             subject_label=f"save() from {threads} threads [process]",
             subject=partial(workloads.thread_save, store=SQLITE, threads=threads),
