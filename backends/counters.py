@@ -17,7 +17,7 @@ from typing import Any
 
 from pbuffer.limits import BufferStats, SubjectStats
 
-__all__ = ["Changes", "Counts", "tally"]
+__all__ = ["Changes", "Counts", "tally", "tally_removed"]
 
 
 @dataclass(slots=True)
@@ -55,12 +55,12 @@ class Counts:
 
     def count_removed(self, kind: str) -> None:
         """Count one message removed: ``kind`` is ``"dropped"`` or ``"expired"`` (by the limits) or ``"deleted"``."""
-        if kind == "dropped":
+        if kind == "deleted":  # the relay's: first
+            self.deleted += 1
+        elif kind == "dropped":
             self.dropped += 1
         elif kind == "expired":
             self.expired += 1
-        elif kind == "deleted":
-            self.deleted += 1
         else:
             raise KeyError(kind)
 
@@ -85,6 +85,21 @@ class Counts:
 
 #: A transaction's changes to the counters, by subject.
 Changes = dict[str, Counts]
+
+
+def tally_removed(rows: Iterable[tuple[str, int, bool]], kind: str, into: Changes) -> None:
+    """Counter changes for removed pending rows of (subject, payload size, counted), in one pass: each leaves
+    pending if it was counted (sqlite's uncounted tail never entered it) and is counted once in ``kind``
+    (``"deleted"``, ``"dropped"`` or ``"expired"``). What :func:`tally` would make in three passes; a relay's
+    delete_many of a window spent a fifth of its Python in them."""
+    for subject, size, counted in rows:
+        counts = into.get(subject)
+        if counts is None:
+            counts = into[subject] = Counts()
+        if counted:
+            counts.pending -= 1
+            counts.pending_bytes -= size
+        counts.count_removed(kind)
 
 
 def tally(rows: Iterable[tuple[str, int]], *, pending: int = 0, dead: int = 0, kind: str | None = None,

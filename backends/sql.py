@@ -23,7 +23,7 @@ from pbuffer.message import DeadLetter, Message, from_micros
 from pbuffer.registry import SQL_SCHEMES
 
 from . import sqlite_file
-from .counters import Changes, Counts, tally
+from .counters import Changes, Counts, tally, tally_removed
 from .database import Database
 from .sql_connections import Connections, Transactions
 from .sql_counting import Counting
@@ -365,9 +365,7 @@ class SQLBuffer(Buffer):
             for ids in chunks(message_ids):
                 chunk = [id_bytes(message_id) for message_id in ids]
                 pending = remove_rows(cursor, self._sql, MESSAGES, chunk)
-                tally(((subject, size) for subject, size, counted in pending if counted), pending=-1, into=changes)
-                tally(((subject, size) for subject, size, counted in pending if not counted), into=changes)
-                tally(((subject, 0) for subject, _, _ in pending), kind=kind or "deleted", into=changes)
+                tally_removed(pending, kind or "deleted", changes)
                 dead = (remove_rows(cursor, self._sql, DEAD_LETTERS, chunk)
                         if kind is None and len(pending) < len(chunk) else [])
                 tally(((subject, size) for subject, size, _ in dead), dead=-1, kind="deleted", into=changes)

@@ -70,6 +70,21 @@ def _pbuffer_pop(directory: Path, n: int) -> None:
             buffer.pop()
 
 
+def _pbuffer_claim_delete(directory: Path, n: int) -> None:
+    # workloads.buffer_claim_delete's loop (claim a window, claim the next behind it, delete_many the first) over
+    # the first n of a fixed fill (see _pbuffer_pop), n a multiple of the window.
+    import pbuffer
+
+    with pbuffer.open(f"sqlite:///{directory}/b.db") as buffer:
+        buffer.save_many([current()] * POP_BACKLOG, subject=SUBJECT)
+        owner = pbuffer.ids.new_id()
+        messages = buffer.claim(workloads.WINDOW, owner=owner, lease=60.0) if n else []
+        for _ in range(n // workloads.WINDOW):
+            following = buffer.claim(workloads.WINDOW, owner=owner, lease=60.0, after=messages[-1].id)
+            buffer.delete_many([message.id for message in messages])
+            messages = following
+
+
 def _rev2_pop(directory: Path, n: int) -> None:
     # As baselines.sqlite3_rev2_pop, with a fixed fill (see _pbuffer_pop).
     connection = baselines._rev2(directory, "NORMAL")
@@ -92,6 +107,7 @@ WORKLOADS: dict[str, tuple[Callable[[Path, int], None], int]] = {
     "save": (_harness(workloads.buffer_save), 2_000),
     "save_many": (_harness(workloads.buffer_save_many), 20_000),
     "pop": (_pbuffer_pop, POP_BACKLOG),
+    "claim_delete": (_pbuffer_claim_delete, POP_BACKLOG),
     "memory_save": (_harness(workloads.buffer_save, store=workloads.MEMORY), 20_000),
     "rev2_insert": (_harness(baselines.sqlite3_rev2_insert), 2_000),
     "rev2_pop": (_rev2_pop, POP_BACKLOG),
@@ -110,7 +126,7 @@ def count_instructions(name: str, n: int) -> float:
     """Instructions per message of workload ``name``: (a run with ``n`` messages - a run with none) / ``n``."""
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt install valgrind)")
-    if name in ("pop", "rev2_pop") and n > POP_BACKLOG:
+    if name in ("pop", "rev2_pop", "claim_delete") and n > POP_BACKLOG:
         raise SystemExit(f"{name}: at most {POP_BACKLOG:,} calls (the messages waiting)")
 
     def total(calls: int) -> int:

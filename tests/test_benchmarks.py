@@ -67,6 +67,7 @@ CORE_CASES = {
     "sqlite.save 8 threads vs 1 thread",
     "sqlite.save 8 threads vs persist-queue 8 threads",
     "sqlite.pop vs sqlite3 rev-0002 row DELETE RETURNING",
+    "sqlite.save_many vs sqlite3 rev-0002 row executemany",
     "memory.save vs deque loop",
     "memory.get_all 100 vs 10 waiting, windows of 500",
     "sqlite.claim+delete_many windows of 500",
@@ -654,7 +655,7 @@ def test_every_instruction_count_workload_runs() -> None:
     from pbuffer.benchmarks import instructions
 
     for name in instructions.WORKLOADS:
-        instructions.run(name, 1_000 if name == "save_many" else 3)
+        instructions.run(name, 1_000 if name in ("save_many", "claim_delete") else 3)
 
 
 def test_instructions_are_counted_per_message() -> None:
