@@ -17,15 +17,17 @@ Workloads: ``save``, ``save_many`` (calls of 1,000 messages: the figure is per m
 pinned floors ``rev2_insert`` (a plain sqlite3 loop writing the revision-0002 row) and ``deque`` (a ``uuid4()``, a
 CRC32 and a tuple per message) are the harness's own functions (``workloads.buffer_save``, ``buffer_save_many``,
 ``baselines.sqlite3_rev2_insert``, ``deque_loop``); ``pop`` and ``rev2_pop`` (``DELETE ... RETURNING`` of that
-row) pop from 4,000 waiting, filled in both runs so the fill cancels out. 100-byte payloads, sqlite
-``durability="process"``, files in a temporary directory.
+row) pop from 4,000 waiting, and ``claim_delete`` drains them the relay's way (``workloads.buffer_claim_delete``'s
+loop: claim a window of 500, claim the next behind it, ``delete_many`` the first), filled in both runs so the fill
+cancels out. 100-byte payloads, sqlite ``durability="process"``, files in a temporary directory.
 
-Measured here, 2026-12-01, with this module's first version (its own loops over the same rows and statements;
-the harness's functions replaced them after), instructions per message, pbuffer 0.3.0 -> the next release: ``save``
-105,968 -> 104,254 (101,590 with ``group_commit=False``, now on by default; ``rev2_insert``: 74,125), ``save_many``
-51,818 -> 46,715, ``pop`` 153,790 -> 147,917 (``rev2_pop``: 83,722; pop's counters UPDATE alone is about 20,000),
-``memory_save`` 25,534 -> 22,707 (``deque``: 15,758; the floors counted by
-this version).
+Measured here, 2026-12-01, instructions per message. pbuffer 0.3.0 -> 6746b25 (this module's first version, its
+own loops over the same rows; the harness's functions replaced them after): ``save`` 105,968 -> 104,254 (101,590
+with ``group_commit=False``), ``save_many`` 51,818 -> 46,715, ``pop`` 153,790 -> 147,917, ``memory_save`` 25,534
+-> 22,707. 6746b25 -> 22312d3 (sqlite binds bytearrays and no NULL; the relay's delete counts in one pass), both
+counted by this version: ``save`` 103,310 -> 95,624, ``save_many`` 46,697 -> 37,803, ``claim_delete`` 72,425 ->
+64,902, ``pop`` 147,674 -> 147,840 (unchanged), ``memory_save`` 22,470 -> 22,499. Floors: ``rev2_insert`` 74,237,
+``rev2_pop`` 84,145, ``deque`` 15,752.
 """
 
 from __future__ import annotations

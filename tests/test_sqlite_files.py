@@ -248,3 +248,25 @@ def test_a_held_write_lock_times_out_with_nothing_written(tmp_path: Path, holder
         assert [m.payload for m in buf.get_all()] == [b"before"]
         buf.save(b"after", subject="a")  # the lock is free again: writes go on
         assert [m.payload for m in buf.get_all()] == [b"before", b"after"]
+
+
+def test_rows_are_stored_as_blobs_and_null_headers_whichever_way_they_were_bound(tmp_path: Path) -> None:
+    # sqlite saves bind ids and payloads up to 4 KiB as bytearrays and leave the headers column out of rows
+    # without headers: what the file holds must be what it held before (blobs, NULL), for any reader of the file.
+    path = tmp_path / "buffer.db"
+    with pbuffer.open(url(path)) as buf:
+        buf.save(b"", subject="a")
+        buf.save(b"x" * 4097, subject="a")
+        buf.save_many([b"y", b"z" * 5000], subject="a")
+        buf.save(b"h", subject="a", headers={"K": "v"})
+        buf.save_many([b"m", pbuffer.Outgoing(b"n", headers={"K": "v"})], subject="a")
+    connection = sqlite3.connect(path)
+    try:
+        table = connection.execute("SELECT name FROM sqlite_master WHERE name LIKE 'pbuffer_messages_%'").fetchone()[0]
+        rows = connection.execute(f"SELECT typeof(id), length(id), typeof(payload), length(payload), "
+                                  f"typeof(headers) FROM {table} ORDER BY seq").fetchall()
+    finally:
+        connection.close()
+    assert rows == [("blob", 16, "blob", 0, "null"), ("blob", 16, "blob", 4097, "null"),
+                    ("blob", 16, "blob", 1, "null"), ("blob", 16, "blob", 5000, "null"),
+                    ("blob", 16, "blob", 1, "text"), ("blob", 16, "blob", 1, "null"), ("blob", 16, "blob", 1, "text")]

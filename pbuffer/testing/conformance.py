@@ -168,6 +168,12 @@ class BufferConformance(_Base):
         payloads = [b"", bytes(range(256)), b"\x00" * 10, "héllo ✓".encode(), b"x" * (1 << 20)]
         headers = {"Content-Type": "application/x-protobuf", "X-Unicode": "naïve ✓", "X-Tab": "a\tb", "X-Empty": ""}
         saved = [buffer.save(p, subject=SUBJECT, headers=headers) for p in payloads]
+        # Without headers too, one by one and in one batch (sqlite writes such rows without the headers column and
+        # binds payloads up to 4 KiB as copies: both sides of that size), and a batch mixing both kinds.
+        bare = [*payloads, b"y" * 4096, b"y" * 4097]
+        saved += [buffer.save(p, subject=SUBJECT) for p in bare]
+        saved += buffer.save_many(bare, subject=SUBJECT)
+        saved += buffer.save_many([b"a", Outgoing(b"b", headers={"K": "v"}), b"c" * 5000], subject=SUBJECT)
         saved.append(buffer.save(memoryview(b"view"), subject=SUBJECT))
         for stored, original in zip(buffer.get_all(), saved, strict=True):
             assert _same(stored, original)
