@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from pbuffer.buffer import Buffer
-from pbuffer.errors import ConfigurationError, PBufferError
+from pbuffer.errors import BackendError, ConfigurationError, PBufferError
 from pbuffer.ids import to_bytes
 from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, from_micros
@@ -323,11 +323,15 @@ class SQLBuffer(Buffer):
             # Verified before the claim commits: a damaged row raises (the relay dead-letters it) and nothing is
             # claimed.
             messages = messages_from_seq_rows(rows)
+            if self._sqlite:
+                if rows:
+                    cursor.execute(self._sql.set_claims_range(len(skip)),
+                                   {**params, "until": until_us, "first": rows[0][0], "last": rows[-1][0]})
+                    if cursor.rowcount != len(rows):  # never (see set_claims_range): claim nothing rather
+                        raise BackendError(f"claim: {cursor.rowcount} rows matched the range of the {len(rows)} "
+                                           "read; nothing was claimed")
+                return messages
             for chunk in chunks(rows):
-                if self._sql.positional:
-                    cursor.execute(self._sql.set_claims_at(len(chunk)),
-                                   [params["owner"], until_us, *[row[0] for row in chunk]])
-                    continue
                 claim = bind(SEQ_PARAMS, [row[0] for row in chunk])
                 cursor.execute(self._sql.set_claims(len(chunk)), {**claim, "owner": params["owner"],
                                                                    "until": until_us})

@@ -142,8 +142,8 @@ class Statements:
         # DELETE of listed rows with LIMIT: without it the optimizer may scan a small table whole, and a scanning
         # DELETE waits on each row another transaction holds (an open outbox transaction's new row, say).
         self.by_seq = dialect.name in ("mysql", "mariadb")
-        # positional (sqlite): a relay's claim and delete bind their IN lists by position (set_claims_at,
-        # delete_ids_at): binding 500 named parameters cost 1.2 us a row, by position 0.45 (measured).
+        # positional (sqlite): a relay's delete binds its IN list by position (delete_ids_at; its claim binds a
+        # seq range, set_claims_range): binding 500 named parameters cost 1.2 us a row, by position 0.45 (measured).
         # point_statements (MariaDB/MySQL through PyMySQL): the connections take several statements in one round
         # trip (see database.py), so a relay's delete is one primary-key statement per row, sent together.
         self._for_update, self.positional, self.point_statements = (
@@ -289,10 +289,15 @@ class Statements:
             f"UPDATE {MESSAGES} SET claim_owner = :owner, claim_until_us = :until WHERE seq IN ({seqs})"
             f"{self._limit(count)}"), prefix="s")
 
-    def set_claims_at(self, count: int) -> str:
-        """:meth:`set_claims` bound by position (sqlite): owner, until, then the seqs."""
-        return self._in_list_at("claim at", count, lambda seqs: (
-            f"UPDATE {MESSAGES} SET claim_owner = ?, claim_until_us = ? WHERE seq IN ({seqs})"))
+    def set_claims_range(self, skipping: int) -> str:
+        """sqlite: the claim's UPDATE by the seq range of the rows it read (params ``first``, ``last``, the
+        claim's own, and ``until``), instead of an IN list of every seq. In the claim's write transaction the rows
+        from ``first`` to ``last`` that meet the claim's condition are exactly the rows it read: it read the lowest
+        such seqs in order, and nothing else writes until it commits."""
+        claimable, and_scope, _, _ = self._claim_parts
+        return self._in_list("claim range", skipping, lambda subjects: (
+            f"UPDATE {MESSAGES} SET claim_owner = :owner, claim_until_us = :until WHERE seq BETWEEN :first AND :last "
+            f"AND {claimable}{and_scope}" + (f" AND subject NOT IN ({subjects})" if skipping else "")), prefix="k")
 
     def release(self, count: int) -> str:
         return self._in_list("release", count, lambda ids: (
