@@ -26,8 +26,8 @@ own loops over the same rows; the harness's functions replaced them after): ``sa
 with ``group_commit=False``), ``save_many`` 51,818 -> 46,715, ``pop`` 153,790 -> 147,917, ``memory_save`` 25,534
 -> 22,707. 6746b25 -> 22312d3 (sqlite binds bytearrays and no NULL; the relay's delete counts in one pass), both
 counted by this version: ``save`` 103,310 -> 95,624, ``save_many`` 46,697 -> 37,803, ``claim_delete`` 72,425 ->
-64,902, ``pop`` 147,674 -> 147,840 (unchanged), ``memory_save`` 22,470 -> 22,499. Floors: ``rev2_insert`` 74,237,
-``rev2_pop`` 84,145, ``deque`` 15,752.
+64,902 (63,160 at 0e6ec9e: claims by seq range), ``pop`` 147,674 -> 147,840 (unchanged), ``memory_save`` 22,470 ->
+22,499. Floors: ``rev2_insert`` 74,237, ``rev2_pop`` 84,145, ``deque`` 15,752.
 """
 
 from __future__ import annotations
