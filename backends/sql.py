@@ -227,8 +227,8 @@ class SQLBuffer(Buffer):
         if victims:
             delete_by_seq(cursor, self._sql, MESSAGES, [seq for seq, _, _ in victims], own_connection=not outbox)
             mark = self._counting.read_mark(cursor)
-            changes = tally(((subject, size) for seq, subject, size in victims if seq <= mark), pending=-1)
-            tally(((subject, 0) for _, subject, _ in victims), kind="dropped", into=changes)
+            changes: Changes = {}
+            tally_removed(((subject, size, seq <= mark) for seq, subject, size in victims), "dropped", changes)
             self._counting.bump(cursor, changes, outbox=outbox)
             self._counting.removed_pending(cursor)
             self._note_removed("dropped", len(victims))

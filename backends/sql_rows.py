@@ -67,10 +67,9 @@ def _headed_rows(messages: list[Message]) -> list[tuple[Any, ...]]:
     """:func:`rows_values` with the headers column, for a call where some message has headers."""
     rows: list[tuple[Any, ...]] = []
     for message in messages:
-        row = row_values(message)
-        payload = row[2]
-        rows.append((bytearray(row[0]), row[1], bytearray(payload) if len(payload) <= _COPY_PAYLOADS_UP_TO
-                     else payload, *row[3:]))
+        _, subject, payload, headers, created_us, crc = row_values(message)
+        rows.append((sqlite_id(message.id), subject, bytearray(payload) if len(payload) <= _COPY_PAYLOADS_UP_TO
+                     else payload, headers, created_us, crc))
     return rows
 
 
