@@ -254,8 +254,14 @@ class SQLBuffer(Buffer):
                 cursor.execute(self._sql.pop, params)
                 row = cursor.fetchone()
             else:
-                cursor.execute(self._sql.pop_lock, params)
+                cursor.execute(self._sql.pop_lock, {**params, "before": NO_LIMIT})
                 found = cursor.fetchone()
+                if found:
+                    # A locking read sees each row as it is when its scan gets there: a row it passed while an
+                    # open transaction held it may since have committed, its producer's next row too (the one
+                    # found). The oldest free row nobody holds now is the one to pop.
+                    cursor.execute(self._sql.pop_lock, {**params, "before": found[0]})
+                    found = cursor.fetchone() or found
                 row = found[1:] if found else None
                 if found:
                     cursor.execute(self._sql.delete_seq, {"seq": found[0]})
@@ -311,12 +317,13 @@ class SQLBuffer(Buffer):
             # Server databases: FOR UPDATE SKIP LOCKED, so competing claimers pass each other's rows by.
             cursor.execute(statement, params)
             rows = cursor.fetchall()
-            if after is not None and not self._sqlite:
+            if after is not None and not self._sqlite and not self._sql.by_seq:
                 # A late commit: a row older than `after` committed after this owner claimed past its place. A
                 # window behind `after` would publish its producer's later messages before it: claim nothing, so
                 # the relay starts again from the oldest (sqlite commits in insert order: never late). Checked
                 # after the read (each statement sees what committed before it, READ COMMITTED): a producer's
                 # rows that committed in time for the read (with or after its older ones) are seen here too.
+                # (MariaDB checks after its claims are set, for this and more: see _keep_before_passed.)
                 cursor.execute(self._sql.late_before(len(skip)), params)
                 if cursor.fetchall():
                     return []
@@ -335,7 +342,28 @@ class SQLBuffer(Buffer):
                 claim = bind(SEQ_PARAMS, [row[0] for row in chunk])
                 cursor.execute(self._sql.set_claims(len(chunk)), {**claim, "owner": params["owner"],
                                                                    "until": until_us})
+            if rows and self._sql.by_seq:
+                messages = self._keep_before_passed(cursor, params, skip, rows, messages)
         return messages
+
+    def _keep_before_passed(self, cursor: Any, params: dict[str, Any], skip: frozenset[str],
+                            rows: list[Any], messages: list[Message]) -> list[Message]:
+        """MariaDB/MySQL: the claimed messages older than any free row the claim left behind; the rest are given
+        back. Its read locked as it went (FOR UPDATE SKIP LOCKED), seeing each row as it was when the scan got
+        there: a row an open transaction held was passed by, and that transaction may have committed, and its
+        producer's next row too, before the scan reached the next one, which the claim then took. Such a row,
+        and a late commit older than `after` (a row that committed after this owner claimed past its place), is
+        free once the claim's own rows are claimed: the window ends before it, and the next claim from the
+        oldest takes it first (PostgreSQL reads a snapshot: a row its read passed while uncommitted is not
+        followed by its producer's later rows)."""
+        cursor.execute(self._sql.passed_before(len(skip)), {"after": None, **params, "last": rows[-1][0]})
+        found = cursor.fetchone()
+        if found is None:
+            return messages
+        keep = sum(1 for row in rows if row[0] < found[0])
+        for chunk in chunks([row[0] for row in rows[keep:]]):
+            cursor.execute(self._sql.unclaim_seqs(len(chunk)), bind(SEQ_PARAMS, chunk))
+        return messages[:keep]
 
     def _release(self, message_ids: list[str], owner: str) -> int:
         released = 0

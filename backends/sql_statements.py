@@ -112,8 +112,10 @@ class Statements:
                        else "0")
         self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {COLUMNS}, {counted_flag}, "
                             f"{newest_flag}")
-        self.pop_lock = compile_(f"SELECT seq, {COLUMNS} FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq "
-                                 f"LIMIT 1{skip_locked}")
+        # MariaDB: the oldest free row nobody holds, below :before (the first time: NO_LIMIT; then below the row
+        # the first read holds, for one its scan passed while held: see passed_before).
+        self.pop_lock = compile_(f"SELECT seq, {COLUMNS} FROM {MESSAGES} WHERE seq < :before AND {free}{and_scope} "
+                                 f"ORDER BY seq LIMIT 1{skip_locked}")
         claimable = "(claim_until_us IS NULL OR claim_until_us < :now OR claim_owner = :owner)"
         self.claim = compile_(f"SELECT seq, {COLUMNS} FROM {MESSAGES} WHERE {claimable}{and_scope} ORDER BY seq "
                               f"LIMIT :limit{skip_locked}")
@@ -275,14 +277,39 @@ class Statements:
             f"AND subject NOT IN ({subjects}) ORDER BY seq LIMIT :limit{skip_locked}"), prefix="k")
 
     def late_before(self, skipping: int) -> str:
-        """A row if ``:after`` is claimed by ``:owner`` and an older row in scope (not on a skipped subject,
-        params ``k0``...) is free: one that committed after this owner claimed past it (SQLBuffer._claim_skipping)."""
+        """PostgreSQL: a row if ``:after`` is claimed by ``:owner`` and an older row in scope (not on a skipped
+        subject, params ``k0``...) is free: one that committed after this owner claimed past it
+        (SQLBuffer._claim_skipping). MariaDB/MySQL use :meth:`passed_before`."""
         free = "(m.claim_until_us IS NULL OR m.claim_until_us < :now)"
         scope = " AND m.subject = :subject" if self._and_scope else ""
         return self._in_list("late", skipping, lambda subjects: (
             f"SELECT 1 FROM {MESSAGES} a WHERE a.id = :after AND a.claim_owner = :owner AND EXISTS (SELECT 1 FROM "
             f"{MESSAGES} m WHERE m.seq < a.seq AND {free}{scope}"
             + (f" AND m.subject NOT IN ({subjects})" if skipping else "") + ")"), prefix="k")
+
+    def passed_before(self, skipping: int) -> str:
+        """MariaDB/MySQL, after a claim set its claims: the oldest free row in scope (not on a skipped subject,
+        params ``k0``...) older than ``:last``, the claim's newest row, that nobody holds now. A locking read sees
+        each row as it is when its scan gets there, not a snapshot: a row its scan passed while an open transaction
+        held it can have committed, and a younger row of the same producer committed, before the scan reached
+        that one (SQLBuffer._claim_skipping). Rows others hold are passed over here too (a competing relay's
+        claim in progress); the claim's own rows are no longer free. Rows older than ``:after`` count only while
+        ``:owner`` holds it (``:after`` may be NULL): the contract's generic skipping claim
+        (``claim_skipping_by_release``) gives back what it passes over and claims on behind it."""
+        free = "(m.claim_until_us IS NULL OR m.claim_until_us < :now)"
+        scope = " AND m.subject = :subject" if self._and_scope else ""
+        given_back = (f"COALESCE((SELECT a.seq FROM {MESSAGES} a WHERE a.id = :after AND (a.claim_owner IS NULL OR "
+                      "a.claim_owner <> :owner)), 0)")
+        return self._in_list("passed", skipping, lambda subjects: (
+            f"SELECT m.seq FROM {MESSAGES} m WHERE m.seq < :last AND m.seq > {given_back} AND {free}{scope}"
+            + (f" AND m.subject NOT IN ({subjects})" if skipping else "")
+            + " ORDER BY m.seq LIMIT 1 FOR UPDATE SKIP LOCKED"), prefix="k")
+
+    def unclaim_seqs(self, count: int) -> str:
+        """Give back rows a claim set and then did not keep (see :meth:`passed_before`), by primary key."""
+        return self._in_list("unclaim", count, lambda seqs: (
+            f"UPDATE {MESSAGES} SET claim_owner = NULL, claim_until_us = NULL WHERE seq IN ({seqs})"
+            f"{self._limit(count)}"), prefix="s")
 
     def set_claims(self, count: int) -> str:
         return self._in_list("claim", count, lambda seqs: (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -179,53 +180,123 @@ def test_a_scoped_buffer_claims_and_deletes_its_own_subject_only(sql_store_url: 
         assert buf.stats().pending == 3
 
 
+@contextmanager
+def after_statement(buf: pbuffer.Buffer, number: int, action: Callable[[], object],
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Run ``action`` right after the ``number``-th statement the buffer's own transactions execute inside the
+    block; yields a one-item list that counts the statements."""
+    tx = buf._tx  # type: ignore[attr-defined]
+    real_cursor = tx.cursor
+    executed = [0]
+
+    class Cursor:
+        def __init__(self, cursor: Any) -> None:
+            self._cursor = cursor
+
+        def execute(self, sql: str, params: Any = None) -> Any:
+            result = self._cursor.execute(sql, params)
+            executed[0] += 1
+            if executed[0] == number:
+                action()
+            return result
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._cursor, name)
+
+    @contextmanager
+    def cursor(where: str, write: bool) -> Any:
+        with real_cursor(where, write=write) as inner:
+            yield Cursor(inner)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tx, "cursor", cursor)
+        yield executed
+
+
 @pytest.mark.parametrize("commit_after", [1, 2])
 def test_a_claim_never_takes_a_row_whose_older_sibling_it_passed(server_store_url: str, commit_after: int,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """An outbox transaction saves A, then B (A older); a row X saved in between commits first and is claimed.
     A claim behind X then must not return B while A is left behind it, even when A and B commit while that claim
-    runs (after its first or its second statement): the relay would publish B before A."""
+    runs (after its first or its second statement): the relay would publish B before A. (Y, another producer's
+    row behind B, gives the claim something to take, so it runs its check.)"""
     with pbuffer.open(server_store_url) as buf:
         engine = caller_engine(server_store_url)
         with engine.connect() as conn:
             a = buf.save(b"A", subject="s.x", connection=conn)
             x = buf.save(b"X", subject="s.x")
             b = buf.save(b"B", subject="s.x", connection=conn)
+            y = buf.save(b"Y", subject="s.x")  # another producer's, so the claim has a row to take behind X
             owner = ids.new_id()
-            assert [m.id for m in buf.claim(10, owner=owner, lease=30)] == [x.id]
-
+            assert [m.id for m in buf.claim(1, owner=owner, lease=30)] == [x.id]
             # Commit A and B between the claim's statements (its read, its check for rows committed late behind X).
-            tx = buf._tx  # type: ignore[attr-defined]
-            real_cursor = tx.cursor
-            executed = 0
-
-            class Cursor:
-                def __init__(self, cursor: Any) -> None:
-                    self._cursor = cursor
-
-                def execute(self, sql: str, params: Any = None) -> Any:
-                    nonlocal executed
-                    result = self._cursor.execute(sql, params)
-                    executed += 1
-                    if executed == commit_after:
-                        conn.commit()
-                    return result
-
-                def __getattr__(self, name: str) -> Any:
-                    return getattr(self._cursor, name)
-
-            @contextmanager
-            def cursor(where: str, write: bool) -> Any:
-                with real_cursor(where, write=write) as inner:
-                    yield Cursor(inner)
-
-            monkeypatch.setattr(tx, "cursor", cursor)
-            behind = buf.claim(10, owner=owner, lease=30, after=x.id)
-            monkeypatch.undo()
-            assert not conn.in_transaction() and executed >= 2, "the claim ran fewer statements than expected"
+            with after_statement(buf, commit_after, conn.commit, monkeypatch) as executed:
+                behind = buf.claim(10, owner=owner, lease=30, after=x.id)
+            assert not conn.in_transaction() and executed[0] >= 2, "the claim ran fewer statements than expected"
         assert b.id not in [m.id for m in behind], "B was claimed while A, older, was left behind"
-        assert [m.id for m in buf.claim(10, owner=owner, lease=30)] == [a.id, x.id, b.id]
+        assert [m.id for m in buf.claim(10, owner=owner, lease=30)] == [a.id, x.id, b.id, y.id]
         engine.dispose()
+
+
+@contextmanager
+def held_on_mariadb(url: str, payload: bytes) -> Iterator[sa.Connection]:
+    """A connection of its own holding the row with ``payload`` locked (FOR UPDATE) until it rolls back."""
+    from pbuffer.backends.tables import MESSAGES
+
+    engine = caller_engine(url)
+    try:
+        with engine.connect() as holder:
+            seq = holder.exec_driver_sql(f"SELECT seq FROM {MESSAGES} WHERE payload = %s", (payload,)).scalar_one()
+            holder.exec_driver_sql(f"SELECT seq FROM {MESSAGES} WHERE seq = {int(seq)} FOR UPDATE")
+            yield holder
+    finally:
+        engine.dispose()
+
+
+# MariaDB's locking reads (FOR UPDATE SKIP LOCKED) read no snapshot: each row is seen as it is when the scan
+# reaches it. A producer's outbox row A, still uncommitted when a claim's or pop's scan passed it (skipped: held),
+# can commit, and the producer's next row B commit, before that same scan reaches B, which it then takes, leaving
+# A behind: the relay published B first (the outbox soak caught it once in CI, a thread's messages out of order).
+# The race inside one statement cannot be timed from a test; these make the same state: A committed but held by
+# another transaction when the read passes it, let go right after that statement.
+
+@pytest.mark.parametrize("after_window", [False, True])
+def test_a_mariadb_claim_keeps_no_row_behind_one_its_read_passed_while_held(after_window: bool,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim must not hand out B without A: it keeps only what lies before A (a claim behind a window of
+    its own: nothing) and gives the rest back, so another relay's claim takes A, then B."""
+    from backend_urls import MYSQL
+
+    url = MYSQL.empty()
+    with pbuffer.open(url) as buf:
+        owner = ids.new_id()
+        first = buf.save(b"first", subject="s.x")
+        if after_window:
+            assert [m.id for m in buf.claim(1, owner=owner, lease=30)] == [first.id]
+        a = buf.save(b"A", subject="s.x")
+        b = buf.save(b"B", subject="s.x")
+        with held_on_mariadb(url, b"A") as holder, after_statement(buf, 1, holder.rollback, monkeypatch):
+            claimed = [m.id for m in buf.claim(10, owner=owner, lease=30, after=first.id if after_window else None)]
+            assert not holder.in_transaction(), "the claim ran no statement"
+        assert b.id not in claimed, "B was claimed while A, older and free, was left behind"
+        assert claimed == ([] if after_window else [first.id])
+        assert [m.id for m in buf.claim(10, owner=ids.new_id(), lease=30)] == [a.id, b.id]
+
+
+def test_a_mariadb_pop_takes_a_row_its_read_passed_while_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pop() must take A, the oldest free message once its read is done, not B; then B."""
+    from backend_urls import MYSQL
+
+    url = MYSQL.empty()
+    with pbuffer.open(url) as buf:
+        a = buf.save(b"A", subject="s.x")
+        b = buf.save(b"B", subject="s.x")
+        with held_on_mariadb(url, b"A") as holder, after_statement(buf, 1, holder.rollback, monkeypatch):
+            popped = buf.pop()
+            assert not holder.in_transaction(), "the pop ran no statement"
+        assert popped is not None and popped.id == a.id, "pop took B while A, older and free, was left behind"
+        assert [m.id for m in buf.get_all()] == [b.id]
+        assert (buf.pop() or a).id == b.id and buf.stats().pending == 0
 
 
 def test_a_drop_oldest_save_holds_back_only_what_it_drops(server_store_url: str,
