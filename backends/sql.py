@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from pbuffer.buffer import Buffer
-from pbuffer.errors import BackendError, ConfigurationError, PBufferError
+from pbuffer.errors import ConfigurationError, PBufferError
 from pbuffer.ids import to_bytes
 from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, from_micros
@@ -25,13 +25,14 @@ from pbuffer.registry import SQL_SCHEMES
 from . import sqlite_file
 from .counters import Changes, Counts, tally, tally_removed
 from .database import Database
+from .sql_claims import claim_rows
 from .sql_connections import Connections, Transactions
 from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
 from .sql_removal import delete_by_seq, remove_rows
-from .sql_rows import SEQ_COLUMNS, message_from_row, messages_from_seq_rows, row_params, rows_values, sqlite_id
-from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, SEQ_PARAMS, SKIP_PARAMS, Statements, bind, chunks
+from .sql_rows import SEQ_COLUMNS, message_from_row, row_params, rows_values, sqlite_id
+from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, Statements, bind, chunks
 from .sqlite_space import SpaceReclaimer
 from .tables import DEAD_LETTERS, MESSAGES
 
@@ -305,65 +306,9 @@ class SQLBuffer(Buffer):
                         skip: frozenset[str]) -> list[Message]:
         if len(skip) > CHUNK:  # more held-back subjects than one statement lists: the contract's generic way
             return super()._claim_skipping(limit, after, owner, until_us, now_us, skip)
-        params = {**self._sql.scope, "now": now_us, "owner": to_bytes(owner), "limit": limit}
-        if after is not None:
-            params["after"] = to_bytes(after)
-        if skip:
-            params.update(bind(SKIP_PARAMS, sorted(skip)))
-            statement = self._sql.claim_skipping(len(skip), after is not None)
-        else:
-            statement = self._sql.claim if after is None else self._sql.claim_after
         with self._tx.cursor("claim", write=True) as cursor:
-            # Server databases: FOR UPDATE SKIP LOCKED, so competing claimers pass each other's rows by.
-            cursor.execute(statement, params)
-            rows = cursor.fetchall()
-            if after is not None and not self._sqlite and not self._sql.by_seq:
-                # A late commit: a row older than `after` committed after this owner claimed past its place. A
-                # window behind `after` would publish its producer's later messages before it: claim nothing, so
-                # the relay starts again from the oldest (sqlite commits in insert order: never late). Checked
-                # after the read (each statement sees what committed before it, READ COMMITTED): a producer's
-                # rows that committed in time for the read (with or after its older ones) are seen here too.
-                # (MariaDB checks after its claims are set, for this and more: see _keep_before_passed.)
-                cursor.execute(self._sql.late_before(len(skip)), params)
-                if cursor.fetchall():
-                    return []
-            # Verified before the claim commits: a damaged row raises (the relay dead-letters it) and nothing is
-            # claimed.
-            messages = messages_from_seq_rows(rows)
-            if self._sqlite:
-                if rows:
-                    cursor.execute(self._sql.set_claims_range(len(skip)),
-                                   {**params, "until": until_us, "first": rows[0][0], "last": rows[-1][0]})
-                    if cursor.rowcount != len(rows):  # never (see set_claims_range): claim nothing rather
-                        raise BackendError(f"claim: {cursor.rowcount} rows matched the range of the {len(rows)} "
-                                           "read; nothing was claimed")
-                return messages
-            for chunk in chunks(rows):
-                claim = bind(SEQ_PARAMS, [row[0] for row in chunk])
-                cursor.execute(self._sql.set_claims(len(chunk)), {**claim, "owner": params["owner"],
-                                                                   "until": until_us})
-            if rows and self._sql.by_seq:
-                messages = self._keep_before_passed(cursor, params, skip, rows, messages)
-        return messages
-
-    def _keep_before_passed(self, cursor: Any, params: dict[str, Any], skip: frozenset[str],
-                            rows: list[Any], messages: list[Message]) -> list[Message]:
-        """MariaDB/MySQL: the claimed messages older than any free row the claim left behind; the rest are given
-        back. Its read locked as it went (FOR UPDATE SKIP LOCKED), seeing each row as it was when the scan got
-        there: a row an open transaction held was passed by, and that transaction may have committed, and its
-        producer's next row too, before the scan reached the next one, which the claim then took. Such a row,
-        and a late commit older than `after` (a row that committed after this owner claimed past its place), is
-        free once the claim's own rows are claimed: the window ends before it, and the next claim from the
-        oldest takes it first (PostgreSQL reads a snapshot: a row its read passed while uncommitted is not
-        followed by its producer's later rows)."""
-        cursor.execute(self._sql.passed_before(len(skip)), {"after": None, **params, "last": rows[-1][0]})
-        found = cursor.fetchone()
-        if found is None:
-            return messages
-        keep = sum(1 for row in rows if row[0] < found[0])
-        for chunk in chunks([row[0] for row in rows[keep:]]):
-            cursor.execute(self._sql.unclaim_seqs(len(chunk)), bind(SEQ_PARAMS, chunk))
-        return messages[:keep]
+            return claim_rows(cursor, self._sql, sqlite=self._sqlite, limit=limit, after=after, owner=owner,
+                              until_us=until_us, now_us=now_us, skip=skip)
 
     def _release(self, message_ids: list[str], owner: str) -> int:
         released = 0

@@ -279,7 +279,7 @@ class Statements:
     def late_before(self, skipping: int) -> str:
         """PostgreSQL: a row if ``:after`` is claimed by ``:owner`` and an older row in scope (not on a skipped
         subject, params ``k0``...) is free: one that committed after this owner claimed past it
-        (SQLBuffer._claim_skipping). MariaDB/MySQL use :meth:`passed_before`."""
+        (sql_claims.claim_rows). MariaDB/MySQL use :meth:`passed_before`."""
         free = "(m.claim_until_us IS NULL OR m.claim_until_us < :now)"
         scope = " AND m.subject = :subject" if self._and_scope else ""
         return self._in_list("late", skipping, lambda subjects: (
@@ -292,7 +292,7 @@ class Statements:
         params ``k0``...) older than ``:last``, the claim's newest row, that nobody holds now. A locking read sees
         each row as it is when its scan gets there, not a snapshot: a row its scan passed while an open transaction
         held it can have committed, and a younger row of the same producer committed, before the scan reached
-        that one (SQLBuffer._claim_skipping). Rows others hold are passed over here too (a competing relay's
+        that one (sql_claims.claim_rows). Rows others hold are passed over here too (a competing relay's
         claim in progress); the claim's own rows are no longer free. Rows older than ``:after`` count only while
         ``:owner`` holds it (``:after`` may be NULL): the contract's generic skipping claim
         (``claim_skipping_by_release``) gives back what it passes over and claims on behind it."""
