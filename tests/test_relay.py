@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +87,31 @@ def test_transient_failure_mid_window_is_retried_with_the_documented_reorder() -
     assert len(buf) == 0 and sorted(stream.stored) == sorted(m.id for m in saved)
     # The one documented exception: later messages of the window were accepted while #4 failed.
     assert stream.stored == [m.id for m in saved[:4] + saved[5:] + saved[4:5]]
+
+
+def test_a_window_that_fails_whole_holds_its_subject_for_one_backoff() -> None:
+    """The backoff doubles with each failed attempt of a subject, not with each of its messages in one window: a
+    window of 200 messages that all failed once (a connection lost just then) held its subject for backoff_max,
+    as if it had failed 200 times in a row (the demo waited 10 s for a server that was already back)."""
+    buf = pbuffer.open("memory://")
+    saved = buf.save_many([str(i).encode() for i in range(200)], subject="a.b")
+    stream = FakeStream()
+    handler = fail_once(stream, {m.id for m in saved})
+    attempts: list[float] = []
+
+    def timed(message: Message) -> PublishResult:
+        attempts.append(time.monotonic())
+        return handler(message)
+
+    async def scenario() -> object:
+        # backoff_max 60: a hold doubled 200 times lasts 30-60 s; one backoff lasts at most backoff_initial.
+        async with Relay(buf, MockTransport(timed), batch_size=200, backoff_initial=0.01, backoff_max=60) as relay:
+            return await asyncio.wait_for(relay.drain(), 20)
+
+    stats = run(scenario())
+    assert stats.retried == 200 and len(buf) == 0  # type: ignore[attr-defined]
+    assert stream.stored == [m.id for m in saved]
+    assert attempts[200] - attempts[199] < 5, "the subject was held far longer than one backoff"
 
 
 def test_strict_order_never_reorders() -> None:

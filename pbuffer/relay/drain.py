@@ -354,6 +354,7 @@ class Relay:
             raise RuntimeError(f"transport returned {len(results)} results for {len(batch)} messages")
         acknowledged: list[str] = []
         retry = False
+        held: set[str] = set()  # a subject's backoff doubles once per window that failed, not once per message
         for message, result in zip(batch, results, strict=True):
             if result.acknowledged:
                 acknowledged.append(message.id)
@@ -376,7 +377,9 @@ class Relay:
             if not failure.attempted:
                 continue  # never published: not an attempt
             retry = True
-            self._hold(message.subject)
+            if message.subject not in held:
+                held.add(message.subject)
+                self._hold(message.subject)
             self._attempts[message.id] = attempts
             stats.retried += 1
             self._warn_retry(message, failure, attempts)
