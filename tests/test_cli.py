@@ -80,6 +80,7 @@ def test_mistakes_are_one_line_without_traceback(tmp_path: Path) -> None:
         (["inspect", "--url", "redis://localhost"], "unknown buffer URL scheme"),
         (["send", "a b", "x", "--url", f"sqlite:///{tmp_path}/b.db", "-s", "nats://127.0.0.1:1"], "subject"),
         (["drain", "--url", f"sqlite:///{tmp_path}/b.db", "-s", "nats://127.0.0.1:1"], "cannot connect"),
+        (["drain", "--window-bytes", "0", "--url", f"sqlite:///{tmp_path}/b.db"], "--window-bytes"),
     ):
         run = subprocess.run([*PBUFFER, *args], capture_output=True, text=True, timeout=60, check=False)
         assert run.returncode != 0, args
@@ -141,8 +142,9 @@ def test_send_and_drain_against_a_server(url: str, server: NatsServer) -> None:
     assert code == 0 and out.startswith("sent ")
     with pbuffer.open(url) as buf:
         buf.save_many([b"1", b"2", b"3"], subject="orders.created")
-    run = subprocess.run([*PBUFFER, "drain", "--url", url, "-s", server.url], capture_output=True, text=True,
-                         timeout=60, check=False)
+    # A window of 2 messages, then windows of 1 byte's worth (one message each): every message still goes.
+    run = subprocess.run([*PBUFFER, "drain", "--url", url, "-s", server.url, "--batch-size", "2", "--window-bytes",
+                          "1"], capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     assert "published 3" in run.stdout
     with pbuffer.open(url) as buf:

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -240,8 +241,38 @@ def test_bad_relay_arguments_are_configuration_errors() -> None:
     transport = MockTransport(lambda m: PublishResult.stored("S", 1))
     for bad in ({"batch_size": 0}, {"batch_size": True}, {"batch_size": 2.5}, {"backoff_max": float("nan")},
                 {"backoff_initial": float("inf")}, {"poll_interval": 0}, {"lease": -1}, {"lease": 5, "backoff_max": 10},
-                {"backoff_initial": 2, "backoff_max": 1}):
+                {"backoff_initial": 2, "backoff_max": 1}, {"window_bytes": 0}, {"window_bytes": True},
+                {"window_bytes": 1.5}, {"window_bytes": 2**41}):
         with pytest.raises(pbuffer.ConfigurationError):
             Relay(buf, transport, **bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError):  # what earlier versions raised, still caught
             Relay(buf, transport, **bad)  # type: ignore[arg-type]
+
+
+def test_windows_are_sized_to_window_bytes_by_the_last_windows_payloads() -> None:
+    """Large payloads make short windows, so the two windows a relay holds stay near window_bytes each; small ones
+    go batch_size at a time again. The first window is short (no size is known yet); a window that follows a jump
+    in size still holds at most batch_size (the relay sizes a window by the one before it). Every message goes
+    once, in order."""
+    buf = pbuffer.open("memory://")
+    sizes = [10] * 300 + [2_000] * 200 + [10] * 300
+    saved = buf.save_many([bytes(size) for size in sizes], subject="a.b")
+    stream = FakeStream()
+    windows: list[list[int]] = []
+
+    class Recording(MockTransport):
+        async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
+            windows.append([len(m.payload) for m in messages])
+            return await super().publish(messages)
+
+    async def scenario() -> None:
+        async with Relay(buf, Recording(stream.accept), batch_size=100, window_bytes=10_000) as relay:
+            await relay.drain()
+
+    run(scenario())
+    assert stream.stored == [m.id for m in saved] and len(buf) == 0
+    assert len(windows[0]) == 16, "a relay's first window, read before it knows any size, is a short one"
+    assert max(len(window) for window in windows) == 100
+    after_large = [window for before, window in pairwise(windows) if min(before) == 2_000]
+    assert after_large and all(sum(window) <= 10_000 for window in after_large), windows
+    assert len(windows[-2]) == 100, "windows of small payloads did not grow back to batch_size"

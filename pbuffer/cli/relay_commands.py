@@ -39,7 +39,9 @@ from .terminal import escape
 @SERVERS
 @connection_options
 @click.option("--follow", "-f", is_flag=True, help="Keep draining as messages arrive, until Ctrl-C or SIGTERM.")
-@click.option("--batch-size", default=500, show_default=True, help="Messages per window.")
+@click.option("--batch-size", default=500, show_default=True, help="Messages per window, at most.")
+@click.option("--window-bytes", type=click.IntRange(1, 1 << 40), default=32 * 1024 * 1024, show_default=True,
+              help="Payload bytes per window, about (large payloads make shorter windows).")
 @click.option("--strict-order", is_flag=True, help="One publish in flight per subject.")
 @click.option("--lease", type=float, default=None, metavar="SECONDS",
               help="How long a claimed window stays this relay's if it dies (default 30).")
@@ -49,8 +51,8 @@ from .terminal import escape
               help="The address --metrics-port listens on (0.0.0.0: every interface; IPv6 such as ::1 or :: too).")
 @JSON
 @friendly
-def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool, lease: float | None,
-          metrics_port: int | None, metrics_addr: str, as_json: bool, **options: Any) -> None:
+def drain(url: str | None, servers: str, follow: bool, batch_size: int, window_bytes: int, strict_order: bool,
+          lease: float | None, metrics_port: int | None, metrics_addr: str, as_json: bool, **options: Any) -> None:
     """Publish a buffer's messages to JetStream, deleting each after its PubAck.
 
     SIGTERM and Ctrl-C stop it after the window in flight: nothing is lost or left half-done. Stopped with
@@ -65,14 +67,15 @@ def drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_o
       pbuffer drain --url sqlite:///orders.db -s nats://127.0.0.1:4222 --follow --metrics-port 9464
     """
     code = asyncio.run(_drain(url, servers, follow, batch_size, strict_order, lease, connection_settings(options),
-                              as_json, (metrics_addr, metrics_port) if metrics_port is not None else None))
+                              as_json, (metrics_addr, metrics_port) if metrics_port is not None else None,
+                              window_bytes=window_bytes))
     if code:
         sys.exit(code)
 
 
 async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, strict_order: bool,
                  lease: float | None, options: dict[str, Any], as_json: bool = False,
-                 metrics_at: tuple[str, int] | None = None) -> int:
+                 metrics_at: tuple[str, int] | None = None, *, window_bytes: int = 32 * 1024 * 1024) -> int:
     """Drain (or follow) the buffer; returns the exit status."""
     from ..schema import require_buffer
 
@@ -84,7 +87,8 @@ async def _drain(url: str | None, servers: str, follow: bool, batch_size: int, s
     except BaseException:
         await transport.close()
         raise
-    relay = pbuffer.Relay(buf, transport, batch_size=batch_size, strict_order=strict_order, lease=lease)
+    relay = pbuffer.Relay(buf, transport, batch_size=batch_size, window_bytes=window_bytes, strict_order=strict_order,
+                          lease=lease)
     server = None
     if metrics_at is not None:
         from .. import metrics

@@ -13,12 +13,12 @@ the lease lives: each takes the oldest messages nobody else holds. A relay that 
 then another relay takes those messages over. Re-reading a window renews its claim, so the lease must only outlast
 one publish attempt of a window (its timeout) plus one backoff.
 
-Order. Messages are published in windows of ``batch_size``, oldest first. When a message in a window fails
-transiently, the next window starts again from the oldest unacknowledged message. The one case that can still
-reorder the stream: a later message of the same window was accepted while an earlier one failed; the earlier one
-then lands after it. ``strict_order=True`` rules that out: one publish in flight per subject, and a subject's next
-message is sent only after the previous one was acknowledged (subjects still go in parallel). Order is a promise per
-subject.
+Order. Messages are published in windows of ``batch_size`` (fewer for large payloads: ``window_bytes``), oldest
+first. When a message in a window fails transiently, the next window starts again from the oldest unacknowledged
+message. The one case that can still reorder the stream: a later message of the same window was accepted while an
+earlier one failed; the earlier one then lands after it. ``strict_order=True`` rules that out: one publish in flight
+per subject, and a subject's next message is sent only after the previous one was acknowledged (subjects still go
+in parallel). Order is a promise per subject.
 
 No subject stalls another. A subject whose message failed transiently (no stream covers it, a 503, a timeout) is
 held back for its own backoff (exponential with jitter, per subject): windows are read passing over its messages
@@ -50,6 +50,9 @@ from .transport import Failure, Outcome, PublishResult, Transport
 __all__ = ["Relay", "RelayObserver", "RelayStats", "send"]
 
 _log = logging.getLogger("pbuffer.relay")
+
+#: Messages in a relay's first window, before it knows how large its messages are (see Relay's window_bytes).
+_FIRST_WINDOW = 16
 
 
 @dataclass
@@ -105,7 +108,12 @@ class Relay:
     Args:
         buffer: a :class:`~pbuffer.Buffer` or :class:`~pbuffer.AsyncBuffer`.
         transport: where to publish (closed with the relay when ``close_transport`` is true).
-        batch_size: messages read and published per window (many publishes in flight at once).
+        batch_size: messages read and published per window at most (many publishes in flight at once).
+        window_bytes: payload bytes a window holds, about: after each window the next one is sized to this many
+            bytes at that window's average payload size (at least one message, at most ``batch_size``), so large
+            payloads make short windows. The relay holds up to two windows in memory and claimed (the one in
+            flight and the next, read ahead). A relay's first window holds at most 16 messages; a window right
+            after a jump in payload sizes can still hold ``batch_size`` large ones.
         strict_order: one publish in flight per subject, so the stream can never be reordered.
         backoff_initial, backoff_max: seconds a subject is held back after a transient failure before it is tried
             again; doubles with each failure in a row, with jitter; per subject, so other subjects go on meanwhile.
@@ -123,13 +131,15 @@ class Relay:
     """
 
     def __init__(self, buffer: Buffer | AsyncBuffer, transport: Transport, *, batch_size: int = 500,
-                 strict_order: bool = False, backoff_initial: float = 0.05, backoff_max: float = 10.0,
-                 poll_interval: float = 1.0, on_retry: RetryCallback | None = None,
+                 window_bytes: int = 32 * 1024 * 1024, strict_order: bool = False, backoff_initial: float = 0.05,
+                 backoff_max: float = 10.0, poll_interval: float = 1.0, on_retry: RetryCallback | None = None,
                  on_dead_letter: DeadLetterCallback | None = None, close_transport: bool = True,
                  lease: float | None = None, observer: RelayObserver | None = None,
                  tracer_provider: Any = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1_000_000:
             raise ConfigurationError(f"batch_size must be an int from 1 to 1,000,000, not {batch_size!r}")
+        if isinstance(window_bytes, bool) or not isinstance(window_bytes, int) or not 1 <= window_bytes <= 1 << 40:
+            raise ConfigurationError(f"window_bytes must be an int from 1 to 2**40, not {window_bytes!r}")
         for name, value in (("backoff_initial", backoff_initial), ("backoff_max", backoff_max),
                             ("poll_interval", poll_interval), ("lease", lease)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -145,6 +155,10 @@ class Relay:
         self._owns_buffer_facade = not isinstance(buffer, AsyncBuffer)
         self.transport = transport
         self.batch_size = batch_size
+        self.window_bytes = window_bytes
+        # How many messages the next window claims (see _size_next_window). The first window, read before any size
+        # is known, is a short one: 500 messages of 1 MiB would be half a GB before the first sizing.
+        self._window_limit = min(batch_size, _FIRST_WINDOW)
         self.strict_order = strict_order
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -214,11 +228,13 @@ class Relay:
         counted = RelayStats()  # what self.stats already includes: it is kept current window by window
         deleting: asyncio.Future[int] | None = None
         prefetch: asyncio.Future[list[Message]] | None = None
+        limit = self._window_limit
         window = await self._read_from_oldest(stats)
         try:
             while window and not self._stopping.is_set():
                 await self._check_duplicate_windows(window)
-                prefetch = asyncio.ensure_future(self._read_window(stats, after=window[-1].id))
+                next_limit = self._size_next_window(window)
+                prefetch = asyncio.ensure_future(self._read_window(stats, after=window[-1].id, limit=next_limit))
                 started = time.perf_counter() if self._observers else 0.0
                 with self._spans.window(window) if self._spans and self._spans.wanted(window) else nullcontext():
                     if self.strict_order:
@@ -236,7 +252,7 @@ class Relay:
                             else None)
                 following = await prefetch
                 prefetch = None
-                if retry or len(window) < self.batch_size or not following:
+                if retry or len(window) < limit or not following:
                     # Start again from the oldest unacknowledged message (after a failure, passing over the
                     # subjects now held back; for a short window, to find messages saved meanwhile; with nothing
                     # behind this window, because other relays may hold claims there), once the deletes are done
@@ -245,9 +261,10 @@ class Relay:
                     if deleting is not None:
                         await deleting
                         deleting = None
+                    limit = self._window_limit
                     window = await self._read_from_oldest(stats)
                 else:
-                    window = following
+                    window, limit = following, next_limit
         finally:
             if prefetch is not None and not prefetch.done():
                 prefetch.cancel()
@@ -284,12 +301,12 @@ class Relay:
         subject held back, wait (other relays publish theirs or their leases run out; a hold ends) until the
         buffer is empty."""
         while True:
-            window = await self._read_window(stats, after=None)
+            window = await self._read_window(stats, after=None, limit=self._window_limit)
             if window or self._stopping.is_set() or (await self.buffer.stats()).pending == 0:
                 return window
             # A message may have committed between the claim and the count (a commit wakes no one that was not
             # waiting yet): claim once more before waiting out a poll, or it would wait a whole poll_interval.
-            window = await self._read_window(stats, after=None)
+            window = await self._read_window(stats, after=None, limit=self._window_limit)
             if window:
                 return window
             wait = min(self.poll_interval, self.lease / 4)
@@ -311,12 +328,20 @@ class Relay:
                                                max(self.backoff_initial, self._backoff.get(subject, 0.0) * 2))
         self._held[subject] = time.monotonic() + backoff * random.uniform(0.5, 1.0)
 
-    async def _read_window(self, stats: RelayStats, after: str | None) -> list[Message]:
-        """The next window, passing over held-back subjects; a corrupt row met on the way is dead-lettered (never
-        published) and skipped."""
+    def _size_next_window(self, window: Sequence[Message]) -> int:
+        """How many messages the window after ``window`` claims: ``window_bytes`` at ``window``'s average payload
+        size, at least one and at most ``batch_size`` (kept for the next drain's first window too)."""
+        payload_bytes = sum(len(message.payload) for message in window)
+        fit = self.window_bytes * len(window) // payload_bytes if payload_bytes else self.batch_size
+        self._window_limit = max(1, min(self.batch_size, fit))
+        return self._window_limit
+
+    async def _read_window(self, stats: RelayStats, after: str | None, limit: int) -> list[Message]:
+        """The next window of up to ``limit`` messages, passing over held-back subjects; a corrupt row met on the
+        way is dead-lettered (never published) and skipped."""
         while True:
             try:
-                return await self.buffer.claim(self.batch_size, owner=self.owner, lease=self.lease, after=after,
+                return await self.buffer.claim(limit, owner=self.owner, lease=self.lease, after=after,
                                                skip_subjects=self._held_now())
             except CorruptDatabaseError as exc:
                 if exc.message_id is None:
