@@ -280,12 +280,16 @@ class Statements:
         """PostgreSQL: a row if ``:after`` is claimed by ``:owner`` and an older row in scope (not on a skipped
         subject, params ``k0``...) is free: one that committed after this owner claimed past it
         (sql_claims.claim_rows). MariaDB/MySQL use :meth:`passed_before`."""
-        free = "(m.claim_until_us IS NULL OR m.claim_until_us < :now)"
-        scope = " AND m.subject = :subject" if self._and_scope else ""
         return self._in_list("late", skipping, lambda subjects: (
             f"SELECT 1 FROM {MESSAGES} a WHERE a.id = :after AND a.claim_owner = :owner AND EXISTS (SELECT 1 FROM "
-            f"{MESSAGES} m WHERE m.seq < a.seq AND {free}{scope}"
-            + (f" AND m.subject NOT IN ({subjects})" if skipping else "") + ")"), prefix="k")
+            f"{MESSAGES} m WHERE m.seq < a.seq AND {self._free_m(subjects if skipping else None)})"), prefix="k")
+
+    def _free_m(self, skipped: str | None) -> str:
+        """The condition on a row ``m`` of :data:`MESSAGES` for the claim checks: free (no live claim), in scope,
+        and not on a skipped subject (``skipped``: the ``k0``... placeholders, or ``None``)."""
+        scope = " AND m.subject = :subject" if self._and_scope else ""
+        skipping = f" AND m.subject NOT IN ({skipped})" if skipped else ""
+        return f"(m.claim_until_us IS NULL OR m.claim_until_us < :now){scope}{skipping}"
 
     def passed_before(self, skipping: int) -> str:
         """MariaDB/MySQL, after a claim set its claims: the oldest free row in scope (not on a skipped subject,
@@ -296,14 +300,12 @@ class Statements:
         claim in progress); the claim's own rows are no longer free. Rows older than ``:after`` count only while
         ``:owner`` holds it (``:after`` may be NULL): the contract's generic skipping claim
         (``claim_skipping_by_release``) gives back what it passes over and claims on behind it."""
-        free = "(m.claim_until_us IS NULL OR m.claim_until_us < :now)"
-        scope = " AND m.subject = :subject" if self._and_scope else ""
         given_back = (f"COALESCE((SELECT a.seq FROM {MESSAGES} a WHERE a.id = :after AND (a.claim_owner IS NULL OR "
                       "a.claim_owner <> :owner)), 0)")
         return self._in_list("passed", skipping, lambda subjects: (
-            f"SELECT m.seq FROM {MESSAGES} m WHERE m.seq < :last AND m.seq > {given_back} AND {free}{scope}"
-            + (f" AND m.subject NOT IN ({subjects})" if skipping else "")
-            + " ORDER BY m.seq LIMIT 1 FOR UPDATE SKIP LOCKED"), prefix="k")
+            f"SELECT m.seq FROM {MESSAGES} m WHERE m.seq < :last AND m.seq > {given_back} AND "
+            f"{self._free_m(subjects if skipping else None)} ORDER BY m.seq LIMIT 1 FOR UPDATE SKIP LOCKED"),
+            prefix="k")
 
     def unclaim_seqs(self, count: int) -> str:
         """Give back rows a claim set and then did not keep (see :meth:`passed_before`), by primary key."""
