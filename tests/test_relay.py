@@ -33,6 +33,18 @@ class FakeStream:
         return PublishResult.stored("S", len(self.stored))
 
 
+class WindowRecorder(MockTransport):
+    """A MockTransport that also keeps the payload sizes of every window it was handed."""
+
+    def __init__(self, handler: Callable[[Message], PublishResult]) -> None:
+        super().__init__(handler)
+        self.windows: list[list[int]] = []
+
+    async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
+        self.windows.append([len(m.payload) for m in messages])
+        return await super().publish(messages)
+
+
 def fail_once(stream: FakeStream, victims: set[str], *, transient: bool = True) -> Callable[[Message], PublishResult]:
     failed: set[str] = set()
 
@@ -258,21 +270,33 @@ def test_windows_are_sized_to_window_bytes_by_the_last_windows_payloads() -> Non
     sizes = [10] * 300 + [2_000] * 200 + [10] * 300
     saved = buf.save_many([bytes(size) for size in sizes], subject="a.b")
     stream = FakeStream()
-    windows: list[list[int]] = []
-
-    class Recording(MockTransport):
-        async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
-            windows.append([len(m.payload) for m in messages])
-            return await super().publish(messages)
+    transport = WindowRecorder(stream.accept)
 
     async def scenario() -> None:
-        async with Relay(buf, Recording(stream.accept), batch_size=100, window_bytes=10_000) as relay:
+        async with Relay(buf, transport, batch_size=100, window_bytes=10_000) as relay:
             await relay.drain()
 
     run(scenario())
+    windows = transport.windows
     assert stream.stored == [m.id for m in saved] and len(buf) == 0
     assert len(windows[0]) == 16, "a relay's first window, read before it knows any size, is a short one"
     assert max(len(window) for window in windows) == 100
     after_large = [window for before, window in pairwise(windows) if min(before) == 2_000]
     assert after_large and all(sum(window) <= 10_000 for window in after_large), windows
     assert len(windows[-2]) == 100, "windows of small payloads did not grow back to batch_size"
+
+
+def test_a_message_larger_than_window_bytes_still_goes_one_at_a_time() -> None:
+    """window_bytes below a single payload (1 MiB here) never makes an empty window: one message a window."""
+    buf = pbuffer.open("memory://")
+    saved = buf.save_many([bytes(1 << 20)] * 20, subject="a.b")
+    stream = FakeStream()
+    transport = WindowRecorder(stream.accept)
+
+    async def scenario() -> None:
+        async with Relay(buf, transport, batch_size=100, window_bytes=1000) as relay:
+            await relay.drain()
+
+    run(scenario())
+    assert stream.stored == [m.id for m in saved] and len(buf) == 0
+    assert [len(window) for window in transport.windows] == [16, 1, 1, 1, 1]
