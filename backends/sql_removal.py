@@ -6,6 +6,7 @@ Most databases delete by id and return the rows' subjects and sizes in one state
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,10 +63,21 @@ def delete_by_seq(cursor: Any, sql: Statements, table: str, seqs: list[int], *, 
 
 
 def _delete_each(cursor: Any, sql: Statements, table: str, seqs: list[int]) -> list[tuple[str, int]]:
-    """One statement per row, all in one round trip, returning each deleted row's subject and size: even an IN
-    list of primary keys is read by a full scan when the table is small (a relay that keeps up), and that scan
-    waits on every row another transaction holds, an open outbox transaction's new row among them (MariaDB)."""
+    """Delete the rows with these seqs reaching each by its primary key, in one round trip per chunk, returning
+    each deleted row's subject and size: even an IN list of primary keys is read by a full scan when the table is
+    small (a relay that keeps up), and that scan waits on every row another transaction holds, an open outbox
+    transaction's new row among them. MariaDB: the list as a table joined to the rows (Statements.delete_listed);
+    MySQL: one statement per row (delete_each_seq)."""
     removed: list[tuple[str, int]] = []
+    # MariaDB: two statements for the list (delete_listed); for a single row one DELETE ... RETURNING by primary
+    # key costs less (mariadb.delete: 504-656 msg/s that way, 462-565 with the two, 3 paired quick runs).
+    if sql.delete_returning and len(seqs) > 1:
+        for chunk in chunks(list(dict.fromkeys(seqs))):
+            cursor.execute(sql.delete_listed(table), {"seqs": json.dumps(list(chunk))})
+            removed.extend((subject, int(size)) for subject, size in cursor.fetchall())
+            while cursor.nextset():  # the DELETE's count: every result read, for the next statement
+                pass
+        return removed
     for chunk in chunks(seqs):
         cursor.execute(sql.delete_each_seq(table, chunk))
         removed.extend((subject, int(size)) for subject, size in cursor.fetchall())

@@ -258,6 +258,22 @@ class Statements:
         return "; ".join(f"SELECT subject, length(payload) FROM {table} WHERE seq = {int(seq)} FOR UPDATE; "
                          f"DELETE FROM {table} WHERE seq = {int(seq)}" for seq in seqs)
 
+    def delete_listed(self, table: str) -> str:
+        """MariaDB (:meth:`delete_each_seq`'s fast form): the rows whose seqs the JSON array ``:seqs`` lists, locked
+        and read (subject, size), then deleted: two statements, one round trip. Each reads the array as a table
+        (``JSON_TABLE``) and joins ``table`` to it, that table first (``STRAIGHT_JOIN``) and by the primary key
+        (``FORCE INDEX``: without it the locking read of a small table joined by a full scan), so every row of
+        ``table`` is reached by its primary key (``eq_ref``) and no other row is read or waited for. A plain ``IN``
+        list is read by a full scan when the table is small; a statement per row cost the server about three times
+        as much (``mariadb.delete_many``: 7,774-10,257 msg/s that way, 23,237-25,202 this way, 3 paired quick runs)."""
+        sql = self._by_count.get((f"listed {table}", 0))
+        if sql is None:
+            rows = (f"JSON_TABLE(:seqs, '$[*]' COLUMNS (seq BIGINT PATH '$')) AS k STRAIGHT_JOIN {table} AS m "
+                    "FORCE INDEX (PRIMARY) ON m.seq = k.seq")
+            sql = self._by_count[(f"listed {table}", 0)] = self._compile(
+                f"SELECT m.subject, LENGTH(m.payload) FROM {rows} FOR UPDATE; DELETE m FROM {rows}")
+        return sql
+
     def lock_seqs(self, table: str, count: int) -> str:
         """Where DELETE cannot return rows (MySQL): the rows to delete, locked by primary key."""
         return self._in_list(f"lock seq {table}", count, lambda seqs: (
