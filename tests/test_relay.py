@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,20 @@ class WindowRecorder(MockTransport):
     async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
         self.windows.append([len(m.payload) for m in messages])
         return await super().publish(messages)
+
+
+def drain_recording_windows(buf: pbuffer.Buffer, **options: Any) -> tuple[FakeStream, list[list[int]]]:
+    """Drain ``buf`` with a Relay made with ``options`` into a fake stream; the stream and every window's payload
+    sizes, in the order the windows went out."""
+    stream = FakeStream()
+    transport = WindowRecorder(stream.accept)
+
+    async def scenario() -> None:
+        async with Relay(buf, transport, **options) as relay:
+            await relay.drain()
+
+    run(scenario())
+    return stream, transport.windows
 
 
 def fail_once(stream: FakeStream, victims: set[str], *, transient: bool = True) -> Callable[[Message], PublishResult]:
@@ -269,15 +284,7 @@ def test_windows_are_sized_to_window_bytes_by_the_last_windows_payloads() -> Non
     buf = pbuffer.open("memory://")
     sizes = [10] * 300 + [2_000] * 200 + [10] * 300
     saved = buf.save_many([bytes(size) for size in sizes], subject="a.b")
-    stream = FakeStream()
-    transport = WindowRecorder(stream.accept)
-
-    async def scenario() -> None:
-        async with Relay(buf, transport, batch_size=100, window_bytes=10_000) as relay:
-            await relay.drain()
-
-    run(scenario())
-    windows = transport.windows
+    stream, windows = drain_recording_windows(buf, batch_size=100, window_bytes=10_000)
     assert stream.stored == [m.id for m in saved] and len(buf) == 0
     assert len(windows[0]) == 16, "a relay's first window, read before it knows any size, is a short one"
     assert max(len(window) for window in windows) == 100
@@ -290,13 +297,6 @@ def test_a_message_larger_than_window_bytes_still_goes_one_at_a_time() -> None:
     """window_bytes below a single payload (1 MiB here) never makes an empty window: one message a window."""
     buf = pbuffer.open("memory://")
     saved = buf.save_many([bytes(1 << 20)] * 20, subject="a.b")
-    stream = FakeStream()
-    transport = WindowRecorder(stream.accept)
-
-    async def scenario() -> None:
-        async with Relay(buf, transport, batch_size=100, window_bytes=1000) as relay:
-            await relay.drain()
-
-    run(scenario())
+    stream, windows = drain_recording_windows(buf, batch_size=100, window_bytes=1000)
     assert stream.stored == [m.id for m in saved] and len(buf) == 0
-    assert [len(window) for window in transport.windows] == [16, 1, 1, 1, 1]
+    assert [len(window) for window in windows] == [16, 1, 1, 1, 1]
