@@ -31,7 +31,7 @@ from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
 from .sql_removal import delete_by_seq, remove_rows
-from .sql_rows import SEQ_COLUMNS, message_from_row, row_params, rows_values, sqlite_id
+from .sql_rows import SEQ_COLUMNS, insert_rows, message_from_row, row_params, rows_values, sqlite_id
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, Statements, bind, chunks
 from .sqlite_space import SpaceReclaimer
 from .tables import DEAD_LETTERS, MESSAGES
@@ -180,7 +180,10 @@ class SQLBuffer(Buffer):
                         message = messages[0]
                         self._counting.bump(cursor, {message.subject: Counts(1, len(message.payload))})
                 else:
-                    cursor.executemany(insert, rows)
+                    if self._sqlite:
+                        insert_rows(cursor, insert, rows)
+                    else:
+                        cursor.executemany(insert, rows)
                     if self._lazy:
                         self._counting.maybe_fold(cursor, None)
                     else:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pbuffer.backends.sql_rows import message_from_row, messages_from_seq_rows, row_values, rows_values
+from pbuffer.backends.sql_rows import ROWS_PER_INSERT, message_from_row, messages_from_seq_rows, row_values, rows_values
+from pbuffer.backends.tables import MESSAGES
 
+import pbuffer
 from pbuffer import CorruptDatabaseError, ids
 from pbuffer.message import NO_HEADERS, Message
 from pbuffer.validation import check_headers
@@ -87,3 +92,45 @@ def test_any_damaged_column_fails_the_checksum(column: int) -> None:
         messages_from_seq_rows([rows[0], tuple(row), rows[2]])
     expected = message_from_row(rows[1][1:]).id if column != 1 else ids.from_bytes(bytes(row[1]))
     assert caught.value.message_id == expected
+
+
+@pytest.mark.parametrize("count", [2, ROWS_PER_INSERT, ROWS_PER_INSERT + 1, 2 * ROWS_PER_INSERT + 37])
+@pytest.mark.parametrize("headed", [False, True])
+def test_a_sqlite_batch_is_stored_in_the_order_given(tmp_path: Path, count: int, headed: bool) -> None:
+    # sqlite writes a batch as INSERT statements of up to ROWS_PER_INSERT rows each (sql_rows.insert_rows): the
+    # rows' seqs must ascend in the order given, across the statements, as a row per statement's would.
+    items = [pbuffer.Outgoing(f"m{i}".encode(), f"s.{i % 3}", {"N": str(i)} if headed and i % 2 else None)
+             for i in range(count)]
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
+        buf.save(b"before", subject="s.x")
+        saved = buf.save_many(items)
+        buf.save(b"after", subject="s.x")
+        assert [m.payload for m in buf.get_all()] == [b"before", *(item.payload for item in items), b"after"]
+        assert buf.get_all() == [*buf.get_all()[:1], *saved, *buf.get_all()[-1:]]
+        assert buf.stats().pending == count + 2
+    with closing(sqlite3.connect(tmp_path / "b.db")) as conn:
+        stored_ids = [ids.from_bytes(row[0]) for row in conn.execute(f"SELECT id FROM {MESSAGES} ORDER BY seq")]
+    assert stored_ids[1:-1] == [m.id for m in saved]
+
+
+def test_a_sqlite_batch_that_fails_in_a_later_statement_stores_nothing(tmp_path: Path) -> None:
+    # All or nothing across the statements of one batch: the third statement fails (a trigger refuses one row),
+    # and the rows of the first two are gone with it.
+    path = tmp_path / "b.db"
+    with pbuffer.open(f"sqlite:///{path}") as buf:
+        buf.save(b"kept", subject="s.x")
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON {MESSAGES} WHEN NEW.subject = 's.bad' "
+                         "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+            conn.commit()
+        items = [pbuffer.Outgoing(b"x", "s.ok") for _ in range(2 * ROWS_PER_INSERT + 5)]
+        items.append(pbuffer.Outgoing(b"x", "s.bad"))
+        with pytest.raises(pbuffer.BackendError, match="refused by the test"):
+            buf.save_many(items)
+        assert [m.payload for m in buf.get_all()] == [b"kept"]
+        assert buf.stats().pending == 1
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("DROP TRIGGER refuse")
+            conn.commit()
+        assert len(buf.save_many(items)) == len(items)
+        assert buf.stats().pending == len(items) + 1
