@@ -17,7 +17,7 @@ from typing import Any
 
 from pbuffer.limits import BufferStats, SubjectStats
 
-__all__ = ["Changes", "Counts", "tally", "tally_removed"]
+__all__ = ["Changes", "Counts", "Removed", "removed_sums", "tally", "tally_removed"]
 
 
 @dataclass(slots=True)
@@ -53,14 +53,15 @@ class Counts:
         self.expired += other.expired
         self.deleted += other.deleted
 
-    def count_removed(self, kind: str) -> None:
-        """Count one message removed: ``kind`` is ``"dropped"`` or ``"expired"`` (by the limits) or ``"deleted"``."""
+    def count_removed(self, kind: str, count: int = 1) -> None:
+        """Count ``count`` messages removed: ``kind`` is ``"dropped"`` or ``"expired"`` (by the limits) or
+        ``"deleted"``."""
         if kind == "deleted":  # the relay's: first
-            self.deleted += 1
+            self.deleted += count
         elif kind == "dropped":
-            self.dropped += 1
+            self.dropped += count
         elif kind == "expired":
-            self.expired += 1
+            self.expired += count
         else:
             raise KeyError(kind)
 
@@ -87,19 +88,42 @@ class Counts:
 Changes = dict[str, Counts]
 
 
-def tally_removed(rows: Iterable[tuple[str, int, bool]], kind: str, into: Changes) -> None:
-    """Counter changes for removed pending rows of (subject, payload size, counted), in one pass: each leaves
-    pending if it was counted (sqlite's uncounted tail never entered it) and is counted once in ``kind``
-    (``"deleted"``, ``"dropped"`` or ``"expired"``). What :func:`tally` would make in three passes; a relay's
-    delete_many of a window spent a fifth of its Python in them."""
+#: Rows removed from one table, of one subject: (subject, rows, their payload bytes, how many of them were in the
+#: counters' pending, their payload bytes). sqlite's uncounted tail never entered pending; a dead letter counts 1.
+Removed = tuple[str, int, int, int, int]
+
+
+def removed_sums(rows: Iterable[tuple[str, int, bool]]) -> list[Removed]:
+    """Removed rows of (subject, payload size, counted), summed by subject."""
+    sums: dict[str, list[int]] = {}
     for subject, size, counted in rows:
+        entry = sums.get(subject)
+        if entry is None:
+            entry = sums[subject] = [0, 0, 0, 0]
+        entry[0] += 1
+        entry[1] += size
+        if counted:
+            entry[2] += 1
+            entry[3] += size
+    return [(subject, rows, size, counted, counted_size)
+            for subject, (rows, size, counted, counted_size) in sums.items()]
+
+
+def tally_removed(removed: Iterable[Removed], kind: str, into: Changes, *, dead: bool = False) -> None:
+    """Counter changes for removed rows, summed by subject (:data:`Removed`), each counted once in ``kind``
+    (``"deleted"``, ``"dropped"`` or ``"expired"``): pending rows leave pending if they were counted; ``dead``:
+    they were dead letters and leave those."""
+    for subject, rows, size, counted, counted_size in removed:
         counts = into.get(subject)
         if counts is None:
             counts = into[subject] = Counts()
-        if counted:
-            counts.pending -= 1
-            counts.pending_bytes -= size
-        counts.count_removed(kind)
+        if dead:
+            counts.dead -= rows
+            counts.dead_bytes -= size
+        else:
+            counts.pending -= counted
+            counts.pending_bytes -= counted_size
+        counts.count_removed(kind, rows)
 
 
 def tally(rows: Iterable[tuple[str, int]], *, pending: int = 0, dead: int = 0, kind: str | None = None,

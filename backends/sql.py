@@ -23,7 +23,7 @@ from pbuffer.message import DeadLetter, Message, from_micros
 from pbuffer.registry import SQL_SCHEMES
 
 from . import sqlite_file
-from .counters import Changes, Counts, tally, tally_removed
+from .counters import Changes, Counts, removed_sums, tally, tally_removed
 from .database import Database
 from .sql_claims import claim_rows
 from .sql_connections import Connections, Transactions
@@ -232,7 +232,8 @@ class SQLBuffer(Buffer):
             delete_by_seq(cursor, self._sql, MESSAGES, [seq for seq, _, _ in victims], own_connection=not outbox)
             mark = self._counting.read_mark(cursor)
             changes: Changes = {}
-            tally_removed(((subject, size, seq <= mark) for seq, subject, size in victims), "dropped", changes)
+            tally_removed(removed_sums((subject, size, seq <= mark) for seq, subject, size in victims), "dropped",
+                          changes)
             self._counting.bump(cursor, changes, outbox=outbox)
             self._counting.removed_pending(cursor)
             self._note_removed("dropped", len(victims))
@@ -346,10 +347,11 @@ class SQLBuffer(Buffer):
                 chunk = [id_bytes(message_id) for message_id in ids]
                 pending = remove_rows(cursor, self._sql, MESSAGES, chunk)
                 tally_removed(pending, kind or "deleted", changes)
+                found = sum(rows for _, rows, _, _, _ in pending)
                 dead = (remove_rows(cursor, self._sql, DEAD_LETTERS, chunk)
-                        if kind is None and len(pending) < len(chunk) else [])
-                tally(((subject, size) for subject, size, _ in dead), dead=-1, kind="deleted", into=changes)
-                removed += len(pending) + len(dead)
+                        if kind is None and found < len(chunk) else [])
+                tally_removed(dead, "deleted", changes, dead=True)
+                removed += found + sum(rows for _, rows, _, _, _ in dead)
             folded = self._counting.fold_outbox_counters(cursor, changes)
             self._counting.bump(cursor, changes, keep=folded)
             if removed:

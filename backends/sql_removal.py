@@ -10,18 +10,33 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .counters import Removed, removed_sums
 from .sql_statements import ID_PARAMS, SEQ_PARAMS, Statements, bind, chunks
 
 __all__ = ["delete_by_seq", "remove_rows"]
 
 
-def remove_rows(cursor: Any, sql: Statements, table: str,
-                ids: Sequence[bytes | bytearray]) -> list[tuple[str, int, bool]]:
-    """Delete the rows with these ids (at most CHUNK) in scope; returns each one's subject, size and whether
-    it was in the counters (a pending row above sqlite's mark is not)."""
-    if sql.positional:  # sqlite: by position, the scope's subject last
-        cursor.execute(sql.delete_ids_at(table, len(ids)), [*ids, *sql.scope.values()])
-        return [(subject, int(size), bool(counted)) for subject, size, counted in cursor.fetchall()]
+def remove_rows(cursor: Any, sql: Statements, table: str, ids: Sequence[bytes | bytearray]) -> list[Removed]:
+    """Delete the rows with these ids (at most CHUNK) in scope; returns what went, summed by subject: rows, bytes,
+    and how many were in the counters (a pending row above sqlite's mark is not), see :data:`.counters.Removed`."""
+    if sql.positional:
+        # sqlite: the sums read first, then a DELETE that returns nothing, in the same write transaction (no other
+        # writer between them), the ids bound by position and the scope's subject last. A DELETE ... RETURNING
+        # of a window's rows cost 1.9 us a row in sqlite and 0.8 without RETURNING; the read of the sums 0.75
+        # (measured), and the Python per row (a tuple each, then their tally) is gone with it.
+        params = [*ids, *sql.scope.values()]
+        cursor.execute(sql.removed_sums_at(table, len(ids)), params)
+        sums = cursor.fetchall()
+        if sums:
+            cursor.execute(sql.delete_ids_plain_at(table, len(ids)), params)
+        return [(subject, int(rows), int(size), int(counted), int(counted_size))
+                for subject, rows, size, counted, counted_size in sums]
+    return removed_sums(_remove_each(cursor, sql, table, ids))
+
+
+def _remove_each(cursor: Any, sql: Statements, table: str,
+                 ids: Sequence[bytes | bytearray]) -> list[tuple[str, int, bool]]:
+    """Server databases: :func:`remove_rows` row by row, each row's subject, size and whether it was counted."""
     params = bind(ID_PARAMS, ids)
     params.update(sql.scope)
     if not sql.by_seq:

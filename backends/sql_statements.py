@@ -144,7 +144,7 @@ class Statements:
         # DELETE of listed rows with LIMIT: without it the optimizer may scan a small table whole, and a scanning
         # DELETE waits on each row another transaction holds (an open outbox transaction's new row, say).
         self.by_seq = dialect.name in ("mysql", "mariadb")
-        # positional (sqlite): a relay's delete binds its IN list by position (delete_ids_at; its claim binds a
+        # positional (sqlite): a relay's delete binds its IN lists by position (removed_sums_at; its claim binds a
         # seq range, set_claims_range): binding 500 named parameters cost 1.2 us a row, by position 0.45 (measured).
         # point_statements (MariaDB/MySQL through PyMySQL): the connections take several statements in one round
         # trip (see database.py), so a relay's delete is one primary-key statement per row, sent together.
@@ -215,12 +215,21 @@ class Statements:
             sql = self._by_count[(key, count)] = build(", ".join("?" * count))
         return sql
 
-    def delete_ids_at(self, table: str, count: int) -> str:
-        """:meth:`delete_ids` bound by position (sqlite): the ids, then the scope's subject if any."""
+    def removed_sums_at(self, table: str, count: int) -> str:
+        """sqlite: what deleting these ids in scope removes, summed by subject (:data:`.counters.Removed`): read
+        before :meth:`delete_ids_plain_at`, in the same write transaction."""
         counted = self._counted_flag if table == MESSAGES else "1"
         scope = " AND subject = ?" if self._and_scope else ""
-        return self._in_list_at(f"delete at {table}", count, lambda ids: (
-            f"DELETE FROM {table} WHERE id IN ({ids}){scope} RETURNING subject, length(payload), {counted}"))
+        return self._in_list_at(f"removed sums {table}", count, lambda ids: (
+            f"SELECT subject, count(*), sum(length(payload)), count(CASE WHEN {counted} THEN 1 END), "
+            f"sum(CASE WHEN {counted} THEN length(payload) ELSE 0 END) FROM {table} WHERE id IN ({ids}){scope} "
+            "GROUP BY subject"))
+
+    def delete_ids_plain_at(self, table: str, count: int) -> str:
+        """sqlite: delete rows by id in scope, returning nothing (see :meth:`removed_sums_at`)."""
+        scope = " AND subject = ?" if self._and_scope else ""
+        return self._in_list_at(f"delete plain {table}", count, lambda ids: (
+            f"DELETE FROM {table} WHERE id IN ({ids}){scope}"))
 
     def delete_ids(self, table: str, count: int) -> str:
         """Delete rows by id in scope, returning each one's subject and payload size."""
