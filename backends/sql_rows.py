@@ -72,16 +72,21 @@ def insert_rows(cursor: Any, statement: str, rows: list[tuple[Any, ...]]) -> Non
     An ``executemany`` steps, resets and binds the statement again for every row; one statement of many rows
     steps once. A ``save_many`` of 1,000 messages spent 2.2 us a message in sqlite that way and 1.4 us this way
     (measured, the rest of the save alike). sqlite inserts a VALUES list's rows in the order written, so their
-    seqs ascend in the order given, as ``executemany``'s do."""
-    if len(rows) <= 1:
-        cursor.executemany(statement, rows)
-        return
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start:start + ROWS_PER_INSERT]
-        cursor.execute(_rows_statement(statement, len(chunk)), list(chain.from_iterable(chunk)))
+    seqs ascend in the order given, as ``executemany``'s do. What is left after the full statements goes in
+    statements of a power of two rows each (37: 32, 4, 1), so a connection prepares at most eight shapes of each
+    INSERT and its statement cache (128 entries) keeps the other statements."""
+    start, total = 0, len(rows)
+    while start < total:
+        left = total - start
+        count = ROWS_PER_INSERT if left >= ROWS_PER_INSERT else 1 << (left.bit_length() - 1)
+        if count == 1:
+            cursor.execute(statement, rows[start])
+        else:
+            cursor.execute(_rows_statement(statement, count), list(chain.from_iterable(rows[start:start + count])))
+        start += count
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=32)
 def _rows_statement(statement: str, count: int) -> str:
     """``statement`` (``INSERT ... VALUES (?, ...)``) with its VALUES row written ``count`` times."""
     head, values = statement.split(" VALUES ")

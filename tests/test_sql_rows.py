@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pbuffer.backends.sql_rows import ROWS_PER_INSERT, message_from_row, messages_from_seq_rows, row_values, rows_values
+from pbuffer.backends.sql_rows import (
+    ROWS_PER_INSERT,
+    insert_rows,
+    message_from_row,
+    messages_from_seq_rows,
+    row_values,
+    rows_values,
+)
 from pbuffer.backends.tables import MESSAGES
 
 import pbuffer
@@ -94,11 +101,12 @@ def test_any_damaged_column_fails_the_checksum(column: int) -> None:
     assert caught.value.message_id == expected
 
 
-@pytest.mark.parametrize("count", [2, ROWS_PER_INSERT, ROWS_PER_INSERT + 1, 2 * ROWS_PER_INSERT + 37])
+@pytest.mark.parametrize("count", [2, 7, ROWS_PER_INSERT, ROWS_PER_INSERT + 1, 2 * ROWS_PER_INSERT + 37])
 @pytest.mark.parametrize("headed", [False, True])
 def test_a_sqlite_batch_is_stored_in_the_order_given(tmp_path: Path, count: int, headed: bool) -> None:
-    # sqlite writes a batch as INSERT statements of up to ROWS_PER_INSERT rows each (sql_rows.insert_rows): the
-    # rows' seqs must ascend in the order given, across the statements, as a row per statement's would.
+    # sqlite writes a batch as INSERT statements of up to ROWS_PER_INSERT rows each, the rest in powers of two
+    # (sql_rows.insert_rows): the rows' seqs must ascend in the order given, across the statements, as a row per
+    # statement's would.
     items = [pbuffer.Outgoing(f"m{i}".encode(), f"s.{i % 3}", {"N": str(i)} if headed and i % 2 else None)
              for i in range(count)]
     with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
@@ -134,3 +142,25 @@ def test_a_sqlite_batch_that_fails_in_a_later_statement_stores_nothing(tmp_path:
             conn.commit()
         assert len(buf.save_many(items)) == len(items)
         assert buf.stats().pending == len(items) + 1
+
+
+def test_a_batch_of_any_size_uses_few_statement_shapes() -> None:
+    # Every batch size from 1 to 300 goes out in order, with at most 8 different statements in all (100 rows,
+    # then powers of two), so sqlite's per-connection statement cache is not flooded by one shape per size.
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, list[Any]]] = []
+
+        def execute(self, statement: str, params: Any) -> None:
+            self.calls.append((statement, list(params)))
+
+    statement = "INSERT INTO t (a, b) VALUES (?, ?)"
+    shapes: set[str] = set()
+    for size in range(1, 301):
+        rows = [(i, f"v{i}") for i in range(size)]
+        cursor = Recorder()
+        insert_rows(cursor, statement, rows)
+        assert [value for _, params in cursor.calls for value in params] == [v for row in rows for v in row]
+        assert all(s.count("(?, ?)") * 2 == len(params) for s, params in cursor.calls)
+        shapes.update(s for s, _ in cursor.calls)
+    assert len(shapes) == 8
