@@ -172,7 +172,7 @@ def _drain(plt: Any, document: dict[str, Any]) -> Any:
     cases = [case for case in _measured(document) if case.get("op") == "drain" and case["baseline"] is not None]
     if not cases:
         return None
-    figure, axes = plt.subplots(figsize=(9, 4.5))
+    figure, axes = plt.subplots(figsize=(10, 5.5))
     labels: list[str] = []
     for index, case in enumerate(cases):
         for slot, side, colour in ((0, case["subject"], "tab:blue"), (1, case["baseline"], "tab:gray")):
@@ -181,7 +181,8 @@ def _drain(plt: Any, document: dict[str, Any]) -> Any:
             error = [[median - float(side["min"])], [float(side["max"]) - median]]
             axes.bar(x, median, 0.8, yerr=error, color=colour, capsize=3)
             axes.annotate(f"{median:,.0f}", (x, median / 2), ha="center", va="center", fontsize=7, color="white")
-            labels.append(f"{case['name']}\n{side['label']}")
+            # Wrapped: the names of two bars side by side ran into each other on one line each.
+            labels.append(f"{textwrap.fill(case['name'], 18)}\n{textwrap.fill(side['label'], 18)}")
         target = case.get("target")
         if target and target.get("kind") == "min_ratio":
             needed = float(target["threshold"]) * float(case["baseline"]["median"])
