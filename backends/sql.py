@@ -278,8 +278,9 @@ class SQLBuffer(Buffer):
 
     def _pop_sqlite(self, now_us: int) -> Message | None:
         # The hot path of pop() on sqlite: the steps of Transactions.cursor spelled out, as in _insert (a generator
-        # per call costs more than the counters' statement). One DELETE ... RETURNING takes the row and says
-        # whether it was in the counters (its seq at or below the mark) and whether it was the newest.
+        # per call costs more than the counters' statement). One read finds the oldest free row and says whether
+        # it was in the counters (its seq at or below the mark) and whether it is the newest; then it is deleted
+        # by its seq (see Statements.pop_read).
         params = {**self._sql.scope, "now": now_us}
         message = None
         with self._write_lock:
@@ -287,13 +288,14 @@ class SQLBuffer(Buffer):
             try:
                 cursor = conn.cursor()
                 cursor.execute("BEGIN IMMEDIATE")
-                cursor.execute(self._sql.pop, params)
+                cursor.execute(self._sql.pop_read, params)
                 row = cursor.fetchone()
                 if row is not None:
-                    # Verified inside the transaction: a damaged row raises and its delete is rolled back.
-                    message = message_from_row(row[:6])
-                    self._counting.popped(cursor, message.subject, len(message.payload), counted=bool(row[6]))
-                    if row[7]:  # a pop takes the oldest row: rarely also the newest
+                    # Verified before its delete: a damaged row raises, and the transaction is rolled back.
+                    message = message_from_row(row[1:7])
+                    cursor.execute(self._sql.delete_seq_at, (row[0],))
+                    self._counting.popped(cursor, message.subject, len(message.payload), counted=bool(row[7]))
+                    if row[8]:  # a pop takes the oldest row: rarely also the newest
                         self._counting.removed_pending(cursor)
                 conn.commit()
             except BaseException as exc:
