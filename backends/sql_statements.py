@@ -144,7 +144,7 @@ class Statements:
     def _pop_statements(self, compile_: Callable[[str], str], sqlite: bool, dialect: str, free: str, and_scope: str,
                         skip_locked: str) -> None:
         # DELETE ... RETURNING pops in one statement on PostgreSQL; MariaDB locks, then deletes.
-        self.pop_returning = dialect in ("sqlite", "postgresql")
+        self.pop_returning = dialect == "postgresql"
         oldest = f"SELECT seq FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq LIMIT 1{skip_locked}"
         # sqlite also reads whether the row was in the counters (its seq at or below the mark)...
         counted_flag = f"seq <= (SELECT up_to_seq FROM {COUNTED})" if sqlite else "1"
