@@ -166,34 +166,50 @@ class SQLBuffer(Buffer):
             rows, insert = [row_params(m) for m in messages], self._sql.insert_row
         with self._write_lock:
             conn = self._connections.take("save")
+            alone: int | None = None  # the seq of a row committed by its INSERT alone
             try:
                 cursor = conn.cursor()
-                if self._sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")
-                if self.limits.bounded:
-                    self._make_room(cursor, messages)
-                if len(rows) == 1:
+                if self._sqlite and len(rows) == 1 and not self.limits.bounded:
+                    # One row and no limits: the INSERT alone is the transaction, in sqlite's autocommit mode
+                    # (BEGIN IMMEDIATE and COMMIT are two statements more: 15.9 against 14.6 us a save, measured on
+                    # raw statements); a fold of the uncounted tail, when due, follows in a transaction of its own.
                     cursor.execute(insert, rows[0])
-                    if self._lazy:
-                        self._counting.maybe_fold(cursor, cursor.lastrowid)
-                    else:
-                        message = messages[0]
-                        self._counting.bump(cursor, {message.subject: Counts(1, len(message.payload))})
+                    alone = cursor.lastrowid
                 else:
-                    if self._sqlite:
-                        insert_rows(cursor, insert, rows)
-                    else:
-                        cursor.executemany(insert, rows)
-                    if self._lazy:
-                        self._counting.maybe_fold(cursor, None)
-                    else:
-                        self._counting.bump(cursor, tally(((m.subject, len(m.payload)) for m in messages), pending=1))
-                if self._notify_sql:
-                    cursor.execute(self._notify_sql)
-                conn.commit()
+                    self._insert_transaction(conn, cursor, messages, rows, insert)
             except BaseException as exc:
                 self._tx.failed(conn, exc, "save")
-            self._connections.give_back(conn)
+            if alone is not None and self._counting.fold_due(alone) and not self._counting.fold_apart(conn, alone):
+                self._connections.discard(conn)  # the save stands; a connection whose fold failed is not reused
+            else:
+                self._connections.give_back(conn)
+
+    def _insert_transaction(self, conn: Any, cursor: Any, messages: list[Message], rows: list[Any],
+                            insert: str) -> None:
+        """:meth:`_insert`'s transaction, but for a lone sqlite row without limits: the limits, the rows, the counts."""
+        if self._sqlite:
+            cursor.execute("BEGIN IMMEDIATE")
+        if self.limits.bounded:
+            self._make_room(cursor, messages)
+        if len(rows) == 1:
+            cursor.execute(insert, rows[0])
+            if self._lazy:
+                self._counting.maybe_fold(cursor, cursor.lastrowid)
+            else:
+                message = messages[0]
+                self._counting.bump(cursor, {message.subject: Counts(1, len(message.payload))})
+        else:
+            if self._sqlite:
+                insert_rows(cursor, insert, rows)
+            else:
+                cursor.executemany(insert, rows)
+            if self._lazy:
+                self._counting.maybe_fold(cursor, None)
+            else:
+                self._counting.bump(cursor, tally(((m.subject, len(m.payload)) for m in messages), pending=1))
+        if self._notify_sql:
+            cursor.execute(self._notify_sql)
+        conn.commit()
 
     def _make_room(self, cursor: Any, messages: list[Message], outbox: bool = False) -> None:
         """Inside a save's transaction: apply the size limits (raise, or drop the oldest pending messages).

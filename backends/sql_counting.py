@@ -7,6 +7,7 @@ So ``stats()`` and the limits read a handful of counter rows instead of counting
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterable
@@ -18,6 +19,8 @@ from .sql_statements import NO_LIMIT, SHARDS, Statements
 from .tables import COUNTER_COLUMNS
 
 __all__ = ["Counting"]
+
+_log = logging.getLogger("pbuffer.backends.sql")
 
 # Counts' fields are pbuffer_counters' columns, in order: Counts.from_row reads the counters' rows by position.
 assert tuple(field.name for field in fields(Counts)) == COUNTER_COLUMNS
@@ -90,15 +93,38 @@ class Counting:
         if last_seq is None:
             cursor.execute(self._sql.newest_seq)
             last_seq = int(cursor.fetchone()[0] or 0)
+        if self.fold_due(last_seq):
+            cursor.execute(self._sql.fold)
+            cursor.execute(self._sql.move_mark)
+            self._mark = int(cursor.fetchone()[0])
+
+    def fold_due(self, last_seq: int) -> bool:
+        """Whether the tail may hold ``_FOLD_EVERY`` rows once a row of seq ``last_seq`` is in it."""
         mark = self._mark
         every = _FOLD_EVERY_LIMITED if self._bounded else _FOLD_EVERY
         # last_seq <= mark: the mark moved since this process saw it (another process folded, or removals
         # lowered it): look again.
-        if mark is not None and mark < last_seq < mark + every:
-            return
-        cursor.execute(self._sql.fold)
-        cursor.execute(self._sql.move_mark)
-        self._mark = int(cursor.fetchone()[0])
+        return mark is None or not mark < last_seq < mark + every
+
+    def fold_apart(self, conn: Any, last_seq: int) -> bool:
+        """After a save committed by its INSERT alone (sqlite's autocommit): the fold, in a transaction of its own
+        on ``conn``. A fold is a transaction like any other (the invariant above holds before and after it), so
+        it needs no save with it. The save stands whatever happens here: ``False`` if the fold failed (a full
+        disk, say; the connection is then unfit for reuse). The tail stays uncounted until a later save folds
+        it, and ``stats()`` adds it up meanwhile, exactly."""
+        try:
+            cursor = conn.cursor()
+            if self._mark is None:  # this buffer's first save: the mark read (no transaction), not a fold
+                self._mark = self.read_mark(cursor)
+                if not self.fold_due(last_seq):
+                    return True
+            cursor.execute("BEGIN IMMEDIATE")
+            self.maybe_fold(cursor, last_seq)
+            conn.commit()
+        except Exception as exc:
+            _log.debug("the fold after a save failed (the save is committed; a later save folds): %r", exc)
+            return False
+        return True
 
     def read_mark(self, cursor: Any) -> int:
         """The mark, read in the caller's write transaction; on server databases every row is counted."""

@@ -120,11 +120,12 @@ def test_limits_count_the_tail(tmp_path: Path, overflow: str) -> None:
 
 
 def test_a_downgrade_folds_the_tail_for_revision_0002(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sql_counting, "_FOLD_EVERY", 1_000_000)
     path = tmp_path / "b.db"
     url = f"sqlite:///{path}"
     with pbuffer.open(url) as buf:
+        monkeypatch.setattr(sql_counting, "_FOLD_EVERY", 1)  # the first save is folded...
         buf.save(b"first", subject="a")
+        monkeypatch.setattr(sql_counting, "_FOLD_EVERY", 1_000_000)  # ...the next six stay in the tail
         buf.save_many([b"tail"] * 6, subject="b")
         assert _counted(path) == 1
     assert pbuffer.downgrade(url, "0002") == "0002"
@@ -134,3 +135,27 @@ def test_a_downgrade_folds_the_tail_for_revision_0002(tmp_path: Path, monkeypatc
     assert pbuffer.upgrade(url) == "0004"
     with pbuffer.open(url) as buf:
         assert buf.stats().pending == 7 and _mark(path) == 7
+
+
+def test_a_save_stands_when_the_fold_after_it_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone save commits by its INSERT alone; the fold due after it runs in a transaction of its own. When that
+    fold fails (here a trigger refuses to move the mark; a full disk would too), the committed save must not be
+    reported as failed, and every count stays exact: the row waits in the uncounted tail for a later fold."""
+    monkeypatch.setattr(sql_counting, "_FOLD_EVERY", 1)  # every save folds
+    path = tmp_path / "b.db"
+    with pbuffer.open(f"sqlite:///{path}") as buf:
+        buf.save(b"folded", subject="a")
+        assert _counted(path) == 1
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON pbuffer_counted_0004 "
+                         "BEGIN SELECT RAISE(ABORT, 'no fold'); END")
+        saved = [buf.save(b"kept", subject="a"), buf.save(b"kept too", subject="b")]
+        assert [m.id for m in buf.get_all()][1:] == [m.id for m in saved]
+        assert _counted(path) == 1  # the two are in the tail, not lost from the counts
+        assert buf.stats().pending == 3
+        assert {s: c.pending for s, c in buf.subject_stats().items()} == {"a": 2, "b": 1}
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TRIGGER refuse")
+        buf.save(b"after", subject="b")
+        assert _counted(path) == 4 and _mark(path) == 4
+        assert buf.stats().pending == 4

@@ -326,7 +326,9 @@ def test_torn_wal_keeps_every_whole_commit(tmp_path: Path) -> None:
     and the file is sound (with and without the writer's -shm)."""
     path = tmp_path / "b.db"
     pbuffer.open(url(path)).close()  # schema made and checkpointed: the writer starts a fresh -wal
-    commits = 150  # about 300 frames: under the automatic checkpoint, so every commit stays in the -wal
+    # About 300 frames: under the automatic checkpoint, so every commit stays in the -wal. A save is one commit
+    # (sqlite folds its count of new rows in a commit of its own, but only every 1,024 saves).
+    commits = 150
     writer = subprocess.Popen([sys.executable, "-c", WRITER, url(path), str(commits)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     assert writer.stdin is not None and writer.stdout is not None
