@@ -122,8 +122,8 @@ def test_a_sqlite_batch_is_stored_in_the_order_given(tmp_path: Path, count: int,
 
 
 def test_a_sqlite_batch_that_fails_in_a_later_statement_stores_nothing(tmp_path: Path) -> None:
-    # All or nothing across the statements of one batch: the third statement fails (a trigger refuses one row),
-    # and the rows of the first two are gone with it.
+    # All or nothing across the statements of one batch: the last of 206 rows is refused (a trigger) in the fourth
+    # statement (100, 100, 4, 2 rows), and the rows of the statements before it are gone with it.
     path = tmp_path / "b.db"
     with pbuffer.open(f"sqlite:///{path}") as buf:
         buf.save(b"kept", subject="s.x")
