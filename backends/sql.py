@@ -186,7 +186,8 @@ class SQLBuffer(Buffer):
 
     def _insert_transaction(self, conn: Any, cursor: Any, messages: list[Message], rows: list[Any],
                             insert: str) -> None:
-        """:meth:`_insert`'s transaction, but for a lone sqlite row without limits: the limits, the rows, the counts."""
+        """The transaction of :meth:`_insert` (every save but a lone sqlite row without limits): BEGIN on sqlite,
+        the limits, the rows, the counts, the commit."""
         if self._sqlite:
             cursor.execute("BEGIN IMMEDIATE")
         if self.limits.bounded:

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import fields
 from typing import Any
 
@@ -121,7 +122,11 @@ class Counting:
             cursor.execute("BEGIN IMMEDIATE")
             self.maybe_fold(cursor, last_seq)
             conn.commit()
-        except Exception as exc:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # an interrupt: no transaction left holding the write lock
+                with suppress(Exception):
+                    conn.rollback()
+                raise
             _log.debug("the fold after a save failed (the save is committed; a later save folds): %r", exc)
             return False
         return True
