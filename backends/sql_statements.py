@@ -143,22 +143,20 @@ class Statements:
 
     def _pop_statements(self, compile_: Callable[[str], str], sqlite: bool, dialect: str, free: str, and_scope: str,
                         skip_locked: str) -> None:
-        # DELETE ... RETURNING pops in one statement on PostgreSQL; MariaDB locks, then deletes.
+        # DELETE ... RETURNING pops in one statement on PostgreSQL; MariaDB locks, then deletes (pop_lock).
         self.pop_returning = dialect == "postgresql"
         oldest = f"SELECT seq FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq LIMIT 1{skip_locked}"
-        # sqlite also reads whether the row was in the counters (its seq at or below the mark)...
-        counted_flag = f"seq <= (SELECT up_to_seq FROM {COUNTED})" if sqlite else "1"
-        self._counted_flag = counted_flag
-        # ...and whether it was the newest row (only then must the mark come down: see Counting.removed_pending).
-        newest_flag = (f"NOT EXISTS (SELECT 1 FROM {MESSAGES} AS later WHERE later.seq > {MESSAGES}.seq)" if sqlite
-                       else "0")
-        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {COLUMNS}, {counted_flag}, "
-                            f"{newest_flag}")
+        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {COLUMNS}")
+        # sqlite counts lazily: a removal must know whether a row was in the counters (its seq at or below the mark).
+        self._counted_flag = f"seq <= (SELECT up_to_seq FROM {COUNTED})" if sqlite else "1"
         # sqlite pops with a read of the oldest free row, then a DELETE of its seq, in the write transaction (one
         # writer: nothing changes between them): a DELETE ... RETURNING of one row cost 1.3 us more a pop (20 us
-        # against 18.7, measured; sqlite keeps RETURNING's rows in a table of their own).
-        self.pop_read = compile_(f"SELECT seq, {COLUMNS}, {counted_flag}, {newest_flag} FROM {MESSAGES} "
-                                 f"WHERE {free}{and_scope} ORDER BY seq LIMIT 1")
+        # against 18.7, measured; sqlite keeps RETURNING's rows in a table of their own). The read also says
+        # whether the row was counted and whether it is the newest (only then must the mark come down: see
+        # Counting.removed_pending).
+        newest_flag = f"NOT EXISTS (SELECT 1 FROM {MESSAGES} AS later WHERE later.seq > {MESSAGES}.seq)"
+        self.pop_read = compile_(f"SELECT seq, {COLUMNS}, {self._counted_flag}, {newest_flag} FROM {MESSAGES} "
+                                 f"WHERE {free}{and_scope} ORDER BY seq LIMIT 1") if sqlite else ""
         self.delete_seq_at = f"DELETE FROM {MESSAGES} WHERE seq = ?"
 
     def _counter_statements(self, dialect: str, compile_: Callable[[str], str], where: str, and_scope: str) -> None:
