@@ -179,7 +179,7 @@ class SQLBuffer(Buffer):
                     self._insert_transaction(conn, cursor, messages, rows, insert)
             except BaseException as exc:
                 self._tx.failed(conn, exc, "save")
-            if alone is not None and self._counting.fold_due(alone) and not self._counting.fold_apart(conn, alone):
+            if alone is not None and not self._counting.fold_apart(conn, alone):
                 self._connections.discard(conn)  # the save stands; a connection whose fold failed is not reused
             else:
                 self._connections.give_back(conn)

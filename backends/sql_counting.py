@@ -108,11 +108,13 @@ class Counting:
         return mark is None or not mark < last_seq < mark + every
 
     def fold_apart(self, conn: Any, last_seq: int) -> bool:
-        """After a save committed by its INSERT alone (sqlite's autocommit): the fold, in a transaction of its own
-        on ``conn``. A fold is a transaction like any other (the invariant above holds before and after it), so
-        it needs no save with it. The save stands whatever happens here: ``False`` if the fold failed (a full
-        disk, say; the connection is then unfit for reuse). The tail stays uncounted until a later save folds
+        """After a save committed by its INSERT alone (sqlite's autocommit): the fold if due, in a transaction of
+        its own on ``conn``. A fold is a transaction like any other (the invariant above holds before and after
+        it), so it needs no save with it. The save stands whatever happens here: ``False`` if the fold failed (a
+        full disk, say; the connection is then unfit for reuse). The tail stays uncounted until a later save folds
         it, and ``stats()`` adds it up meanwhile, exactly."""
+        if not self.fold_due(last_seq):
+            return True
         try:
             cursor = conn.cursor()
             if self._mark is None:  # this buffer's first save: the mark read (no transaction), not a fold
