@@ -164,3 +164,15 @@ def test_a_batch_of_any_size_uses_few_statement_shapes() -> None:
         assert all(s.count("(?, ?)") * 2 == len(params) for s, params in cursor.calls)
         shapes.update(s for s, _ in cursor.calls)
     assert len(shapes) == 8
+
+
+def test_a_sqlite_batch_of_large_and_empty_payloads_spans_its_statements_intact(tmp_path: Path) -> None:
+    # Payloads up to 4 KiB are bound as bytearray copies, larger ones as they are (sql_rows.rows_values): both
+    # kinds, empty ones and 1 MiB ones, mixed across the statements of one batch, read back byte for byte.
+    sizes = [0, 1, 4096, 4097, 1 << 20] * 21  # 105 rows: statements of 100, 4 and 1
+    payloads = [bytes([index % 251]) * size for index, size in enumerate(sizes)]
+    with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
+        saved = buf.save_many(payloads, subject="s.big")
+        assert [m.payload for m in buf.get_all()] == payloads
+        assert [m.id for m in buf.get_all()] == [m.id for m in saved]
+        assert buf.stats().pending_bytes == sum(sizes)
