@@ -315,11 +315,14 @@ class Relay:
             with contextlib.suppress(asyncio.TimeoutError):  # stop() cuts the wait short
                 await asyncio.wait_for(self._stopping.wait(), wait)
 
-    def _held_now(self) -> frozenset[str]:
-        """The subjects still held back; a subject whose hold ended is tried again (oldest message first)."""
-        now = time.monotonic()
-        for subject in [s for s, until in self._held.items() if until <= now]:
-            del self._held[subject]
+    def _held_now(self, from_oldest: bool) -> frozenset[str]:
+        """The subjects to pass over. A hold ends only at a read from the oldest message (``from_oldest``): a
+        read behind a window (``after``) that let an unheld subject in would publish its messages past that
+        point before its older ones, which earlier windows passed over."""
+        if from_oldest:
+            now = time.monotonic()
+            for subject in [s for s, until in self._held.items() if until <= now]:
+                del self._held[subject]
         return frozenset(self._held)
 
     def _hold(self, subject: str) -> None:
@@ -342,7 +345,7 @@ class Relay:
         while True:
             try:
                 return await self.buffer.claim(limit, owner=self.owner, lease=self.lease, after=after,
-                                               skip_subjects=self._held_now())
+                                               skip_subjects=self._held_now(from_oldest=after is None))
             except CorruptDatabaseError as exc:
                 if exc.message_id is None:
                     raise
