@@ -252,9 +252,10 @@ class Relay:
                             else None)
                 following = await prefetch
                 prefetch = None
-                if retry or len(window) < limit or not following:
+                if retry or len(window) < limit or not following or self._hold_ended():
                     # Start again from the oldest unacknowledged message (after a failure, passing over the
-                    # subjects now held back; for a short window, to find messages saved meanwhile; with nothing
+                    # subjects now held back; when a hold ran out, to try that subject from its oldest message;
+                    # for a short window, to find messages saved meanwhile; with nothing
                     # behind this window, because other relays may hold claims there), once the deletes are done
                     # so they are not read again. An unused read-ahead window stays claimed: this relay's next
                     # claim takes it again.
@@ -324,6 +325,11 @@ class Relay:
             for subject in [s for s, until in self._held.items() if until <= now]:
                 del self._held[subject]
         return frozenset(self._held)
+
+    def _hold_ended(self) -> bool:
+        """Whether a subject's hold has run out: the relay then reads from the oldest message again, so the
+        subject is tried at once from its oldest message even when producers keep every window ahead full."""
+        return bool(self._held) and min(self._held.values()) <= time.monotonic()
 
     def _hold(self, subject: str) -> None:
         """Hold ``subject`` back for its next backoff: doubled from its last one, with jitter."""
