@@ -317,9 +317,8 @@ class Relay:
                 await asyncio.wait_for(self._stopping.wait(), wait)
 
     def _held_now(self, from_oldest: bool) -> frozenset[str]:
-        """The subjects to pass over. A hold ends only at a read from the oldest message (``from_oldest``): a
-        read behind a window (``after``) that let an unheld subject in would publish its messages past that
-        point before its older ones, which earlier windows passed over."""
+        """The subjects to pass over. A hold ends only at a read from the oldest (``from_oldest``): a read behind
+        a window would let the subject in past its older messages, which earlier windows passed over."""
         if from_oldest:
             now = time.monotonic()
             for subject in [s for s, until in self._held.items() if until <= now]:
@@ -327,8 +326,7 @@ class Relay:
         return frozenset(self._held)
 
     def _hold_ended(self) -> bool:
-        """Whether a subject's hold has run out: the relay then reads from the oldest message again, so the
-        subject is tried at once from its oldest message even when producers keep every window ahead full."""
+        """A hold ran out: read from the oldest again (at once, even when every window ahead is full)."""
         return bool(self._held) and min(self._held.values()) <= time.monotonic()
 
     def _hold(self, subject: str) -> None:
