@@ -23,7 +23,8 @@ in parallel). Order is a promise per subject.
 No subject stalls another. A subject whose message failed transiently (no stream covers it, a 503, a timeout) is
 held back for its own backoff (exponential with jitter, per subject): windows are read passing over its messages
 (:meth:`Buffer.claim` with ``skip_subjects``), so the other subjects flow at full speed behind it; when its backoff
-ends, its oldest message is the first tried again.
+ends, its oldest message is tried again, alone (a probe: :mod:`.publishing`), and the rest of the subject follows
+once that one is acknowledged.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import contextlib
 import logging
 import random
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -45,6 +45,7 @@ from ..buffer import Buffer
 from ..buffering.tracing import publish_spans
 from ..errors import ConfigurationError, CorruptDatabaseError, PublishError
 from ..message import Message, Payload
+from .publishing import publish_probing, publish_strictly
 from .transport import Failure, Outcome, PublishResult, Transport
 
 __all__ = ["Relay", "RelayObserver", "RelayStats", "send"]
@@ -237,8 +238,11 @@ class Relay:
                 prefetch = asyncio.ensure_future(self._read_window(stats, after=window[-1].id, limit=next_limit))
                 started = time.perf_counter() if self._observers else 0.0
                 with self._spans.window(window) if self._spans and self._spans.wanted(window) else nullcontext():
+                    probed = False
                     if self.strict_order:
-                        results = await self._publish_strictly(window)
+                        results = await publish_strictly(self.transport, window)
+                    elif self._backoff:  # a subject failed and was not acknowledged since: probe it
+                        results, probed = await publish_probing(self.transport, window, self._backoff)
                     else:
                         results = await self.transport.publish(window)
                 if self._observers:
@@ -252,13 +256,13 @@ class Relay:
                             else None)
                 following = await prefetch
                 prefetch = None
-                if retry or len(window) < limit or not following or self._hold_ended():
+                if retry or probed or len(window) < limit or not following or self._hold_ended():
                     # Start again from the oldest unacknowledged message (after a failure, passing over the
                     # subjects now held back; when a hold ran out, to try that subject from its oldest message;
-                    # for a short window, to find messages saved meanwhile; with nothing
-                    # behind this window, because other relays may hold claims there), once the deletes are done
-                    # so they are not read again. An unused read-ahead window stays claimed: this relay's next
-                    # claim takes it again.
+                    # after a probe, for the rest of its subject; for a short window, to find messages saved
+                    # meanwhile; with nothing behind this window, because other relays may hold claims there),
+                    # once the deletes are done so they are not read again. An unused read-ahead window stays
+                    # claimed: this relay's next claim takes it again.
                     if deleting is not None:
                         await deleting
                         deleting = None
@@ -358,25 +362,6 @@ class Relay:
                     _log.error("dead-lettered message %s: its stored bytes fail their checksum", exc.message_id)
                     if self._observers:
                         self._observe("dead_lettered", exc.message_id, f"corrupt: {exc}")
-
-    async def _publish_strictly(self, batch: Sequence[Message]) -> list[PublishResult]:
-        """Per subject, one message at a time, stopping a subject at its first transient failure."""
-        results: dict[str, PublishResult] = {}
-        by_subject: dict[str, list[Message]] = defaultdict(list)
-        for message in batch:
-            by_subject[message.subject].append(message)
-
-        async def one_subject(messages: list[Message]) -> None:
-            for message in messages:
-                (result,) = await self.transport.publish([message])
-                results[message.id] = result
-                if result.failure is not None and result.failure.transient:
-                    return  # the rest of this subject waits for the next window, in order
-
-        await asyncio.gather(*(one_subject(messages) for messages in by_subject.values()))
-        not_sent = PublishResult.failed("not sent: an earlier message of its subject failed", transient=True,
-                                        attempted=False)
-        return [results.get(message.id, not_sent) for message in batch]
 
     async def _settle(self, batch: Sequence[Message], results: Sequence[PublishResult],
                       stats: RelayStats) -> tuple[list[str], bool]:
