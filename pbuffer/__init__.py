@@ -35,7 +35,8 @@ from .errors import (
 from .limits import BufferStats, ClaimStats, Limits, SubjectStats
 from .message import DeadLetter, Message, Outgoing
 from .registry import default_url, known_schemes, open_buffer
-from .relay.drain import Relay, RelayStats, send
+from .relay.drain import Relay, RelayStats
+from .relay.sending import send
 from .relay.transport import MockTransport, PublishResult, Transport
 from .schema import (
     Revision,

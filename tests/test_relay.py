@@ -381,3 +381,111 @@ def test_a_subject_that_failed_is_tried_again_with_its_oldest_message_alone(back
     assert tried[0] == 16 and failures[:16] == [m.id for m in stuck[:16]]
     assert failures[16:] == [stuck[0].id] * 24
     assert max(tried[1:list(accumulate(tried)).index(40) + 1]) == 1
+
+
+def open_buffer(backend: str, tmp_path: Path) -> pbuffer.Buffer:
+    return pbuffer.open("memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'b.db'}")
+
+
+def stream_order(stream: FakeStream, saved: list[Message]) -> list[int]:
+    """The stream's messages as their places in ``saved``."""
+    place = {m.id: i for i, m in enumerate(saved)}
+    return [place[i] for i in stream.stored]
+
+
+@pytest.mark.parametrize("strict_order", [False, True])
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_relay_stopped_while_its_window_fails_gives_its_claims_back(backend: str, strict_order: bool,
+                                                                      tmp_path: Path) -> None:
+    """An application shuts its relay down during an outage (stop() while a window times out) and starts a new
+    one. The first relay's claims on the failed window and on the window it read ahead must end with it: the new
+    relay (another owner) would pass over them and publish the subject's later messages first, the older ones
+    only once the old lease ran out (found by trying to break the relay)."""
+    buf = open_buffer(backend, tmp_path)
+    saved = buf.save_many([b"%d" % i for i in range(40)], subject="orders.a")
+    relays: list[Relay] = []
+
+    def outage(message: Message) -> PublishResult:
+        relays[0].stop()  # the shutdown arrives while NATS does not answer
+        return PublishResult.failed("no ack in time", transient=True, kind="timeout")
+
+    stream = FakeStream()
+
+    async def scenario() -> None:
+        relays.append(Relay(buf, MockTransport(outage), batch_size=10, lease=30.0, strict_order=strict_order))
+        await relays[0].drain()
+        await relays[0].close()
+        assert buf.claim_stats().held == 0  # type: ignore[union-attr]
+        async with Relay(buf, MockTransport(stream.accept), batch_size=10, lease=30.0) as second:
+            await asyncio.wait_for(second.drain(), 10)
+
+    run(scenario())
+    assert stream_order(stream, saved) == list(range(40)) and len(buf) == 0
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_cancelled_relay_gives_its_claims_back(backend: str, tmp_path: Path) -> None:
+    """A relay's task cancelled while a window awaits its acks (and the next one is read ahead): what it read and
+    did not publish goes back, so a relay started next goes on from the oldest message, in order, each message
+    stored once (the cancelled window's are stored again as duplicates, which the stream drops)."""
+    buf = open_buffer(backend, tmp_path)
+    saved = buf.save_many([b"%d" % i for i in range(60)], subject="orders.a")
+    stream = FakeStream()
+    first_window = asyncio.Event()
+
+    async def slow(message: Message) -> PublishResult:
+        first_window.set()
+        await asyncio.sleep(0.05)
+        return stream.accept(message)
+
+    async def scenario() -> None:
+        relay = Relay(buf, MockTransport(slow), batch_size=10, lease=30.0)
+        task = asyncio.ensure_future(relay.run())
+        await first_window.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert buf.claim_stats().held == 0  # type: ignore[union-attr]
+        async with Relay(buf, MockTransport(stream.accept), batch_size=10, lease=30.0) as second:
+            await asyncio.wait_for(second.drain(), 10)
+
+    run(scenario())
+    assert stream_order(stream, saved) == list(range(60)) and len(buf) == 0
+
+
+def test_send_returns_once_its_message_is_acknowledged_while_an_older_subject_is_stuck() -> None:
+    """send() with an older message of a subject no stream covers in the buffer: its own message is published
+    and deleted, so it must return it. It raised PublishError saying the message "stays in the buffer" (it waited
+    for the whole buffer to drain), and a caller resending on that error stores the payload twice."""
+    buf = pbuffer.open("memory://")
+    stuck = buf.save(b"old", subject="nostream.x")
+    stream = FakeStream()
+
+    def handler(message: Message) -> PublishResult:
+        if message.subject == "nostream.x":
+            return PublishResult.failed("no stream covers nostream.x", transient=True, no_stream=True)
+        return stream.accept(message)
+
+    sent = run(pbuffer.send(buf, MockTransport(handler), b"order", subject="orders.a", timeout=10))
+    assert isinstance(sent, Message) and stream.stored == [sent.id]
+    assert [m.id for m in buf.get_all()] == [stuck.id] and buf.claim_stats().held == 0  # type: ignore[union-attr]
+
+
+def test_a_send_that_timed_out_gives_its_claim_back() -> None:
+    """send() during an outage times out; its message stays in the buffer, unclaimed, so the next send() of the
+    subject publishes it first, then its own."""
+    buf = pbuffer.open("memory://")
+    stream = FakeStream()
+    up = False
+
+    def handler(message: Message) -> PublishResult:
+        return stream.accept(message) if up else PublishResult.failed("no ack in time", transient=True)
+
+    transport = MockTransport(handler)
+    with pytest.raises(pbuffer.PublishError, match="stays in the buffer"):
+        run(pbuffer.send(buf, transport, b"first", subject="orders.a", timeout=0.3))
+    first = buf.get()
+    assert first is not None and buf.claim_stats().held == 0  # type: ignore[union-attr]
+    up = True
+    second = run(pbuffer.send(buf, transport, b"second", subject="orders.a", timeout=10))
+    assert stream.stored == [first.id, second.id] and len(buf) == 0  # type: ignore[attr-defined]

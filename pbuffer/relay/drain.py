@@ -34,49 +34,26 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 from .. import ids
 from ..aio import AsyncBuffer
 from ..buffer import Buffer
 from ..buffering.tracing import publish_spans
-from ..errors import ConfigurationError, CorruptDatabaseError, PublishError
-from ..message import Message, Payload
+from ..errors import ConfigurationError, CorruptDatabaseError
+from ..message import Message
 from .publishing import publish_probing, publish_strictly
+from .stats import RelayStats
 from .transport import Failure, Outcome, PublishResult, Transport
 
-__all__ = ["Relay", "RelayObserver", "RelayStats", "send"]
+__all__ = ["Relay", "RelayObserver", "RelayStats"]
 
 _log = logging.getLogger("pbuffer.relay")
 
 #: Messages in a relay's first window, before it knows how large its messages are (see Relay's window_bytes).
 _FIRST_WINDOW = 16
-
-
-@dataclass
-class RelayStats:
-    """What a drain did. ``duplicates``: messages the server already had (not stored again)."""
-
-    published: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    retried: int = 0
-
-    def add(self, other: RelayStats) -> None:
-        self.published += other.published
-        self.duplicates += other.duplicates
-        self.dead_lettered += other.dead_lettered
-        self.retried += other.retried
-
-    def copy(self) -> RelayStats:
-        return RelayStats(self.published, self.duplicates, self.dead_lettered, self.retried)
-
-    def minus(self, other: RelayStats) -> RelayStats:
-        return RelayStats(self.published - other.published, self.duplicates - other.duplicates,
-                          self.dead_lettered - other.dead_lettered, self.retried - other.retried)
 
 
 RetryCallback = Callable[[Message, Failure, int], object]
@@ -179,6 +156,10 @@ class Relay:
         #: Subjects held back after a transient failure: until when (time.monotonic()), and their current backoff.
         self._held: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
+        #: Messages still claimed by this relay after their window settled without them (a transient failure, or
+        #: held back unsent). Given back when a drain ends (stop, cancellation, an error): a relay started next
+        #: takes them first, instead of finding them claimed and publishing their subjects' later messages ahead.
+        self._kept: set[str] = set()
         # A tuple, replaced whole: drain() walks it while add_observer() may run from another task.
         self._observers: tuple[RelayObserver, ...] = () if observer is None else (observer,)
         self._spans = publish_spans(tracer_provider)
@@ -229,9 +210,11 @@ class Relay:
         counted = RelayStats()  # what self.stats already includes: it is kept current window by window
         deleting: asyncio.Future[int] | None = None
         prefetch: asyncio.Future[list[Message]] | None = None
+        following: list[Message] = []
         limit = self._window_limit
-        window = await self._read_from_oldest(stats)
+        window: list[Message] = []
         try:
+            window = await self._read_from_oldest(stats)
             while window and not self._stopping.is_set():
                 await self._check_duplicate_windows(window)
                 next_limit = self._size_next_window(window)
@@ -271,17 +254,30 @@ class Relay:
                 else:
                     window, limit = following, next_limit
         finally:
-            if prefetch is not None and not prefetch.done():
-                prefetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await prefetch
+            if prefetch is not None:
+                # Awaited, not cancelled: a claim already running in the buffer's thread would still commit.
+                with contextlib.suppress(Exception):
+                    following = await prefetch
             if deleting is not None:
                 await deleting
             self.stats.add(stats.minus(counted))
-        if window and self._stopping.is_set():
-            # Read but never sent: give it back now rather than when its lease runs out.
-            await self.buffer.release([m.id for m in window], owner=self.owner)
+            await self._give_back(window, following)
         return stats
+
+    async def _give_back(self, window: Sequence[Message], following: Sequence[Message]) -> None:
+        """At the end of a drain, end this relay's claims on what it read and did not publish: the window not sent
+        (on a stop), the read-ahead, and the messages kept after a failure (see ``_kept``). Their leases would
+        otherwise run on, and a relay started meanwhile would pass over them to their subjects' later messages.
+        Acknowledged messages among them are deleted already, or their delete is done: giving them back changes
+        nothing."""
+        ids = self._kept.union(m.id for m in window).union(m.id for m in following)
+        self._kept.clear()
+        if not ids:
+            return
+        try:
+            await self.buffer.release(ids, owner=self.owner)
+        except Exception as exc:  # (a closed buffer, say) the leases run out by themselves
+            _log.debug("giving back %d claims at the end of a drain failed: %r", len(ids), exc)
 
     async def run(self) -> RelayStats:
         """Drain as messages arrive until :meth:`stop` or cancellation; returns what it did."""
@@ -372,9 +368,12 @@ class Relay:
         acknowledged: list[str] = []
         retry = False
         held: set[str] = set()  # a subject's backoff doubles once per window that failed, not once per message
+        kept = self._kept
         for message, result in zip(batch, results, strict=True):
             if result.acknowledged:
                 acknowledged.append(message.id)
+                if kept:
+                    kept.discard(message.id)
                 if message.subject not in self._held:  # (a failure earlier in this window keeps its backoff)
                     self._backoff.pop(message.subject, None)
                 if result.outcome is Outcome.DUPLICATE:
@@ -389,8 +388,10 @@ class Relay:
             attempts = self._attempts.get(message.id, 0) + 1
             self._first_attempt.setdefault(message.id, time.monotonic())
             if not failure.transient:
+                kept.discard(message.id)
                 await self._dead_letter(message, failure.reason, attempts, stats)
                 continue
+            kept.add(message.id)
             if not failure.attempted:
                 continue  # never published: not an attempt
             retry = True
@@ -450,36 +451,3 @@ class Relay:
                 _log.warning("the stream for %r deduplicates for %.0f s, but a retry may wait up to %.0f s: a "
                              "message retried after the window can be stored twice", subject, window,
                              self.backoff_max)
-
-
-async def send(buffer: Buffer | AsyncBuffer, transport: Transport, payload: Payload, *, subject: str | None = None,
-               headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> Message:
-    """Save a message, then drain the buffer (this message and any older ones, oldest first).
-
-    The original design's ``send_message`` done right: the message is durable before anything is sent, sent with
-    its id as ``Nats-Msg-Id``, and deleted only after the server acknowledged it. Returns the saved message once
-    the server has it; raises :class:`~pbuffer.PublishError` if it was dead-lettered, or if it was not published
-    within ``timeout`` seconds (it then stays safely in the buffer for the next drain).
-    """
-    facade = buffer if isinstance(buffer, AsyncBuffer) else AsyncBuffer(buffer)
-    message = await facade.save(payload, subject=subject, headers=headers)
-    relay = Relay(facade, transport, close_transport=False)
-    try:
-        await asyncio.wait_for(_drain_until_gone(relay, facade, message.id), timeout)
-    except asyncio.TimeoutError:
-        raise PublishError(f"message {message.id} was saved but not published within {timeout} s; it stays in "
-                           "the buffer and goes with the next drain") from None
-    finally:
-        if facade is not buffer:
-            await facade.close(close_buffer=False)  # the caller's Buffer stays open
-    return message
-
-
-async def _drain_until_gone(relay: Relay, buffer: AsyncBuffer, message_id: str) -> None:
-    while True:
-        await relay.drain()
-        if not any(m.id == message_id for m in await buffer.get_all(relay.batch_size)):
-            dead = [d for d in await buffer.dead_letters() if d.message.id == message_id]
-            if dead:
-                raise PublishError(f"message {message_id} was dead-lettered: {dead[0].reason}")
-            return
