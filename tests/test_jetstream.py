@@ -201,3 +201,46 @@ def test_kill_and_restart_the_server_five_times_during_a_drain(tmp_path: Path,
             buf.close()
 
         asyncio.run(scenario())
+
+
+def test_a_transport_on_the_callers_connection_warns_when_it_replays_publishes(
+        server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A client of the caller's own keeps nats-py's buffering of publishes while disconnected, replayed after a
+    reconnect ahead of what the relay republishes (a subject reordered: found by cutting a link between two
+    chunks of a window). The transport cannot change the caller's client, so it must say so."""
+    import nats
+
+    async def scenario() -> None:
+        for pending_size, warned in ((2 * 1024 * 1024, True), (0, False)):
+            caplog.clear()
+            nc = await nats.connect(server.url, pending_size=pending_size)
+            JetStreamTransport(nc)
+            assert any("did not open" in r.getMessage() and r.levelname == "WARNING"
+                       for r in caplog.records) is warned
+            await nc.close()
+        caplog.clear()
+        await (await JetStreamTransport.connect(server.url)).close()
+        assert not any("did not open" in r.getMessage() for r in caplog.records)
+
+    asyncio.run(scenario())
+
+
+def test_closing_while_the_server_is_down_raises_nothing_and_leaves_no_task(server: NatsServer,
+                                                                           tmp_path: Path) -> None:
+    """An application shutting down during an outage: its relay's close() (and the transport's) must not raise,
+    and nats-py's tasks must end. nats-py's close() raised ConnectionResetError flushing what it held into the
+    dead socket, and left its subscriptions' tasks running."""
+    async def scenario() -> None:
+        transport = await connect(server)
+        await transport.js.add_stream(name="ORDERS", subjects=["orders.>"])
+        with pbuffer.open(f"sqlite:///{tmp_path}/b.db") as buf:
+            buf.save_many([b"%d" % i for i in range(300)], subject="orders.created")
+            server.kill()
+            relay = Relay(buf, transport, batch_size=100, lease=30.0, on_retry=lambda m, f, n: relay.stop())
+            await asyncio.wait_for(relay.drain(), 30)
+            await relay.close()  # raised ConnectionResetError here
+            assert transport.nc.is_closed and len(buf) == 300 and buf.claim_stats().held == 0  # type: ignore[union-attr]
+        await asyncio.sleep(0.1)  # cancelled tasks finish at the loop's next turns
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+    asyncio.run(scenario())

@@ -1,6 +1,7 @@
 """Opening the nats-py connection a JetStream transport publishes through: a refusal no retry can fix (credentials,
 TLS) raised at once as :class:`~pbuffer.PublishError`, stale replays dropped on a disconnect, connection errors
-logged without a flood, and no password in any message."""
+logged without a flood, and no password in any message. Also closing it (even while the server is down), and the
+warning for a caller's own connection that would replay publishes."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import nats.errors
 from nats.aio.client import Client
 
 from ..errors import PublishError
-from .natscompat import drop_unsent_publishes
+from .natscompat import discard_pending, drop_unsent_publishes
 
-__all__ = ["open_client", "safe_servers"]
+__all__ = ["close_client", "open_client", "safe_servers", "warn_if_replaying"]
 
 _log = logging.getLogger("pbuffer.jetstream")
 
@@ -65,6 +66,32 @@ async def open_client(options: dict[str, Any], max_reconnect_attempts: int) -> C
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts
     holder.append(nc)
     return nc
+
+
+async def close_client(nc: Client, timeout: float) -> None:
+    """Close a connection pbuffer opened: drained (what it holds written, replies awaited) within ``timeout``,
+    else closed. Never raises: when the server is down, nats-py's ``close()`` would try to flush what it holds into
+    the dead socket, raise ``ConnectionResetError`` halfway and leave its subscriptions' tasks running."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception:
+        if not nc.is_connected:  # nothing can be written
+            discard_pending(nc)
+        try:
+            await nc.close()
+        except Exception as exc:
+            _log.debug("closing the NATS connection: %r", exc)
+
+
+def warn_if_replaying(nc: Client) -> None:
+    """A client of the caller's own that buffers publishes while disconnected (nats.connect's ``pending_size``,
+    2 MiB by default) replays them once it reconnects, ahead of older messages the relay publishes again from the
+    buffer: say so. pbuffer cannot change the caller's client (its other publishes rely on its settings)."""
+    if nc._max_pending_size > 0:
+        _log.warning("JetStreamTransport on a NATS connection it did not open: nats-py holds up to %d bytes of "
+                     "publishes made while disconnected and sends them once it reconnects, which can store a "
+                     "message ahead of an older one of its subject; JetStreamTransport.connect() opens one that "
+                     "holds nothing back and drops what it held at a disconnect", nc._max_pending_size)
 
 
 class _Refused(Exception):

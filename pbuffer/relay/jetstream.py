@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from .. import ids
 from ..errors import PublishError
 from ..message import Message
-from .connecting import open_client
+from .connecting import close_client, open_client, warn_if_replaying
 from .fast_ingest import BatchOutcome, FastBatch, StreamModes, publish_batch
 from .frames import CHUNK_BYTES, ID_HEADER_BYTES, command_head, header_size, is_api_subject, is_plain, too_large
 from .natscompat import check_client, deliver_inline, send_publishes, stop_inline
@@ -44,8 +44,11 @@ class JetStreamTransport(Transport):
     """Publishes to JetStream through a nats-py connection.
 
     Build it with :meth:`connect` (pbuffer owns the connection) or from an existing ``nats.aio.client.Client``
-    (the caller owns it). Each ``publish`` sends the whole batch (many in flight) and waits for every reply at most
-    ``timeout`` seconds; a missing reply is a transient failure whose outcome is unknown. Every reply is read here:
+    (the caller owns it and its settings: nats-py replays publishes it held while disconnected, which can reorder a
+    subject after a reconnect; a WARNING says so when it buffers publishes, ``pending_size`` above 0, and even at 0
+    what was queued at the moment of a disconnect is replayed, which only :meth:`connect`'s connection drops). Each
+    ``publish`` sends the whole batch (many in flight) and waits for every reply at most ``timeout`` seconds; a
+    missing reply is a transient failure whose outcome is unknown. Every reply is read here:
     a PubAck (stored or duplicate), a JetStream error (400: permanent, dead-lettered with the server's
     description; anything else: transient), the no-responders status (no stream, transient), or anything that is
     not a PubAck (permanent: whatever answered is not a stream).
@@ -75,6 +78,8 @@ class JetStreamTransport(Transport):
             raise TypeError(f"JetStreamTransport takes a connected nats.aio.client.Client, not {type(nc).__name__}"
                             " (a JetStream context is made from the client)")
         check_client(nc)
+        if not owns_connection:
+            warn_if_replaying(nc)
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
@@ -405,10 +410,7 @@ class JetStreamTransport(Transport):
         self._replies = self._fast_replies = None
         self._modes.close()
         if self._owns_connection and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.drain(), self.timeout)
-            except Exception:
-                await self.nc.close()
+            await close_client(self.nc, self.timeout)
 
     # ------------------------------------------------------------------------------------------------ internals
 

@@ -22,8 +22,8 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-__all__ = ["InlineHandler", "check_client", "deliver_inline", "drop_unsent_publishes", "send_publishes",
-           "stop_inline"]
+__all__ = ["InlineHandler", "check_client", "deliver_inline", "discard_pending", "drop_unsent_publishes",
+           "send_publishes", "stop_inline"]
 
 _PRIVATE = ("_pending", "_pending_data_size", "_send_command", "_flush_pending", "_flush_queue", "_max_pending_size",
             "_process_msg", "_process_headers")
@@ -58,6 +58,14 @@ def drop_unsent_publishes(nc: Client) -> None:
         kept = [cmd for cmd in pending if not bytes(cmd[:5]).startswith((b"PUB ", b"HPUB "))]
         nc._pending = kept
         nc._pending_data_size = sum(len(cmd) for cmd in kept)
+
+
+def discard_pending(nc: Client) -> None:
+    """Forget every command nats-py holds to write. For closing a connection that is down: nats-py's ``close()``
+    would try to flush them into the dead socket, raise (``ConnectionResetError``) halfway, and leave its
+    subscriptions' tasks running."""
+    nc._pending = []
+    nc._pending_data_size = 0
 
 
 async def send_publishes(nc: Client, commands: bytes, count: int, payload_bytes: int) -> None:
