@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from itertools import accumulate, pairwise
@@ -489,3 +490,38 @@ def test_a_send_that_timed_out_gives_its_claim_back() -> None:
     up = True
     second = run(pbuffer.send(buf, transport, b"second", subject="orders.a", timeout=10))
     assert stream.stored == [first.id, second.id] and len(buf) == 0  # type: ignore[attr-defined]
+
+
+def test_a_relay_cancelled_while_its_deletes_run_gives_its_claims_back(tmp_path: Path) -> None:
+    """Cancelled while it awaits a window's deletes (held in the buffer's thread here: sqlite's calls run in a
+    thread pool): the window after it was published and the one after that read ahead; their claims must end with
+    the relay all the same."""
+    buf = open_buffer("sqlite", tmp_path)
+    saved = buf.save_many([b"%d" % i for i in range(60)], subject="orders.a")
+    deleting, proceed = threading.Event(), threading.Event()
+    delete_many = buf.delete_many
+
+    def held_delete(message_ids: Any) -> int:
+        deleting.set()
+        proceed.wait(10)
+        return delete_many(message_ids)
+
+    buf.delete_many = held_delete  # type: ignore[method-assign]
+    stream = FakeStream()
+
+    async def scenario() -> None:
+        relay = Relay(buf, MockTransport(stream.accept), batch_size=10, lease=30.0)
+        task = asyncio.ensure_future(relay.run())
+        await asyncio.get_running_loop().run_in_executor(None, deleting.wait, 10)
+        await asyncio.sleep(0.05)  # the relay goes on to the next window, then awaits the delete
+        task.cancel()
+        proceed.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert buf.claim_stats().held == 0  # type: ignore[union-attr]
+        buf.delete_many = delete_many  # type: ignore[method-assign]
+        async with Relay(buf, MockTransport(stream.accept), batch_size=10, lease=30.0) as second:
+            await asyncio.wait_for(second.drain(), 10)
+
+    run(scenario())
+    assert stream_order(stream, saved) == list(range(60)) and len(buf) == 0

@@ -254,14 +254,17 @@ class Relay:
                 else:
                     window, limit = following, next_limit
         finally:
-            if prefetch is not None:
-                # Awaited, not cancelled: a claim already running in the buffer's thread would still commit.
-                with contextlib.suppress(Exception):
-                    following = await prefetch
-            if deleting is not None:
-                await deleting
-            self.stats.add(stats.minus(counted))
-            await self._give_back(window, following)
+            try:
+                if prefetch is not None:
+                    # Awaited, not cancelled: a claim already running in the buffer's thread would still commit.
+                    # (Cancelled with this task when it was cancelled while awaiting it.)
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        following = await prefetch
+                if deleting is not None:
+                    await deleting
+            finally:
+                self.stats.add(stats.minus(counted))
+                await self._give_back(window, following)
         return stats
 
     async def _give_back(self, window: Sequence[Message], following: Sequence[Message]) -> None:
