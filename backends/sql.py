@@ -370,7 +370,15 @@ class SQLBuffer(Buffer):
                 dead = (remove_rows(cursor, self._sql, DEAD_LETTERS, chunk)
                         if kind is None and found < len(chunk) else [])
                 tally_removed(dead, "deleted", changes, dead=True)
-                removed += found + sum(rows for _, rows, _, _, _ in dead)
+                found += sum(rows for _, rows, _, _, _ in dead)
+                if kind is None and found < len(chunk) and not self._sqlite:
+                    # A requeue that committed meanwhile moved a dead letter back: the first look missed its new
+                    # row (not committed yet), the second waited for its delete. A new statement sees it (READ
+                    # COMMITTED). sqlite has one writer at a time: nothing moves between the statements.
+                    again = remove_rows(cursor, self._sql, MESSAGES, chunk)
+                    tally_removed(again, "deleted", changes)
+                    found += sum(rows for _, rows, _, _, _ in again)
+                removed += found
             folded = self._counting.fold_outbox_counters(cursor, changes)
             self._counting.bump(cursor, changes, keep=folded)
             if removed:

@@ -319,3 +319,22 @@ def test_a_drop_oldest_save_holds_back_only_what_it_drops(server_store_url: str,
         monkeypatch.setattr(counting, "bump", bump)
         buf.save(b"new", subject="d.s")  # drops message 0
     assert claimed == [[b"1", b"2", b"3", b"4", b"5"]]
+
+
+def test_a_delete_racing_a_requeue_of_its_dead_letter_finds_the_message(server_store_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """delete(id) looks for a dead letter's id among pending messages, then among dead letters. A requeue that
+    commits between those two looks moves it the other way: the first look missed its new row, the second finds
+    it gone. The message existed the whole time; delete() said there was none and left it pending (found by
+    racing the two from threads: 193 of 200 rounds on PostgreSQL, 200 of 200 on MariaDB)."""
+    with pbuffer.open(server_store_url) as buf, pbuffer.open(server_store_url) as other:
+        message = buf.save(b"payload", subject="d.x")
+        assert buf.mark_dead(message.id, "bad")
+        requeued: list[bool] = []
+        with after_statement(buf, 1, lambda: requeued.append(other.requeue(message.id)), monkeypatch):
+            deleted = buf.delete(message.id)
+        assert requeued == [True]
+        assert deleted, "delete() missed a message that was there"
+        assert buf.get_all() == [] and buf.dead_letters() == []
+        stats = buf.stats()
+        assert (stats.pending, stats.dead, stats.deleted) == (0, 0, 1)
