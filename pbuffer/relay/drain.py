@@ -255,25 +255,31 @@ class Relay:
                     window, limit = following, next_limit
         finally:
             try:
-                if prefetch is not None:
-                    # Awaited, not cancelled: a claim already running in the buffer's thread would still commit.
-                    # (Cancelled with this task when it was cancelled while awaiting it.)
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        following = await prefetch
-                if deleting is not None:
-                    await deleting
+                await self._wind_up(prefetch, deleting, window, following)
             finally:
                 self.stats.add(stats.minus(counted))
-                await self._give_back(window, following)
         return stats
 
-    async def _give_back(self, window: Sequence[Message], following: Sequence[Message]) -> None:
-        """At the end of a drain, end this relay's claims on what it read and did not publish: the window not sent
-        (on a stop), the read-ahead, and the messages kept after a failure (see ``_kept``). Their leases would
-        otherwise run on, and a relay started meanwhile would pass over them to their subjects' later messages.
-        Acknowledged messages among them are deleted already, or their delete is done: giving them back changes
-        nothing."""
-        ids = self._kept.union(m.id for m in window).union(m.id for m in following)
+    async def _wind_up(self, prefetch: asyncio.Future[list[Message]] | None, deleting: asyncio.Future[int] | None,
+                       window: Sequence[Message], following: Sequence[Message]) -> None:
+        """The end of a drain, however it ends: the read-ahead and the deletes awaited, then this relay's claims
+        ended on what it read and did not publish: the window not sent (on a stop), the read-ahead, and the
+        messages kept after a failure (see ``_kept``). Their leases would otherwise run on, and a relay started
+        meanwhile would pass over them to their subjects' later messages. Acknowledged messages among them are
+        deleted already, or their delete is done: giving them back changes nothing."""
+        try:
+            if prefetch is not None:
+                # Awaited, not cancelled: a claim already running in the buffer's thread would still commit.
+                # (Cancelled with this task when it was cancelled while awaiting it.)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    following = await prefetch
+            if deleting is not None:
+                await deleting
+        finally:
+            await self._give_back([*window, *following])
+
+    async def _give_back(self, read: Sequence[Message]) -> None:
+        ids = self._kept.union(m.id for m in read)
         self._kept.clear()
         if not ids:
             return
