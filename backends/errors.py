@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pbuffer.errors import BackendError, CorruptDatabaseError, PBufferError, StorageFullError
 
-__all__ = ["is_missing_table", "map_driver_error"]
+__all__ = ["is_missing_table", "is_rolled_back", "map_driver_error"]
 
 # MariaDB/MySQL error codes: ER_RECORD_FILE_FULL, ER_DISK_FULL, ER_OUT_OF_RESOURCES.
 _MYSQL_FULL = {1114, 1021, 3, 1041}
@@ -25,6 +25,19 @@ def is_missing_table(exc: BaseException) -> bool:
         return getattr(orig, "sqlstate", None) == "42P01"  # undefined_table
     if module.startswith("pymysql"):
         return bool(orig.args) and orig.args[0] == 1146  # ER_NO_SUCH_TABLE
+    return False
+
+
+def is_rolled_back(exc: BaseException) -> bool:
+    """Whether a server database's error at COMMIT says the transaction was rolled back (a serialization failure,
+    a deadlock, a deferred constraint), as opposed to a commit whose outcome is unknown (the connection lost)."""
+    orig = getattr(exc, "orig", None) or exc
+    module = type(orig).__module__
+    if module.startswith("psycopg"):
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        return sqlstate.startswith(("40", "23"))  # transaction rollback, integrity constraint violation
+    if module.startswith("pymysql"):
+        return bool(orig.args) and orig.args[0] in (1213, 1205)  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
     return False
 
 

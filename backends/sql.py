@@ -210,7 +210,7 @@ class SQLBuffer(Buffer):
                 self._counting.bump(cursor, tally(((m.subject, len(m.payload)) for m in messages), pending=1))
         if self._notify_sql:
             cursor.execute(self._notify_sql)
-        conn.commit()
+        self._tx.commit(conn, "save")
 
     def _make_room(self, cursor: Any, messages: list[Message], outbox: bool = False) -> None:
         """Inside a save's transaction: apply the size limits (raise, or drop the oldest pending messages).

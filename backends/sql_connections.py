@@ -15,11 +15,11 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pbuffer.errors import BackendError, PBufferError, SchemaChangedError
+from pbuffer.errors import BackendError, CommitUnknownError, PBufferError, SchemaChangedError
 
 from . import versioning
 from .database import Database
-from .errors import is_missing_table, map_driver_error
+from .errors import is_missing_table, is_rolled_back, map_driver_error
 
 __all__ = ["CallerCursor", "Connections", "Transactions"]
 
@@ -51,10 +51,24 @@ class Transactions:
                 if write and self._sqlite:
                     cursor.execute("BEGIN IMMEDIATE")
                 yield cursor
-                conn.commit()
+                self.commit(conn, where)
             except BaseException as exc:
                 self.failed(conn, exc, where)
             self.connections.give_back(conn)
+
+    def commit(self, conn: Any, where: str) -> None:
+        """``conn.commit()``. On a server database an error there, unless the server says it rolled back, leaves
+        the outcome unknown (the connection lost after the COMMIT went out, say): :class:`CommitUnknownError`,
+        never the "nothing was written" of other errors. sqlite commits in this process: its errors are known."""
+        try:
+            conn.commit()
+        except self.dbapi_error as exc:
+            if self._sqlite or is_rolled_back(exc):
+                raise
+            orig = getattr(exc, "orig", None) or exc
+            raise CommitUnknownError(
+                f"{where}: the connection to {self._database.display_url} failed while it committed "
+                f"({type(orig).__name__}: {str(orig).strip()}): whether the {where} was written is unknown") from exc
 
     def failed(self, conn: Any, exc: BaseException, where: str) -> NoReturn:
         """After a failed transaction: drop the connection and raise the error, mapped if the driver's.

@@ -20,6 +20,7 @@ from .buffer import Buffer
 from .errors import (
     BackendError,
     BufferFullError,
+    CommitUnknownError,
     ConfigurationError,
     CorruptDatabaseError,
     NotABufferDatabaseError,
@@ -56,6 +57,7 @@ __all__ = [
     "BufferFullError",
     "BufferStats",
     "ClaimStats",
+    "CommitUnknownError",
     "ConfigurationError",
     "CorruptDatabaseError",
     "DeadLetter",

@@ -28,7 +28,8 @@ class Buffer(BufferAPI, ABC):
     the backend documents: ``memory://`` keeps it for the life of the process; sqlite with
     ``durability="process"`` (the default) survives a crash or ``kill -9`` of the process, with
     ``durability="power"`` also a power loss or OS crash; PostgreSQL and MariaDB keep what their server's commit
-    keeps. If ``save`` raises, nothing was written. ``save_many`` is all or nothing.
+    keeps. If ``save`` raises, nothing was written, except :class:`~pbuffer.CommitUnknownError` (a server
+    database's connection lost while it committed: the outcome is unknown). ``save_many`` is all or nothing.
 
     **States.** A message is *pending* until it is deleted (the relay deletes it after JetStream's PubAck) or
     dead-lettered with :meth:`mark_dead`. :meth:`get`, :meth:`get_all`, :meth:`pop` and ``len()`` see pending

@@ -27,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BufferFullError",
+    "CommitUnknownError",
     "ConfigurationError",
     "CorruptDatabaseError",
     "NotABufferDatabaseError",
@@ -94,6 +95,14 @@ class PublishError(PBufferError):
 
 class BackendError(PBufferError):
     """The storage backend failed for a reason not covered above (unreachable server, lock timeout, ...)."""
+
+
+class CommitUnknownError(BackendError):
+    """The connection to a server database was lost while it committed: whether the transaction was written is
+    unknown. A save may be stored (a relay may even have published it); a pop may have removed its message, which
+    then reached no caller (the relay's claim and delete after the PubAck loses nothing this way). sqlite commits in
+    this process and never raises it. After a save, saving the same message again is safe only with its id
+    (:meth:`~pbuffer.Buffer.prepare` and :meth:`~pbuffer.Buffer.commit`): JetStream drops the copy by that id."""
 
 
 class StoragePermissionError(BackendError):
