@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pbuffer.errors import BackendError, CorruptDatabaseError, PBufferError, StorageFullError
+from pbuffer.errors import BackendError, CorruptDatabaseError, PBufferError, StorageFullError, ValidationError
 
-__all__ = ["is_missing_table", "is_rolled_back", "map_driver_error"]
+__all__ = ["ALREADY_STORED", "is_missing_table", "is_rolled_back", "map_driver_error"]
+
+#: A save whose message id is already in the buffer (the unique index on the messages' ids refused it).
+ALREADY_STORED = ("save: a message with this id is already in the buffer (a prepared message committed twice?); "
+                  "nothing was written")
 
 # MariaDB/MySQL error codes: ER_RECORD_FILE_FULL, ER_DISK_FULL, ER_OUT_OF_RESOURCES.
 _MYSQL_FULL = {1114, 1021, 3, 1041}
@@ -41,11 +45,25 @@ def is_rolled_back(exc: BaseException) -> bool:
     return False
 
 
+def _id_taken(orig: BaseException, module: str, text: str) -> bool:
+    """Whether a save's error is the unique index on the messages' ids (the only unique key a save can hit)."""
+    if module.startswith("sqlite3"):
+        return text.startswith("UNIQUE constraint failed: pbuffer_messages_") and text.endswith(".id")
+    if module.startswith("psycopg"):
+        constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
+        return getattr(orig, "sqlstate", None) == "23505" and constraint.endswith("_id_key")
+    if module.startswith("pymysql"):
+        return bool(orig.args) and orig.args[0] == 1062 and "for key 'id'" in text
+    return False
+
+
 def map_driver_error(exc: BaseException, where: str) -> PBufferError:
     """The pbuffer error for a driver (or SQLAlchemy) exception; raise it ``from exc``."""
     orig = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError wraps the driver's exception
     text = str(orig).strip() or type(orig).__name__
     module = type(orig).__module__
+    if where == "save" and _id_taken(orig, module, text):
+        return ValidationError(ALREADY_STORED)
     if module.startswith("sqlite3"):
         lowered = text.lower()
         if any(marker in lowered for marker in _SQLITE_FULL):

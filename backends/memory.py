@@ -15,11 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pbuffer.buffer import Buffer
-from pbuffer.errors import ConfigurationError
+from pbuffer.errors import ConfigurationError, ValidationError
 from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, from_micros
 
 from .counters import Counts
+from .errors import ALREADY_STORED
 
 __all__ = ["MemoryBuffer"]
 
@@ -236,6 +237,16 @@ class MemoryBuffer(Buffer):
         # acquire/release rather than ``with``: half the cost on CPython 3.11 (measured), on every save.
         lock.acquire()
         try:
+            # Ids are unique: a message committed twice (prepare(), then commit() retried) is refused whole, as the
+            # SQL backends' unique index refuses it. Checked before the limits drop anything.
+            seq_by_id = store.seq_by_id
+            if len(messages) == 1:
+                if messages[0].id in seq_by_id:
+                    raise ValidationError(ALREADY_STORED)
+            else:
+                ids = {message.id for message in messages}
+                if len(ids) < len(messages) or not seq_by_id.keys().isdisjoint(ids):
+                    raise ValidationError(ALREADY_STORED)
             if self._bounded:
                 self._make_room(messages)
             add = store.add

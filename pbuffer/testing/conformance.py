@@ -133,6 +133,20 @@ class BufferConformance(_Base):
         buffer.commit([])
         assert len(buffer) == 2
 
+    def test_a_message_committed_twice_is_refused_whole(self, buffer: Buffer) -> None:
+        # Ids are unique: a prepared message committed again (a retry after an error, say), alone, with others or
+        # twice in one call, is refused, and nothing of that call is written. The memory backend stored a second
+        # copy under the same id.
+        first = buffer.prepare(b"1", subject=SUBJECT)
+        buffer.commit([first])
+        second = buffer.prepare(b"2", subject=SUBJECT)
+        for again in ([first], [second, first], [second, second]):
+            with pytest.raises(ValidationError, match="already in the buffer"):
+                buffer.commit(again)
+        assert [m.id for m in buffer.get_all()] == [first.id] and buffer.stats().pending == 1
+        buffer.commit([second])
+        assert [m.id for m in buffer.get_all()] == [first.id, second.id] and buffer.stats().pending == 2
+
     def test_save_many_is_all_or_nothing_on_bad_input(self, buffer: Buffer) -> None:
         with pytest.raises(ValidationError):
             buffer.save_many([b"ok", Outgoing(b"bad", subject="a b"), b"never"], subject=SUBJECT)
