@@ -8,7 +8,6 @@ because SQLAlchemy's per-statement machinery would cost more than sqlite's own c
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -212,46 +211,36 @@ class SQLBuffer(Buffer):
             cursor.execute(self._notify_sql)
         self._tx.commit(conn, "save")
 
-    def _make_room(self, cursor: Any, messages: list[Message], outbox: bool = False) -> None:
-        """Inside a save's transaction: apply the size limits (raise, or drop the oldest pending messages).
-
-        ``outbox``: in a caller's transaction, which holds whatever it locks until the caller commits. On a server
-        database it then takes no turn on the limits lock (every limited save would wait for the caller) and drops
-        only messages no relay holds a claim on (the relay's delete would wait for the caller).
-        """
-        if not self._sqlite and not outbox:
+    def _make_room(self, cursor: Any, messages: list[Message]) -> None:
+        """Inside a save's transaction: apply the size limits (raise, or drop the oldest pending messages). (An
+        outbox save on a server database runs it in a transaction of its own: see sql_outbox.)"""
+        if not self._sqlite:
             # Writers that enforce limits take turns on a server database (sqlite's BEGIN IMMEDIATE already does),
             # so two saves cannot both see the last free place.
             cursor.execute(self._sql.limit_lock)
             cursor.fetchall()
         cursor.execute(self._sql.totals, self._sql.scope)
         totals = Counts.from_row(cursor.fetchone())
-        # Server databases read the oldest rows locked (SKIP LOCKED) until the save commits (a caller's commit, in
-        # the outbox): exactly as many as it drops, since a relay's claim meanwhile passes locked rows by and would
-        # publish newer messages before them. In a caller's transaction only rows no relay holds (a relay's delete
-        # would wait for the caller's commit).
-        unclaimed = outbox and not self._sqlite
-        statement = self._sql.outbox_oldest if unclaimed else self._sql.oldest_sizes
+        # Server databases read the oldest rows locked (SKIP LOCKED) until the save commits: exactly as many as it
+        # drops, since a relay's claim meanwhile passes locked rows by and would publish newer messages before them.
         taken: list[tuple[tuple[int, str, int], int]] = []
 
         def oldest(count: int) -> list[tuple[tuple[int, str, int], int]]:
             if count > len(taken):  # read on after the rows already taken: each row is read (and locked) once
                 params = {**self._sql.scope, "limit": count - len(taken), "after_seq": taken[-1][0][0] if taken else 0}
-                if unclaimed:
-                    params["now"] = time.time_ns() // 1000
-                cursor.execute(statement, params)
+                cursor.execute(self._sql.oldest_sizes, params)
                 taken.extend(((int(seq), subject, int(size)), int(size)) for seq, subject, size in cursor.fetchall())
             return taken[:count]
 
         victims = self.limits.make_room(totals.pending, totals.pending_bytes, [len(m.payload) for m in messages],
                                          oldest, exact=not self._sqlite)
         if victims:
-            delete_by_seq(cursor, self._sql, MESSAGES, [seq for seq, _, _ in victims], own_connection=not outbox)
+            delete_by_seq(cursor, self._sql, MESSAGES, [seq for seq, _, _ in victims])
             mark = self._counting.read_mark(cursor)
             changes: Changes = {}
             tally_removed(removed_sums((subject, size, seq <= mark) for seq, subject, size in victims), "dropped",
                           changes)
-            self._counting.bump(cursor, changes, outbox=outbox)
+            self._counting.bump(cursor, changes)
             self._counting.removed_pending(cursor)
             self._note_removed("dropped", len(victims))
 

@@ -28,9 +28,13 @@ def insert_in_callers_transaction(buffer: SQLBuffer, messages: list[Message], co
     caller's transaction.
 
     Nothing it writes holds a lock another writer waits for: the counters go to a row of this save's own
-    (server databases: a shard of its own, see sql_counting); limits take no turn on the limits lock and drop
-    only unclaimed, unlocked messages. sqlite just inserts: the rows land in the uncounted tail (see
-    Counting.maybe_fold), which the next plain save folds once they are committed.
+    (server databases: a shard of its own, see sql_counting). On a server database the limits make room in a
+    transaction of the buffer's own, committed before the caller's rows are written: rows dropped in the caller's
+    transaction stayed locked until it ended, relays claimed the messages behind them meanwhile, and a rollback
+    brought them back behind what had been published (found by trying to break it). A caller's rollback leaves
+    that drop standing (counted in ``dropped``). sqlite just inserts (the caller's transaction holds sqlite's one
+    write lock, so no relay claims meanwhile): the rows land in the uncounted tail (see Counting.maybe_fold), which
+    the next plain save folds once they are committed.
     """
     conn, target = caller_connection(connection)
     if buffer.serialize_writes:
@@ -44,7 +48,11 @@ def insert_in_callers_transaction(buffer: SQLBuffer, messages: list[Message], co
     try:
         if buffer.limits.bounded:
             try:
-                buffer._make_room(cursor, messages, outbox=True)
+                if buffer._sqlite:
+                    buffer._make_room(cursor, messages)
+                else:
+                    with buffer._tx.cursor("save", write=True) as own:
+                        buffer._make_room(own, messages)
             except BufferFullError as exc:
                 if buffer.limits.overflow != "block":
                     raise

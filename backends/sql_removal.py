@@ -63,14 +63,14 @@ def _remove_each(cursor: Any, sql: Statements, table: str,
     return [(subject, int(size), True) for _, subject, size in rows]
 
 
-def delete_by_seq(cursor: Any, sql: Statements, table: str, seqs: list[int], *, own_connection: bool) -> None:
-    """Delete the rows with these seqs (already locked by this transaction, or gone). MariaDB/MySQL: a statement
-    per row, never one over many (see :func:`_delete_each`): together in one round trip on pbuffer's own
-    connections, one by one on a caller's (the outbox: its connection takes one statement at a time)."""
+def delete_by_seq(cursor: Any, sql: Statements, table: str, seqs: list[int]) -> None:
+    """Delete the rows with these seqs (already locked by this transaction, or gone), on pbuffer's own connection.
+    MariaDB/MySQL: a statement per row, never one over many (see :func:`_delete_each`), together in one round
+    trip."""
     if not sql.by_seq:
         for chunk in chunks(seqs):
             cursor.execute(sql.delete_seqs(table, len(chunk)), bind(SEQ_PARAMS, chunk))
-    elif sql.point_statements and own_connection:
+    elif sql.point_statements:
         _delete_each(cursor, sql, table, seqs)
     else:
         for seq in seqs:

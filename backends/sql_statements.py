@@ -123,10 +123,6 @@ class Statements:
         # deleted until its caller commits are passed over, not waited for.
         self.oldest_sizes = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES} WHERE seq > :after_seq"
                                      f"{and_scope} ORDER BY seq LIMIT :limit{skip_locked}")
-        # An outbox save's drop_oldest (server databases): only rows no relay holds, so no relay's delete waits for
-        # the caller's commit; read on from :after_seq, as many as it drops (it holds them until the commit).
-        self.outbox_oldest = compile_(f"SELECT seq, subject, length(payload) FROM {MESSAGES} WHERE seq > :after_seq "
-                                      f"AND {free}{and_scope} ORDER BY seq LIMIT :limit{skip_locked}")
         # The row that writers enforcing limits on a server database take turns on (revision 0002 made it).
         self.limit_lock = compile_(f"SELECT shard FROM {COUNTERS} WHERE subject = '' AND shard = -1 FOR UPDATE")
         self.delete_returning = bool(dialect.delete_returning)
