@@ -242,18 +242,22 @@ class WriteLock:
             raise BackendError(f"cannot open the write lock file {self.path}: {exc.strerror or exc}") from exc
         # Guards the descriptor too: close() takes it, so the descriptor is never closed under a holder (whose
         # unlock would then fail after its commit) nor locked after it was closed (or reused for another file).
-        self._thread_lock = threading.Lock()
+        # An RLock for its owner check, never taken twice by one thread (__enter__ refuses).
+        self._thread_lock = threading.RLock()
         self._closed = False
 
     def __enter__(self) -> WriteLock:
         # Every save and pop comes here: the uncontended case takes both locks at the first try, with no clock read.
+        lock = self._thread_lock
+        if lock._is_owned():  # type: ignore[attr-defined]
+            raise RuntimeError(f"the write lock {self.path} is not reentrant: this thread holds it already")
         deadline = None
-        if not self._thread_lock.acquire(False):
-            deadline = time.monotonic() + self.timeout
-            if not self._thread_lock.acquire(timeout=self.timeout):
-                raise BackendError(f"another thread held the write lock {self.path} past busy_timeout="
-                                   f"{self.timeout} s; nothing was written")
         try:
+            if not lock.acquire(False):
+                deadline = time.monotonic() + self.timeout
+                if not lock.acquire(timeout=self.timeout):
+                    raise BackendError(f"another thread held the write lock {self.path} past busy_timeout="
+                                       f"{self.timeout} s; nothing was written")
             if self._closed:
                 raise BackendError("the buffer was closed (by another thread); nothing was written")
             try:
@@ -261,7 +265,14 @@ class WriteLock:
             except BlockingIOError:
                 self._lock_file(time.monotonic() + self.timeout if deadline is None else deadline)
         except BaseException:
-            self._thread_lock.release()
+            # Whether this thread got the lock is asked of the lock: a KeyboardInterrupt can land right after
+            # acquire() returned (and left it held for good when the acquire came before this try).
+            if lock._is_owned():  # type: ignore[attr-defined]
+                try:
+                    if not self._closed:
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)  # (not held: nothing happens)
+                finally:
+                    lock.release()
             raise
         return self
 

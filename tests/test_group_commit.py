@@ -351,3 +351,38 @@ def test_a_call_interrupted_while_it_waits_leaves_no_other_call_waiting() -> Non
     assert written == ["second"]
     grouped.commit(["after"])  # type: ignore[list-item]  # nobody is left committing: a new call commits at once
     assert written == ["second", "after"]
+
+
+def test_an_interrupt_right_after_a_call_took_the_committing_leaves_it_free() -> None:
+    """A KeyboardInterrupt that lands as a lone call leaves the lock it took the committing under (before its
+    insert) must hand the committing back: it stayed taken with no thread committing, and every later save waited
+    for ever (found with real signals: after 756 interrupted saves)."""
+    from pbuffer.buffering.group_commit import GroupCommit
+
+    written: list[str] = []
+    grouped = GroupCommit(written.extend)  # type: ignore[arg-type]
+
+    class InterruptedOnExit:
+        """The group's lock; leaving it the first time raises as a Ctrl-C arriving right then would."""
+
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+            self.interrupt = True
+
+        def __enter__(self) -> None:
+            self._lock.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            self._lock.release()
+            if self.interrupt:
+                self.interrupt = False
+                raise KeyboardInterrupt
+
+    grouped._lock = InterruptedOnExit()  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        grouped.commit(["interrupted"])  # type: ignore[list-item]
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (grouped.commit(["next"]), done.set()), daemon=True)  # type: ignore[list-item]
+    thread.start()
+    assert done.wait(10), "the next save waits for a commit nobody runs"
+    assert written == ["next"]

@@ -270,3 +270,48 @@ def test_rows_are_stored_as_blobs_and_null_headers_whichever_way_they_were_bound
     assert rows == [("blob", 16, "blob", 0, "null"), ("blob", 16, "blob", 4097, "null"),
                     ("blob", 16, "blob", 1, "null"), ("blob", 16, "blob", 5000, "null"),
                     ("blob", 16, "blob", 1, "text"), ("blob", 16, "blob", 1, "null"), ("blob", 16, "blob", 1, "text")]
+
+
+def test_an_interrupt_right_after_the_write_lock_was_taken_leaves_it_free(tmp_path: Path) -> None:
+    """A KeyboardInterrupt that lands as the write lock's thread lock is taken (before the code that releases it
+    on errors runs) must not leave it held: later writes failed after busy_timeout and close() blocked for ever
+    (found with real signals)."""
+    import threading
+
+    path = tmp_path / "buffer.db"
+    buf = pbuffer.open(url(path, busy_timeout="1"), serialize_writes=True)
+    lock = buf._write_lock  # type: ignore[attr-defined]
+    real = lock._thread_lock
+
+    class InterruptedAfterAcquire:
+        """The thread lock; its first acquire succeeds, then raises as a Ctrl-C arriving right then would."""
+
+        def __init__(self) -> None:
+            self.interrupt = True
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            got = real.acquire(blocking, timeout)
+            if self.interrupt:
+                self.interrupt = False
+                raise KeyboardInterrupt
+            return bool(got)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def __enter__(self) -> object:
+            return real.__enter__()
+
+        def __exit__(self, *exc_info: object) -> object:
+            return real.__exit__(*exc_info)
+
+    lock._thread_lock = InterruptedAfterAcquire()
+    with pytest.raises(KeyboardInterrupt):
+        buf.save(b"interrupted", subject="a")
+    buf.save(b"next", subject="a")  # raised "another thread held the write lock" after busy_timeout
+    closing = threading.Thread(target=buf.close, daemon=True)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive(), "close() waits for a lock nobody holds"
+    with pbuffer.open(url(path)) as again:
+        assert [m.payload for m in again.get_all()] == [b"next"]

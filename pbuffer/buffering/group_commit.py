@@ -67,24 +67,33 @@ class GroupCommit:
     def commit(self, messages: list[Message]) -> None:
         """Store ``messages`` (one call's), together with the calls queued meanwhile; raise what this call got."""
         mine: _Pending | None = None
-        with self._lock:
-            if self._busy:
-                mine = _Pending(messages)
-                self._queue.append(mine)
-            else:
-                self._busy = True
-        if mine is None:
-            try:
+        lead = False
+        # Taking the committing (or a place in the queue) and using it are in one try: a KeyboardInterrupt that
+        # landed between them left ``_busy`` set with no thread committing, and every later save waiting for ever
+        # (found with signals). ``_busy = lead = True`` is one statement: no interrupt can come between the two.
+        try:
+            with self._lock:
+                if self._busy:
+                    mine = _Pending(messages)
+                    self._queue.append(mine)
+                else:
+                    self._busy = lead = True
+            if lead:
                 self._insert(messages)
-            except BaseException:
+                with self._lock:  # the lone thread's way out, spelled out: nothing queued meanwhile
+                    if not self._queue:
+                        self._busy = lead = False
+                        return
+        except BaseException:
+            if lead:
                 self._hand_over()
-                raise
-            with self._lock:  # the lone thread's way out, spelled out: nothing queued meanwhile
-                if not self._queue:
-                    self._busy = False
-                    return
+            elif mine is not None:
+                self._withdraw(mine)
+            raise
+        if lead:
             self._commit_queued()
             return
+        assert mine is not None
         try:
             mine.done.acquire()  # released once this call is answered, or handed the committing
         except BaseException:  # KeyboardInterrupt (in the main thread) while it waited
