@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pbuffer.errors import BackendError, CorruptDatabaseError, PBufferError, StorageFullError, ValidationError
 
-__all__ = ["ALREADY_STORED", "is_missing_table", "is_rolled_back", "map_driver_error"]
+__all__ = ["ALREADY_PENDING", "ALREADY_STORED", "is_missing_table", "is_rolled_back", "map_driver_error"]
 
 #: A save whose message id is already in the buffer (the unique index on the messages' ids refused it).
 ALREADY_STORED = ("save: a message with this id is already in the buffer (a prepared message committed twice?); "
                   "nothing was written")
+#: A requeue of a dead letter whose id a pending message has (the same prepared message committed again).
+ALREADY_PENDING = ("requeue: a pending message has this dead letter's id (the same message committed again?); it "
+                   "stays a dead letter")
 
 # MariaDB/MySQL error codes: ER_RECORD_FILE_FULL, ER_DISK_FULL, ER_OUT_OF_RESOURCES.
 _MYSQL_FULL = {1114, 1021, 3, 1041}
@@ -62,8 +65,8 @@ def map_driver_error(exc: BaseException, where: str) -> PBufferError:
     orig = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError wraps the driver's exception
     text = str(orig).strip() or type(orig).__name__
     module = type(orig).__module__
-    if where == "save" and _id_taken(orig, module, text):
-        return ValidationError(ALREADY_STORED)
+    if where in ("save", "requeue") and _id_taken(orig, module, text):
+        return ValidationError(ALREADY_STORED if where == "save" else ALREADY_PENDING)
     if module.startswith("sqlite3"):
         lowered = text.lower()
         if any(marker in lowered for marker in _SQLITE_FULL):

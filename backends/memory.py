@@ -20,7 +20,7 @@ from pbuffer.limits import BufferStats, ClaimStats, SubjectStats
 from pbuffer.message import DeadLetter, Message, from_micros
 
 from .counters import Counts
-from .errors import ALREADY_STORED
+from .errors import ALREADY_PENDING, ALREADY_STORED
 
 __all__ = ["MemoryBuffer"]
 
@@ -413,6 +413,8 @@ class MemoryBuffer(Buffer):
             dead = store.dead.get(message_id)
             if dead is None or not self._in_scope(dead.message):
                 return False
+            if message_id in store.seq_by_id:  # (the SQL backends' unique index refuses it the same way)
+                raise ValidationError(ALREADY_PENDING)
             store.remove_dead(message_id)
             store.add(dead.message)
             return True

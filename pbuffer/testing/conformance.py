@@ -147,6 +147,24 @@ class BufferConformance(_Base):
         buffer.commit([second])
         assert [m.id for m in buffer.get_all()] == [first.id, second.id] and buffer.stats().pending == 2
 
+    def test_a_dead_letter_whose_id_was_committed_again_is_not_requeued(self, buffer: Buffer) -> None:
+        # A dead letter's message committed again (prepare() keeps the id) is pending under that id: requeueing
+        # the dead letter would make two pending messages with one id. Refused, and both stay as they are. The
+        # memory backend made the two, and its next pop raised KeyError.
+        message = buffer.prepare(b"1", subject=SUBJECT)
+        buffer.commit([message])
+        assert buffer.mark_dead(message.id, "bad")
+        buffer.commit([message])
+        with pytest.raises(ValidationError, match="stays a dead letter"):
+            buffer.requeue(message.id)
+        assert [m.id for m in buffer.get_all()] == [message.id]
+        assert [d.message.id for d in buffer.dead_letters()] == [message.id]
+        assert (buffer.stats().pending, buffer.stats().dead) == (1, 1)
+        popped = buffer.pop()
+        assert popped is not None and popped.id == message.id and buffer.pop() is None
+        assert buffer.requeue(message.id)
+        assert [m.id for m in buffer.get_all()] == [message.id] and buffer.dead_letters() == []
+
     def test_save_many_is_all_or_nothing_on_bad_input(self, buffer: Buffer) -> None:
         with pytest.raises(ValidationError):
             buffer.save_many([b"ok", Outgoing(b"bad", subject="a b"), b"never"], subject=SUBJECT)
