@@ -29,6 +29,7 @@ from .sql_connections import Connections, Transactions
 from .sql_counting import Counting
 from .sql_listen import SaveListener
 from .sql_outbox import insert_in_callers_transaction
+from .sql_pop import pop_on_server
 from .sql_removal import delete_by_seq, remove_rows
 from .sql_rows import SEQ_COLUMNS, insert_rows, message_from_row, row_params, rows_values, sqlite_id
 from .sql_statements import CHUNK, ID_PARAMS, NO_LIMIT, Statements, bind, chunks
@@ -259,28 +260,7 @@ class SQLBuffer(Buffer):
     def _pop(self, now_us: int) -> Message | None:
         if self._sqlite:
             return self._pop_sqlite(now_us)
-        params = {**self._sql.scope, "now": now_us}
-        with self._tx.cursor("pop", write=True) as cursor:
-            if self._sql.pop_returning:
-                cursor.execute(self._sql.pop, params)
-                row = cursor.fetchone()
-            else:
-                cursor.execute(self._sql.pop_lock, {**params, "before": NO_LIMIT})
-                found = cursor.fetchone()
-                if found:
-                    # A locking read sees each row as it is when its scan gets there: a row it passed while an
-                    # open transaction held it may since have committed, its producer's next row too (the one
-                    # found). The oldest free row nobody holds now is the one to pop.
-                    cursor.execute(self._sql.pop_lock, {**params, "before": found[0]})
-                    found = cursor.fetchone() or found
-                row = found[1:] if found else None
-                if found:
-                    cursor.execute(self._sql.delete_seq, {"seq": found[0]})
-            # Verified inside the transaction: a damaged row raises and its delete is rolled back.
-            message = None if row is None else message_from_row(row[:6])
-            if message is not None:
-                self._counting.bump(cursor, {message.subject: Counts(-1, -len(message.payload), deleted=1)})
-        return message
+        return pop_on_server(self._tx, self._sql, self._counting, now_us)
 
     def _pop_sqlite(self, now_us: int) -> Message | None:
         # The hot path of pop() on sqlite: the steps of Transactions.cursor spelled out, as in _insert (a generator

@@ -142,7 +142,9 @@ class Statements:
         # DELETE ... RETURNING pops in one statement on PostgreSQL; MariaDB locks, then deletes (pop_lock).
         self.pop_returning = dialect == "postgresql"
         oldest = f"SELECT seq FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq LIMIT 1{skip_locked}"
-        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {COLUMNS}")
+        # With its transaction's id: a pop whose COMMIT got no answer asks txid_status() what became of it.
+        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {COLUMNS}, txid_current()")
+        self.commit_status = compile_("SELECT txid_status(:xid)") if self.pop_returning else ""
         # sqlite counts lazily: a removal must know whether a row was in the counters (its seq at or below the mark).
         self._counted_flag = f"seq <= (SELECT up_to_seq FROM {COUNTED})" if sqlite else "1"
         # sqlite pops with a read of the oldest free row, then a DELETE of its seq, in the write transaction (one

@@ -99,8 +99,9 @@ class BackendError(PBufferError):
 
 class CommitUnknownError(BackendError):
     """The connection to a server database was lost while it committed: whether the transaction was written is
-    unknown. A save may be stored (a relay may even have published it); a pop may have removed its message, which
-    then reached no caller (the relay's claim and delete after the PubAck loses nothing this way). sqlite commits in
+    unknown. A save may be stored (a relay may even have published it); on MariaDB a pop may have removed its
+    message, which then reached no caller (PostgreSQL is asked what became of a pop: it returns the message or
+    raises a plain error; the relay's claim and delete after the PubAck loses nothing either way). sqlite commits in
     this process and never raises it. After a save, saving the same message again is safe only with its id
     (:meth:`~pbuffer.Buffer.prepare` and :meth:`~pbuffer.Buffer.commit`): JetStream drops the copy by that id."""
 

@@ -17,11 +17,12 @@ import pbuffer
 
 
 class CommitCutter:
-    """A TCP proxy to ``port`` that, once armed, forwards the next COMMIT to the server and then closes both
-    sides without passing the server's answer on."""
+    """A TCP proxy to ``port`` that, once armed, forwards the next COMMIT to the server (or, ``forward`` false,
+    drops it) and then closes both sides without passing the server's answer on."""
 
     def __init__(self, port: int, marker: bytes) -> None:
         self.target, self.marker = ("127.0.0.1", port), marker
+        self.forward = True
         self.armed = threading.Event()
         self.cut = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -39,11 +40,13 @@ class CommitCutter:
     def _pipe(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
         with suppress(OSError):
             while data := source.recv(65536):
-                sink.sendall(data)
                 if upstream and self.armed.is_set() and self.marker in data:
+                    if self.forward:
+                        sink.sendall(data)
                     self.armed.clear()
                     self.cut.set()
                     break
+                sink.sendall(data)
         for each in (source, sink):
             with suppress(OSError):
                 each.shutdown(socket.SHUT_RDWR)
@@ -96,14 +99,41 @@ def test_a_save_whose_commit_answer_is_lost_says_its_outcome_is_unknown(server_s
         assert check.stats().pending == expected
 
 
-def test_a_pop_whose_commit_answer_is_lost_says_its_outcome_is_unknown(server_store_url: str) -> None:
+def test_a_pop_whose_commit_answer_is_lost_returns_its_message_or_says_the_outcome_is_unknown(
+        server_store_url: str) -> None:
+    """The server carried the pop's COMMIT out, its answer was lost. PostgreSQL is asked what became of the pop's
+    transaction (txid_status): committed, so the message is returned, not lost. MariaDB cannot be asked: the error
+    says the outcome is unknown. (A pop raised "nothing was written" here and its message reached no caller.)"""
+    postgres = server_store_url.startswith("postgresql")
     with pbuffer.open(server_store_url) as check, through_a_cutter(server_store_url) as (cutter, url):
         check.save_many([b"first", b"second"], subject="t.x")
         with pbuffer.open(url) as buf:
             assert buf.get() is not None  # the connection made
             cutter.armed.set()
-            with pytest.raises(pbuffer.CommitUnknownError, match="whether the pop was written is unknown"):
-                buf.pop()
-        # The pop did commit: its message is gone and reached no caller (the relay's claim and delete after the
-        # PubAck is the way that loses nothing).
+            if postgres:
+                popped = buf.pop()
+                assert popped is not None and popped.payload == b"first"
+            else:
+                with pytest.raises(pbuffer.CommitUnknownError, match="whether the pop was written is unknown"):
+                    buf.pop()
+            assert cutter.cut.is_set()
         assert eventually(lambda: [m.payload for m in check.get_all()] == [b"second"])
+        assert check.stats().deleted == 1
+
+
+def test_a_pop_whose_commit_never_arrived_pops_nothing(server_store_url: str) -> None:
+    """The COMMIT never reached the server: it rolls the pop back. PostgreSQL says so, and the pop raises a plain
+    BackendError ("nothing was popped"), the message still there; MariaDB cannot tell (CommitUnknownError)."""
+    postgres = server_store_url.startswith("postgresql")
+    with pbuffer.open(server_store_url) as check, through_a_cutter(server_store_url) as (cutter, url):
+        check.save(b"first", subject="t.x")
+        with pbuffer.open(url) as buf:
+            assert buf.get() is not None
+            cutter.forward = False
+            cutter.armed.set()
+            expected = (pbuffer.BackendError, "rolled the pop back: nothing was popped") if postgres else (
+                pbuffer.CommitUnknownError, "whether the pop was written is unknown")
+            with pytest.raises(expected[0], match=expected[1]) as raised:
+                buf.pop()
+            assert not postgres or not isinstance(raised.value, pbuffer.CommitUnknownError)
+        assert [m.payload for m in check.get_all()] == [b"first"] and check.stats().deleted == 0
