@@ -42,6 +42,8 @@ _log = logging.getLogger("pbuffer.backends.sql")
 
 #: Bytes of a MariaDB/MySQL insert statement besides its escaped payload and headers (SQL text, id, subject...).
 _STATEMENT_ROOM = 64 * 1024
+# A server connection idle this long is tried before it is used (see Connections).
+_PING_AFTER_IDLE_SECONDS = 1.0
 # Most idle connections a buffer may keep: far above any useful thread count; more is a typo.
 _MAX_POOL_SIZE = 10_000
 
@@ -117,7 +119,8 @@ class SQLBuffer(Buffer):
         # sqlite: saves leave their rows uncounted (the tail above pbuffer_counted's mark); see Counting.maybe_fold.
         self._lazy = self._sqlite
         self._counting = Counting(self._sql, sqlite=self._sqlite, bounded=self.limits.bounded)
-        self._connections = Connections(self._engine, keep=pool_size)
+        self._connections = Connections(self._engine, keep=pool_size,
+                                        ping_after=None if self._sqlite else _PING_AFTER_IDLE_SECONDS)
         self._tx = Transactions(database, self._connections, self._write_lock)
         self._space = SpaceReclaimer(self._tx)  # sqlite only
         # Callers' databases already found to be this one (or not: why), by their URL.

@@ -8,6 +8,7 @@ much as a sqlite commit.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, NoReturn
@@ -76,7 +77,12 @@ class Transactions:
         A failed transaction may leave the connection in any state (or dead), so it is rolled back and thrown
         away; SQLITE_FULL in particular may or may not have rolled back by itself (lang_transaction.html).
         """
+        lost = connection_lost(conn)
         self.connections.discard(conn)
+        if lost:
+            # The server went away (a restart, an idle timeout): the idle connections likely went with it, and
+            # each would fail one call more. New ones are made as needed.
+            self.connections.clear()
         if isinstance(exc, self.dbapi_error):
             if is_missing_table(exc):
                 raise self.schema_changed(where) from exc
@@ -104,26 +110,42 @@ class Transactions:
             "this buffer and open it again with a pbuffer that knows the database's revision")
 
 
+def connection_lost(conn: Any) -> bool:
+    """Whether a server database's DBAPI connection is known to be gone (psycopg: ``broken``; PyMySQL: not
+    ``open``)."""
+    return bool(getattr(conn, "broken", False)) or getattr(conn, "open", True) is False
+
+
 class Connections:
     """DBAPI connections made through the engine (so its connect event applies the pragmas), reused last-in
     first-out. The hot paths use these instead of SQLAlchemy's pool, whose per-checkout bookkeeping costs about
     as much as a sqlite commit. ``list.pop`` and ``list.append`` are atomic, so no lock is needed.
+
+    ``ping_after`` (server databases): a connection idle longer than that many seconds is tried with ``SELECT 1``
+    before it is used, and replaced if the server dropped it meanwhile (a restart, an idle timeout); one round trip
+    after an idle second, none under load.
     """
 
-    def __init__(self, engine: Engine, keep: int) -> None:
+    def __init__(self, engine: Engine, keep: int, ping_after: float | None = None) -> None:
         self._engine = engine
         self._keep = keep
-        self._idle: list[Any] = []
+        self.ping_after = ping_after
+        self._idle: list[tuple[Any, float]] = []
         self._closed = False
 
     def take(self, where: str) -> Any:
         if self._closed:
             # A call that passed the buffer's open check before another thread closed it: refused, nothing done.
             raise BackendError(f"{where}: the buffer was closed (by another thread); nothing was written")
-        try:
-            return self._idle.pop()
-        except IndexError:
-            pass
+        while True:
+            try:
+                connection, since = self._idle.pop()
+            except IndexError:
+                break
+            if self.ping_after is None or time.monotonic() - since < self.ping_after or _answers(connection):
+                return connection
+            with suppress(Exception):
+                connection.close()
         try:
             fairy = self._engine.raw_connection()
         except (sa.exc.SQLAlchemyError, self._engine.dialect.loaded_dbapi.Error) as exc:
@@ -137,7 +159,7 @@ class Connections:
         if self._closed or len(self._idle) >= self._keep:
             connection.close()
         else:
-            self._idle.append(connection)
+            self._idle.append((connection, 0.0 if self.ping_after is None else time.monotonic()))
 
     def discard(self, connection: Any) -> None:
         # It is being thrown away: the error that brought us here is the one that matters.
@@ -149,11 +171,28 @@ class Connections:
     def clear(self) -> None:
         """Close the idle connections; the next user gets a new one."""
         while self._idle:
-            self._idle.pop().close()
+            try:
+                connection, _ = self._idle.pop()
+            except IndexError:  # another thread took the last one
+                break
+            with suppress(Exception):
+                connection.close()
 
     def close(self) -> None:
         self._closed = True
         self.clear()
+
+
+def _answers(connection: Any) -> bool:
+    """Whether an idle server connection still works (a round trip, rolled back)."""
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+        connection.rollback()
+    except Exception:
+        return False
+    return True
 
 
 class CallerCursor:

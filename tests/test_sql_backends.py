@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -338,3 +339,66 @@ def test_a_delete_racing_a_requeue_of_its_dead_letter_finds_the_message(server_s
         assert buf.get_all() == [] and buf.dead_letters() == []
         stats = buf.stats()
         assert (stats.pending, stats.dead, stats.deleted) == (0, 0, 1)
+
+
+def _kill_connections_to(url: str) -> int:
+    """End every connection to ``url``'s database from the server's side (a restart or an idle timeout would)."""
+    parsed = sa.make_url(url)
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            if parsed.get_backend_name() == "postgresql":
+                return int(conn.exec_driver_sql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+                    "current_database() AND pid <> pg_backend_pid()").scalar_one())
+            ids = [row[0] for row in conn.exec_driver_sql(
+                "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()")]
+            for each in ids:
+                conn.exec_driver_sql(f"KILL {int(each)}")
+            return len(ids)
+    finally:
+        admin.dispose()
+
+
+def _pool_of(buf: pbuffer.Buffer, size: int) -> None:
+    """Leave ``size`` idle connections in the buffer's pool (each thread takes its own while the others run)."""
+    barrier = threading.Barrier(size)
+
+    def hold() -> None:
+        with buf._tx.cursor("get", write=False) as cursor:  # type: ignore[attr-defined]
+            barrier.wait(10)
+            cursor.execute("SELECT 1")
+
+    threads = [threading.Thread(target=hold) for _ in range(size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+
+def test_connections_the_server_dropped_while_idle_are_replaced_before_use(server_store_url: str) -> None:
+    """After the server ended a buffer's idle connections (a restart, an idle timeout), every call failed once per
+    pooled connection. A connection idle past ping_after is tried first and replaced: no call fails."""
+    with pbuffer.open(server_store_url) as buf:
+        buf.save(b"before", subject="k.x")
+        _pool_of(buf, 4)
+        assert _kill_connections_to(server_store_url) >= 4
+        buf._connections.ping_after = 0.0  # type: ignore[attr-defined]  (1 s by default)
+        for _ in range(6):
+            buf.save(b"after", subject="k.x")
+        assert buf.stats().pending == 7 and buf.pop() is not None
+
+
+def test_a_call_that_finds_its_connection_dropped_leaves_no_dropped_one_behind(server_store_url: str) -> None:
+    """Without the idle check (a busy buffer): the call that meets the first dropped connection fails, truthfully
+    (nothing written), and the others idle beside it are let go with it, so the next call works."""
+    with pbuffer.open(server_store_url) as buf:
+        buf.save(b"before", subject="k.x")
+        _pool_of(buf, 4)
+        buf._connections.ping_after = None  # type: ignore[attr-defined]
+        assert _kill_connections_to(server_store_url) >= 4
+        with pytest.raises(pbuffer.BackendError):
+            buf.save(b"lost", subject="k.x")
+        for _ in range(6):
+            buf.save(b"after", subject="k.x")
+        assert buf.stats().pending == 7
