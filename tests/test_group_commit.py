@@ -386,3 +386,49 @@ def test_an_interrupt_right_after_a_call_took_the_committing_leaves_it_free() ->
     thread.start()
     assert done.wait(10), "the next save waits for a commit nobody runs"
     assert written == ["next"]
+
+
+def test_an_interrupt_of_the_committing_thread_reaches_no_other_thread() -> None:
+    """The thread committing other threads' calls is interrupted (Ctrl-C lands in the main thread) while it writes
+    them: each of those calls gets an error of its own saying the outcome is unknown, not the KeyboardInterrupt
+    (raised in a worker thread it ended that thread), and the next call is committed (nobody waits for ever)."""
+    from pbuffer.buffering.group_commit import GroupCommit
+
+    written: list[str] = []
+    first_running, go_on = threading.Event(), threading.Event()
+
+    def insert(messages: list[str]) -> None:
+        if messages == ["first"]:
+            first_running.set()
+            go_on.wait(10)
+        elif messages == ["second"]:
+            raise KeyboardInterrupt
+        written.extend(messages)
+
+    grouped = GroupCommit(insert)  # type: ignore[arg-type]
+    outcomes: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        try:
+            grouped.commit([name])  # type: ignore[list-item]
+        except BaseException as exc:
+            outcomes[name] = exc
+        else:
+            outcomes[name] = "stored"
+
+    leader = threading.Thread(target=call, args=("first",))
+    leader.start()
+    assert first_running.wait(10)
+    queued = threading.Thread(target=call, args=("second",))
+    queued.start()
+    while not grouped._queue:  # the second call waits behind the first
+        threading.Event().wait(0.001)
+    go_on.set()
+    leader.join(10)
+    queued.join(10)
+    assert isinstance(outcomes["first"], KeyboardInterrupt)  # the interrupted thread's own
+    assert isinstance(outcomes["second"], pbuffer.BackendError) and "interrupted" in str(outcomes["second"])
+    last = threading.Thread(target=call, args=("third",))
+    last.start()
+    last.join(10)
+    assert outcomes.get("third") == "stored" and written == ["first", "third"]
