@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,6 +275,21 @@ def test_many_threads_with_failing_commits_each_get_their_own_answer(combine_for
     _stress_group_commit(combine_for)
 
 
+def committing_one(grouped: Any, outcomes: dict[str, object]) -> Callable[[str], None]:
+    """A thread's target: commit one call named ``name`` through ``grouped``; its outcome goes to ``outcomes``
+    (``"stored"`` or what it raised)."""
+
+    def call(name: str) -> None:
+        try:
+            grouped.commit([name])
+        except BaseException as exc:
+            outcomes[name] = exc
+        else:
+            outcomes[name] = "stored"
+
+    return call
+
+
 def test_a_call_interrupted_while_it_waits_leaves_no_other_call_waiting() -> None:
     """A KeyboardInterrupt (Ctrl-C, in the main thread) while a call waits for the commit running: that call
     leaves the queue having written nothing, and the calls behind it are still committed, even when it was the
@@ -296,14 +313,7 @@ def test_a_call_interrupted_while_it_waits_leaves_no_other_call_waiting() -> Non
 
     grouped = GroupCommit(insert)  # type: ignore[arg-type]
     outcomes: dict[str, object] = {}
-
-    def call(name: str) -> None:
-        try:
-            grouped.commit([name])  # type: ignore[list-item]
-        except BaseException as exc:
-            outcomes[name] = exc
-        else:
-            outcomes[name] = "stored"
+    call = committing_one(grouped, outcomes)
 
     first = threading.Thread(target=call, args=("first",), daemon=True)
     first.start()
@@ -407,14 +417,7 @@ def test_an_interrupt_of_the_committing_thread_reaches_no_other_thread() -> None
 
     grouped = GroupCommit(insert)  # type: ignore[arg-type]
     outcomes: dict[str, object] = {}
-
-    def call(name: str) -> None:
-        try:
-            grouped.commit([name])  # type: ignore[list-item]
-        except BaseException as exc:
-            outcomes[name] = exc
-        else:
-            outcomes[name] = "stored"
+    call = committing_one(grouped, outcomes)
 
     leader = threading.Thread(target=call, args=("first",))
     leader.start()
