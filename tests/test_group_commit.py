@@ -435,3 +435,47 @@ def test_an_interrupt_of_the_committing_thread_reaches_no_other_thread() -> None
     last.start()
     last.join(10)
     assert outcomes.get("third") == "stored" and written == ["first", "third"]
+
+
+def test_a_message_committed_twice_fails_only_its_own_call_in_a_group() -> None:
+    """A call committing a message already stored (prepare(), commit() retried) shares a transaction with other
+    threads' calls: it gets its ValidationError, and the others are committed (they failed with it)."""
+    from pbuffer.buffering.group_commit import GroupCommit
+
+    stored: list[str] = []
+    first_running, go_on = threading.Event(), threading.Event()
+
+    def insert(messages: list[str]) -> None:
+        if messages == ["first"]:
+            first_running.set()
+            go_on.wait(10)
+        if len(set(messages) | set(stored)) < len(messages) + len(stored):
+            raise pbuffer.ValidationError("save: a message with this id is already in the buffer")
+        stored.extend(messages)
+
+    grouped = GroupCommit(insert)  # type: ignore[arg-type]
+    outcomes: dict[str, object] = {}
+    call = committing_one(grouped, outcomes)
+    leader = threading.Thread(target=call, args=("first",))
+    leader.start()
+    assert first_running.wait(10)
+    again: list[object] = []
+
+    def commit_first_again() -> None:
+        try:
+            grouped.commit(["first"])  # type: ignore[list-item]
+        except BaseException as exc:
+            again.append(exc)
+
+    others = [threading.Thread(target=call, args=("second",)), threading.Thread(target=commit_first_again),
+              threading.Thread(target=call, args=("third",))]
+    for thread in others:
+        thread.start()
+    while len(grouped._queue) < 3:  # all three wait behind the first, to be written in one transaction
+        threading.Event().wait(0.001)
+    go_on.set()
+    for thread in (leader, *others):
+        thread.join(10)
+    assert outcomes == {"first": "stored", "second": "stored", "third": "stored"}
+    assert len(again) == 1 and isinstance(again[0], pbuffer.ValidationError)
+    assert sorted(stored) == ["first", "second", "third"]

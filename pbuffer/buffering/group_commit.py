@@ -14,7 +14,7 @@ import time
 from _thread import allocate_lock, get_ident
 from collections.abc import Callable, Sequence
 
-from ..errors import BackendError, BufferFullError
+from ..errors import BackendError, BufferFullError, ValidationError
 from ..message import Message
 
 __all__ = ["GroupCommit", "commit_each_alone"]
@@ -54,7 +54,7 @@ class GroupCommit:
     So the next transaction starts at once, by a thread already running, instead of after a woken thread has
     been scheduled (in CPython: after it has won the GIL from the threads just released). Each call still gets
     its own answer: a failed commit fails every call in it (none of them was written), and a group over the
-    limits is committed call by call (:func:`commit_each_alone`).
+    limits, or holding a message already stored, is committed call by call (:func:`commit_each_alone`).
     """
 
     def __init__(self, insert: Insert, *, combine_for: float = COMBINE_SECONDS) -> None:
@@ -170,7 +170,7 @@ class GroupCommit:
             else:
                 try:
                     self._insert([m for pending in batch for m in pending.messages])
-                except BufferFullError:
+                except (BufferFullError, ValidationError):  # (the limits; an id already stored): one call's own
                     errors = commit_each_alone([pending.messages for pending in batch], self._insert)
                     for pending, error in zip(batch, errors, strict=True):
                         pending.error = error
