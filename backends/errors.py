@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pbuffer.errors import BackendError, CorruptDatabaseError, PBufferError, StorageFullError, ValidationError
 
 __all__ = ["ALREADY_PENDING", "ALREADY_STORED", "is_missing_table", "is_rolled_back", "map_driver_error"]
@@ -13,6 +15,8 @@ ALREADY_STORED = ("save: a message with this id is already in the buffer (a prep
 ALREADY_PENDING = ("requeue: a pending message has this dead letter's id (the same message committed again?); it "
                    "stays a dead letter")
 
+# The unique key on the messages' ids in MariaDB's duplicate-entry message (newer servers name its table too).
+_MYSQL_ID_KEY = re.compile(r"for key '(?:\w+\.)?id'$")
 # MariaDB/MySQL error codes: ER_RECORD_FILE_FULL, ER_DISK_FULL, ER_OUT_OF_RESOURCES.
 _MYSQL_FULL = {1114, 1021, 3, 1041}
 _MYSQL_CORRUPT = {1034, 1035, 145, 1194, 1195}
@@ -56,7 +60,10 @@ def _id_taken(orig: BaseException, module: str, text: str) -> bool:
         constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
         return getattr(orig, "sqlstate", None) == "23505" and constraint.endswith("_id_key")
     if module.startswith("pymysql"):
-        return bool(orig.args) and orig.args[0] == 1062 and "for key 'id'" in text
+        # The server's message itself (args[1]): str() of the error is the args' repr, whose quoting changes with
+        # the id's bytes (a '"' among them escaped the quotes round the key's name).
+        message = str(orig.args[1]) if len(orig.args) > 1 else ""
+        return orig.args[0] == 1062 and _MYSQL_ID_KEY.search(message) is not None
     return False
 
 
