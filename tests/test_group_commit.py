@@ -290,6 +290,23 @@ def committing_one(grouped: Any, outcomes: dict[str, object]) -> Callable[[str],
     return call
 
 
+def behind_a_running_commit(grouped: Any, first_running: threading.Event, go_on: threading.Event,
+                            call: Callable[[str], None], later: list[Callable[[], None]]) -> None:
+    """Commit "first" (its insert sets ``first_running`` and waits for ``go_on``), queue the ``later`` calls behind
+    it, one thread each, let it go on and wait for every thread."""
+    leader = threading.Thread(target=call, args=("first",))
+    leader.start()
+    assert first_running.wait(10)
+    threads = [threading.Thread(target=target) for target in later]
+    for thread in threads:
+        thread.start()
+    while len(grouped._queue) < len(later):  # all of them wait behind the first, to be written together
+        threading.Event().wait(0.001)
+    go_on.set()
+    for thread in (leader, *threads):
+        thread.join(10)
+
+
 def test_a_call_interrupted_while_it_waits_leaves_no_other_call_waiting() -> None:
     """A KeyboardInterrupt (Ctrl-C, in the main thread) while a call waits for the commit running: that call
     leaves the queue having written nothing, and the calls behind it are still committed, even when it was the
@@ -418,17 +435,7 @@ def test_an_interrupt_of_the_committing_thread_reaches_no_other_thread() -> None
     grouped = GroupCommit(insert)  # type: ignore[arg-type]
     outcomes: dict[str, object] = {}
     call = committing_one(grouped, outcomes)
-
-    leader = threading.Thread(target=call, args=("first",))
-    leader.start()
-    assert first_running.wait(10)
-    queued = threading.Thread(target=call, args=("second",))
-    queued.start()
-    while not grouped._queue:  # the second call waits behind the first
-        threading.Event().wait(0.001)
-    go_on.set()
-    leader.join(10)
-    queued.join(10)
+    behind_a_running_commit(grouped, first_running, go_on, call, [lambda: call("second")])
     assert isinstance(outcomes["first"], KeyboardInterrupt)  # the interrupted thread's own
     assert isinstance(outcomes["second"], pbuffer.BackendError) and "interrupted" in str(outcomes["second"])
     last = threading.Thread(target=call, args=("third",))
@@ -456,26 +463,10 @@ def test_a_message_committed_twice_fails_only_its_own_call_in_a_group() -> None:
     grouped = GroupCommit(insert)  # type: ignore[arg-type]
     outcomes: dict[str, object] = {}
     call = committing_one(grouped, outcomes)
-    leader = threading.Thread(target=call, args=("first",))
-    leader.start()
-    assert first_running.wait(10)
-    again: list[object] = []
-
-    def commit_first_again() -> None:
-        try:
-            grouped.commit(["first"])  # type: ignore[list-item]
-        except BaseException as exc:
-            again.append(exc)
-
-    others = [threading.Thread(target=call, args=("second",)), threading.Thread(target=commit_first_again),
-              threading.Thread(target=call, args=("third",))]
-    for thread in others:
-        thread.start()
-    while len(grouped._queue) < 3:  # all three wait behind the first, to be written in one transaction
-        threading.Event().wait(0.001)
-    go_on.set()
-    for thread in (leader, *others):
-        thread.join(10)
+    again: dict[str, object] = {}  # the same message committed again: its own outcome
+    behind_a_running_commit(grouped, first_running, go_on, call,
+                            [lambda: call("second"), lambda: committing_one(grouped, again)("first"),
+                             lambda: call("third")])
     assert outcomes == {"first": "stored", "second": "stored", "third": "stored"}
-    assert len(again) == 1 and isinstance(again[0], pbuffer.ValidationError)
+    assert len(again) == 1 and isinstance(again["first"], pbuffer.ValidationError)
     assert sorted(stored) == ["first", "second", "third"]
