@@ -144,8 +144,7 @@ class Connections:
                 break
             if self.ping_after is None or time.monotonic() - since < self.ping_after or _answers(connection):
                 return connection
-            with suppress(Exception):
-                connection.close()
+            self.discard(connection)
         try:
             fairy = self._engine.raw_connection()
         except (sa.exc.SQLAlchemyError, self._engine.dialect.loaded_dbapi.Error) as exc:
@@ -175,8 +174,7 @@ class Connections:
                 connection, _ = self._idle.pop()
             except IndexError:  # another thread took the last one
                 break
-            with suppress(Exception):
-                connection.close()
+            self.discard(connection)
 
     def close(self) -> None:
         self._closed = True

@@ -143,7 +143,8 @@ class Statements:
         self.pop_returning = dialect == "postgresql"
         oldest = f"SELECT seq FROM {MESSAGES} WHERE {free}{and_scope} ORDER BY seq LIMIT 1{skip_locked}"
         # With its transaction's id: a pop whose COMMIT got no answer asks txid_status() what became of it.
-        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {COLUMNS}, txid_current()")
+        self.pop = compile_(f"DELETE FROM {MESSAGES} WHERE seq = ({oldest}) RETURNING {COLUMNS}, txid_current()"
+                            ) if self.pop_returning else ""
         self.commit_status = compile_("SELECT txid_status(:xid)") if self.pop_returning else ""
         # sqlite counts lazily: a removal must know whether a row was in the counters (its seq at or below the mark).
         self._counted_flag = f"seq <= (SELECT up_to_seq FROM {COUNTED})" if sqlite else "1"
