@@ -89,31 +89,35 @@ Changes = dict[str, Counts]
 
 
 #: Rows removed from one table, of one subject: (subject, rows, their payload bytes, how many of them were in the
-#: counters' pending, their payload bytes). sqlite's uncounted tail never entered pending; a dead letter counts 1.
-Removed = tuple[str, int, int, int, int]
+#: counters' pending and their bytes, how many were in sqlite's head and their bytes). sqlite's uncounted tail never
+#: entered pending, and its head (revision 0005) left pending for deleted in advance; a dead letter counts 1.
+Removed = tuple[str, int, int, int, int, int, int]
 
 
-def removed_sums(rows: Iterable[tuple[str, int, bool]]) -> list[Removed]:
-    """Removed rows of (subject, payload size, counted), summed by subject."""
+def removed_sums(rows: Iterable[tuple[str, int, bool, bool]]) -> list[Removed]:
+    """Removed rows of (subject, payload size, in pending, in the head), summed by subject."""
     sums: dict[str, list[int]] = {}
-    for subject, size, counted in rows:
+    for subject, size, counted, head in rows:
         entry = sums.get(subject)
         if entry is None:
-            entry = sums[subject] = [0, 0, 0, 0]
+            entry = sums[subject] = [0, 0, 0, 0, 0, 0]
         entry[0] += 1
         entry[1] += size
         if counted:
             entry[2] += 1
             entry[3] += size
-    return [(subject, rows, size, counted, counted_size)
-            for subject, (rows, size, counted, counted_size) in sums.items()]
+        if head:
+            entry[4] += 1
+            entry[5] += size
+    return [(subject, *entry) for subject, entry in sums.items()]  # type: ignore[misc]
 
 
 def tally_removed(removed: Iterable[Removed], kind: str, into: Changes, *, dead: bool = False) -> None:
     """Counter changes for removed rows, summed by subject (:data:`Removed`), each counted once in ``kind``
-    (``"deleted"``, ``"dropped"`` or ``"expired"``): pending rows leave pending if they were counted; ``dead``:
-    they were dead letters and leave those."""
-    for subject, rows, size, counted, counted_size in removed:
+    (``"deleted"``, ``"dropped"`` or ``"expired"``): pending rows leave pending if they were in it; ``dead``:
+    they were dead letters and leave those. A row of sqlite's head was counted as deleted in advance: as deleted
+    it is counted already; as anything else it leaves deleted for it."""
+    for subject, rows, size, counted, counted_size, head, _ in removed:
         counts = into.get(subject)
         if counts is None:
             counts = into[subject] = Counts()
@@ -123,7 +127,11 @@ def tally_removed(removed: Iterable[Removed], kind: str, into: Changes, *, dead:
         else:
             counts.pending -= counted
             counts.pending_bytes -= counted_size
-        counts.count_removed(kind, rows)
+        if kind == "deleted":
+            counts.deleted += rows - head
+        else:
+            counts.count_removed(kind, rows)
+            counts.deleted -= head
 
 
 def tally(rows: Iterable[tuple[str, int]], *, pending: int = 0, dead: int = 0, kind: str | None = None,

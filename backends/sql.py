@@ -240,10 +240,10 @@ class SQLBuffer(Buffer):
                                          oldest, exact=not self._sqlite)
         if victims:
             delete_by_seq(cursor, self._sql, MESSAGES, [seq for seq, _, _ in victims])
-            mark = self._counting.read_mark(cursor)
+            mark, head = self._counting.read_marks(cursor)
             changes: Changes = {}
-            tally_removed(removed_sums((subject, size, seq <= mark) for seq, subject, size in victims), "dropped",
-                          changes)
+            tally_removed(removed_sums((subject, size, head < seq <= mark, seq <= head)
+                                       for seq, subject, size in victims), "dropped", changes)
             self._counting.bump(cursor, changes)
             self._counting.removed_pending(cursor)
             self._note_removed("dropped", len(victims))
@@ -267,9 +267,9 @@ class SQLBuffer(Buffer):
 
     def _pop_sqlite(self, now_us: int) -> Message | None:
         # The hot path of pop() on sqlite: the steps of Transactions.cursor spelled out, as in _insert (a generator
-        # per call costs more than the counters' statement). One read finds the oldest free row and says whether
-        # it was in the counters (its seq at or below the mark) and whether it is the newest; then it is deleted
-        # by its seq (see Statements.pop_read).
+        # per call costs more than the counters' statement). One read finds the oldest free row, with the marks
+        # that say how it is counted and whether it is the newest; it is counted (nothing to write when it is in
+        # the head: Counting.popped), then deleted by its seq (see Statements.pop_read).
         params = {**self._sql.scope, "now": now_us}
         message = None
         with self._write_lock:
@@ -282,8 +282,8 @@ class SQLBuffer(Buffer):
                 if row is not None:
                     # Verified before its delete: a damaged row raises, and the transaction is rolled back.
                     message = message_from_row(row[1:7])
+                    self._counting.popped(cursor, row[0], message.subject, len(message.payload), (row[7], row[9]))
                     cursor.execute(self._sql.delete_seq_at, (row[0],))
-                    self._counting.popped(cursor, message.subject, len(message.payload), counted=bool(row[7]))
                     if row[8]:  # a pop takes the oldest row: rarely also the newest
                         self._counting.removed_pending(cursor)
                 conn.commit()
@@ -338,18 +338,18 @@ class SQLBuffer(Buffer):
                 chunk = [id_bytes(message_id) for message_id in ids]
                 pending = remove_rows(cursor, self._sql, MESSAGES, chunk)
                 tally_removed(pending, kind or "deleted", changes)
-                found = sum(rows for _, rows, _, _, _ in pending)
+                found = sum(removed[1] for removed in pending)
                 dead = (remove_rows(cursor, self._sql, DEAD_LETTERS, chunk)
                         if kind is None and found < len(chunk) else [])
                 tally_removed(dead, "deleted", changes, dead=True)
-                found += sum(rows for _, rows, _, _, _ in dead)
+                found += sum(removed[1] for removed in dead)
                 if kind is None and found < len(chunk) and not self._sqlite:
                     # A requeue that committed meanwhile moved a dead letter back: the first look missed its new
                     # row (not committed yet), the second waited for its delete. A new statement sees it (READ
                     # COMMITTED). sqlite has one writer at a time: nothing moves between the statements.
                     again = remove_rows(cursor, self._sql, MESSAGES, chunk)
                     tally_removed(again, "deleted", changes)
-                    found += sum(rows for _, rows, _, _, _ in again)
+                    found += sum(removed[1] for removed in again)
                 removed += found
             folded = self._counting.fold_outbox_counters(cursor, changes)
             self._counting.bump(cursor, changes, keep=folded)
@@ -426,8 +426,11 @@ class SQLBuffer(Buffer):
             cursor.execute(self._sql.insert_dead, {**dict(zip(SEQ_COLUMNS[1:], row[1:], strict=True)),
                                                    "reason": reason, "attempts": attempts, "failed_us": now_us})
             cursor.execute(self._sql.delete_seq, {"seq": row[0]})
-            counted = row[0] <= self._counting.read_mark(cursor)
-            self._counting.bump(cursor, tally([(row[2], len(row[3]))], pending=-1 if counted else 0, dead=1))
+            mark, head = self._counting.read_marks(cursor)
+            changes = tally([(row[2], len(row[3]))], pending=-1 if head < row[0] <= mark else 0, dead=1)
+            if row[0] <= head:  # counted as deleted in advance (sqlite's head): it died instead
+                changes[row[2]].deleted -= 1
+            self._counting.bump(cursor, changes)
             self._counting.removed_pending(cursor)
             return True
 

@@ -1,6 +1,7 @@
 """Keeping ``pbuffer_counters`` exact, inside the transactions that change the rows it counts: the SQL backend's
 counter writes (one upsert per subject, sharded on server databases), sqlite's lazy count of new messages (the mark
-and its folds), and folding the outbox's own counter rows back into the shared ones.
+and its folds) and of popped ones (the head, counted in advance), and folding the outbox's own counter rows back
+into the shared ones.
 
 So ``stats()`` and the limits read a handful of counter rows instead of counting a table.
 """
@@ -31,6 +32,10 @@ assert tuple(field.name for field in fields(Counts)) == COUNTER_COLUMNS
 # about that many rows per writing process.
 _FOLD_EVERY = 1024
 _FOLD_EVERY_LIMITED = 64
+# sqlite's pops (revision 0005): a pop past the head moves it over this many counted rows, counting them in advance
+# as deleted, so the next pops write no counters page; stats() adds up at most about that many head rows.
+_HEAD_EVERY = 1024
+_HEAD_EVERY_LIMITED = 64
 # Outbox saves on server databases count into a counters row of their own: a shard drawn from this range, which no
 # other writer uses, so the row locked until the caller commits is nobody else's (see SQLBuffer._insert_in).
 # Relays' deletes fold committed ones back into the shared shards, at most every _FOLD_OUTBOX_EVERY seconds per
@@ -69,17 +74,61 @@ class Counting:
                 # same, as a drained subject does.
                 cursor.execute(self._sql.touch, {"subject": subject})
 
-    def popped(self, cursor: Any, subject: str, size: int, *, counted: bool) -> None:
-        """sqlite, in a pop's transaction: count one pending row of ``subject`` (``size`` payload bytes) deleted.
+    def popped(self, cursor: Any, seq: int, subject: str, size: int, marks: tuple[int, int]) -> None:
+        """sqlite, in a pop's transaction, before its row (``seq``, of ``subject``, ``size`` payload bytes) is
+        deleted: count it as deleted. ``marks``: the counted mark and the head's end, as the pop read them.
 
-        One plain UPDATE of the subject's counters row (sqlite never deletes one, and a fold or an earlier removal
-        made it) instead of the general upsert, which runs only when the row is not there yet. ``counted`` (its
-        seq was at or below the mark): it also leaves pending; a row of the uncounted tail was never in pending.
+        A row of the head (``seq <= head_to_seq``) was counted in advance: nothing to write, so the pop's commit
+        writes the row's pages and no counters page. A counted row past the head moves the head over the next
+        _HEAD_EVERY counted rows, this one among them (:meth:`_move_head`), once the head holds no row: the
+        counters are written once per that many pops, and the head never holds more rows than that (stats() adds
+        them up). Otherwise (rows left in the head: claimed, or another subject's that a scoped buffer passes; or
+        this row too far on) it is counted out of pending here. A row of the uncounted tail was never in pending:
+        its subject's ``deleted`` goes up.
         """
-        cursor.execute(self._sql.pop_counted if counted else self._sql.pop_uncounted,
-                       (size, subject) if counted else (subject,))
+        counted_to, head_to = marks
+        if seq <= head_to:
+            return
+        if seq <= counted_to:
+            cursor.execute(self._sql.head_ahead, {"head": head_to, "counted": counted_to,
+                                                  "limit": _HEAD_EVERY_LIMITED if self._bounded else _HEAD_EVERY})
+            oldest, ahead = cursor.fetchone()
+            if oldest > head_to and ahead is not None and ahead >= seq:
+                self._move_head(cursor, head_to, int(ahead))
+                return
+            cursor.execute(self._sql.pop_counted, {"size": size, "subject": subject})
+            if cursor.rowcount != 1:  # sqlite never deletes a counters row: this subject has none yet
+                self.bump(cursor, {subject: Counts(-1, -size, deleted=1)})
+            return
+        cursor.execute(self._sql.pop_uncounted, {"subject": subject})
         if cursor.rowcount != 1:
-            self.bump(cursor, {subject: Counts(-1, -size, deleted=1) if counted else Counts(deleted=1)})
+            self.bump(cursor, {subject: Counts(deleted=1)})
+
+    # ---------------------------------------------------------------- sqlite's head, counted in advance
+    #
+    # Invariant, kept by every writer inside its write transaction: 0 <= head_to_seq <= up_to_seq. A pending row
+    # with seq <= head_to_seq is in its subject's counters as deleted and not as pending; stats() adds the head's
+    # rows back (pbuffer_counters_0005 alone would say they were deleted). A pop of a head row writes nothing more;
+    # every other removal of one counts it out of deleted into where it went (counters.tally_removed; as deleted:
+    # nothing). The marks come down together when the newest rows go (removed_pending), so a new row is never in
+    # the head.
+
+    def read_marks(self, cursor: Any) -> tuple[int, int]:
+        """The counted mark and the head's end, read in the caller's write transaction: a row is in the counters'
+        pending when head < seq <= mark. Server databases count every row and have no head."""
+        if not self.lazy:
+            return NO_LIMIT, 0
+        cursor.execute(self._sql.marks)
+        counted_to, head_to = cursor.fetchone()
+        return int(counted_to), int(head_to)
+
+    def _move_head(self, cursor: Any, head_to: int, new_head: int) -> None:
+        """Move the head's end from ``head_to`` on to ``new_head``: the counted rows between them leave pending
+        and are counted as deleted in advance, by subject."""
+        cursor.execute(self._sql.head_sums, {"low": head_to, "high": new_head})
+        self.bump(cursor, {str(subject): Counts(-int(rows), -int(size), deleted=int(rows))
+                           for subject, rows, size in cursor.fetchall()})
+        cursor.execute(self._sql.set_head, {"head": new_head})
 
     # ---------------------------------------------------------------- sqlite's lazy count of new messages
     #
@@ -141,7 +190,7 @@ class Counting:
         return int(cursor.fetchone()[0])
 
     def removed_pending(self, cursor: Any) -> None:
-        """After pending rows were removed in this transaction: lower the mark if the newest rows went."""
+        """After pending rows were removed in this transaction: lower the marks if the newest rows went."""
         if self.lazy:
             cursor.execute(self._sql.lower_mark)
 

@@ -49,6 +49,8 @@ def insert_in_callers_transaction(buffer: SQLBuffer, messages: list[Message], co
         if buffer.limits.bounded:
             try:
                 if buffer._sqlite:
+                    # The write lock before the counters are read (see Statements.begin_writing).
+                    cursor.execute(buffer._sql.begin_writing)
                     buffer._make_room(cursor, messages)
                 else:
                     with buffer._tx.cursor("save", write=True) as own:

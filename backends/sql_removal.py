@@ -18,7 +18,8 @@ __all__ = ["delete_by_seq", "remove_rows"]
 
 def remove_rows(cursor: Any, sql: Statements, table: str, ids: Sequence[bytes | bytearray]) -> list[Removed]:
     """Delete the rows with these ids (at most CHUNK) in scope; returns what went, summed by subject: rows, bytes,
-    and how many were in the counters (a pending row above sqlite's mark is not), see :data:`.counters.Removed`."""
+    how many were in the counters' pending (a row above sqlite's mark is not, nor one in its head) and how many in
+    sqlite's head, see :data:`.counters.Removed`."""
     if sql.positional:
         # sqlite: the sums read first, then a DELETE that returns nothing, in the same write transaction (no other
         # writer between them), the ids bound by position and the scope's subject last. A DELETE ... RETURNING
@@ -29,14 +30,16 @@ def remove_rows(cursor: Any, sql: Statements, table: str, ids: Sequence[bytes | 
         sums = cursor.fetchall()
         if sums:
             cursor.execute(sql.delete_ids_plain_at(table, len(ids)), params)
-        return [(subject, int(rows), int(size), int(counted), int(counted_size))
-                for subject, rows, size, counted, counted_size in sums]
-    return removed_sums(_remove_each(cursor, sql, table, ids))
+        return [(subject, int(rows), int(size), int(counted), int(counted_size), int(head), int(head_size))
+                for subject, rows, size, counted, counted_size, head, head_size in sums]
+    return removed_sums((subject, size, counted, False) for subject, size, counted in _remove_each(cursor, sql, table,
+                                                                                                   ids))
 
 
 def _remove_each(cursor: Any, sql: Statements, table: str,
                  ids: Sequence[bytes | bytearray]) -> list[tuple[str, int, bool]]:
-    """Server databases: :func:`remove_rows` row by row, each row's subject, size and whether it was counted."""
+    """Server databases: :func:`remove_rows` row by row, each row's subject, size and whether it was counted
+    (servers count every row, and have no head)."""
     params = bind(ID_PARAMS, ids)
     params.update(sql.scope)
     if not sql.by_seq:

@@ -11,7 +11,7 @@ walks pending rows in ``seq`` order, skipping other subjects' (see the README on
 
 The tables a writer touches end in the revision whose writers they expect (:data:`WRITER_REVISION`): a revision
 that changes what writers must do renames them, so a process still running an older pbuffer fails on its next
-statement instead of writing the old way (revisions 0003 and 0004 explain).
+statement instead of writing the old way (revisions 0003, 0004 and 0005 explain).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["COUNTED", "COUNTERS", "COUNTER_COLUMNS", "DEAD_LETTERS", "MESSAGES",
 
 VERSION_TABLE = "pbuffer_alembic_version"
 #: The newest revision that changed what a writer must do; the writers' tables carry it in their names.
-WRITER_REVISION = "0004"
+WRITER_REVISION = "0005"
 MESSAGES = f"pbuffer_messages_{WRITER_REVISION}"
 DEAD_LETTERS = f"pbuffer_dead_letters_{WRITER_REVISION}"
 COUNTERS = f"pbuffer_counters_{WRITER_REVISION}"
@@ -98,11 +98,14 @@ counters = Table(
 )
 
 # One row: on sqlite, the pending messages with seq <= up_to_seq are in the counters; newer ones (the tail) are
-# added up when read and folded in by a writer every so often, so a save writes its row and nothing else. Server
-# databases count in every transaction instead (their seqs commit out of order) and leave it alone.
+# added up when read and folded in by a writer every so often, so a save writes its row and nothing else. Those
+# with seq <= head_to_seq (the head, revision 0005) are counted in advance as deleted, so a pop of one deletes its
+# row and writes nothing else (see sql_counting). Server databases count in every transaction instead (their seqs
+# commit out of order) and leave both at their start.
 counted = Table(
     COUNTED,
     metadata,
     Column("up_to_seq", BigInteger, nullable=False),
+    Column("head_to_seq", BigInteger, nullable=False, server_default="0"),
     **_MYSQL,
 )

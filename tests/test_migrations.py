@@ -98,7 +98,7 @@ def test_frozen_fixture_upgrades_through_a_new_revision(synthetic: Path, tmp_pat
         assert [m.id for m in buf.get_all()] == [e["id"] for e in expected if e["state"] == "pending"]
         assert [d.message.id for d in buf.dead_letters()] == [e["id"] for e in expected if e["state"] == "dead"]
         conn = sqlite3.connect(path)
-        assert conn.execute("SELECT count(*) FROM pbuffer_messages_0004 WHERE synthetic = 1").fetchone()[0] == len(
+        assert conn.execute("SELECT count(*) FROM pbuffer_messages_0005 WHERE synthetic = 1").fetchone()[0] == len(
             buf.get_all())
         conn.close()
     assert revision_of(f"sqlite:///{path}") == [SYNTHETIC_REVISION]
@@ -122,7 +122,7 @@ def test_failed_upgrade_keeps_the_old_revision_and_the_backup(synthetic: Path, t
     (backup,) = tmp_path.glob(f"b.db.backup-{original_head}-*")
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     with sqlite3.connect(backup) as copy:
-        assert copy.execute("SELECT count(*) FROM pbuffer_messages_0004").fetchone()[0] == len(pending)
+        assert copy.execute("SELECT count(*) FROM pbuffer_messages_0005").fetchone()[0] == len(pending)
     monkeypatch.delenv("PBUFFER_TEST_MIGRATION_FAIL")
     with pbuffer.open(url) as buf:
         assert [m.id for m in buf.get_all()] == pending
@@ -153,7 +153,7 @@ def test_migration_killed_mid_way_leaves_the_old_revision(synthetic: Path, tmp_p
         process.wait()
     assert revision_of(url) == [REAL_HEAD]
     conn = sqlite3.connect(tmp_path / "b.db")
-    columns = [row[1] for row in conn.execute("PRAGMA table_info(pbuffer_messages_0004)")]
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(pbuffer_messages_0005)")]
     assert "synthetic" not in columns
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()

@@ -84,11 +84,11 @@ def test_outbox_counters_rows_are_folded_back_on_servers(server_store_url: str) 
                 buf.save(f"{i}".encode(), subject=f"fold.{i % 3}", connection=conn)
         with engine.connect() as conn:
             outbox_rows = conn.exec_driver_sql(
-                "SELECT COUNT(*) FROM pbuffer_counters_0004 WHERE shard >= 16").scalar_one()
+                "SELECT COUNT(*) FROM pbuffer_counters_0005 WHERE shard >= 16").scalar_one()
         assert outbox_rows == 30
         assert buf.delete_many([m.id for m in buf.get_all()]) == 30
         with engine.connect() as conn:
-            left = conn.exec_driver_sql("SELECT COUNT(*) FROM pbuffer_counters_0004 WHERE shard >= 16").scalar_one()
+            left = conn.exec_driver_sql("SELECT COUNT(*) FROM pbuffer_counters_0005 WHERE shard >= 16").scalar_one()
         assert left == 0
         assert buf.stats().pending == 0
         assert set(buf.subject_stats()) == {"fold.0", "fold.1", "fold.2"}
@@ -192,9 +192,9 @@ def test_another_database_is_refused_before_anything_is_written(sql_store_url: s
                 buf.save(b"x", subject="o.s", connection=conn)
             with pytest.raises(ConfigurationError, match="not on this buffer's database"):
                 buf.save_many([b"x"], subject="o.s", connection=conn)
-            assert sa.inspect(conn).get_table_names() == [] or "pbuffer_messages_0004" not in (
+            assert sa.inspect(conn).get_table_names() == [] or "pbuffer_messages_0005" not in (
                 sa.inspect(conn).get_table_names()) or conn.exec_driver_sql(
-                "SELECT COUNT(*) FROM pbuffer_messages_0004").scalar_one() == 0
+                "SELECT COUNT(*) FROM pbuffer_messages_0005").scalar_one() == 0
             conn.commit()
         assert len(buf) == 0
     finally:

@@ -38,6 +38,7 @@ def test_wheel_contents(wheel: Path) -> None:
         "pbuffer/migrations/versions/0002_claims_and_counters.py",
         "pbuffer/migrations/versions/0003_writer_generation.py",
         "pbuffer/migrations/versions/0004_deleted_totals.py",
+        "pbuffer/migrations/versions/0005_popped_head.py",
         "pbuffer/benchmarks/__init__.py", "pbuffer/benchmarks/__main__.py",
         # Every room of the package, and the documented paths kept as re-exports.
         "pbuffer/buffering/group_commit.py", "pbuffer/relay/jetstream.py", "pbuffer/schema/recovery.py",
@@ -72,7 +73,7 @@ from pbuffer.backends import memory, sql, versioning
 assert pathlib.Path(pbuffer.__file__).is_relative_to({str(target)!r}), pbuffer.__file__
 assert pathlib.Path(sql.__file__).is_relative_to({str(target)!r}), sql.__file__
 assert pathlib.Path(versioning.SCRIPT_LOCATION).is_relative_to({str(target)!r}), versioning.SCRIPT_LOCATION
-assert versioning.head_revision() == "0004"
+assert versioning.head_revision() == "0005"
 with pbuffer.open("sqlite:///{tmp_path}/b.db") as buf:
     saved = buf.save(b"x", subject="a")
     assert buf.pop().id == saved.id

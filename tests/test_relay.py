@@ -185,7 +185,7 @@ def test_corrupt_row_is_dead_lettered_never_published(tmp_path: Path) -> None:
     with pbuffer.open(f"sqlite:///{path}") as buf:
         saved = buf.save_many([b"first", b"damaged!", b"third"], subject="a.b")
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE pbuffer_messages_0004 SET payload = ? WHERE payload = ?", (b"damaged?", b"damaged!"))
+    conn.execute("UPDATE pbuffer_messages_0005 SET payload = ? WHERE payload = ?", (b"damaged?", b"damaged!"))
     conn.commit()
     conn.close()
     stream = FakeStream()

@@ -141,6 +141,16 @@ def test_a_table_dropped_by_hand_is_not_called_a_migration(sql_store_url: str) -
         assert not isinstance(raised.value, SchemaChangedError)
 
 
+def _rename_by_hand(url: str, names: tuple[str, ...], old_suffix: str, new_suffix: str) -> None:
+    """What a MariaDB upgrade stopped right after its RENAME TABLE leaves: the tables under the new revision's names,
+    the version row still at the old one."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        for name in names:
+            conn.exec_driver_sql(f"ALTER TABLE pbuffer_{name}{old_suffix} RENAME TO pbuffer_{name}{new_suffix}")
+    engine.dispose()
+
+
 def test_an_upgrade_stopped_after_its_rename_is_finished_by_running_it_again(server_store_url: str) -> None:
     """MariaDB commits each DDL statement as it runs and alembic writes the version row last: a 0003 stopped in
     between leaves the new names at revision 0002 (one RENAME TABLE renames all three, so never some of them).
@@ -152,11 +162,7 @@ def test_an_upgrade_stopped_after_its_rename_is_finished_by_running_it_again(ser
         old.save(b"before", subject="a")
     finally:
         old.close()
-    engine = sa.create_engine(server_store_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
-        for name in ("messages", "dead_letters", "counters"):
-            conn.exec_driver_sql(f"ALTER TABLE pbuffer_{name} RENAME TO pbuffer_{name}_0003")
-    engine.dispose()
+    _rename_by_hand(server_store_url, ("messages", "dead_letters", "counters"), "", "_0003")
     assert pbuffer.current(server_store_url) == "0002"
     assert pbuffer.upgrade(server_store_url) == versioning.head_revision()
     with pbuffer.open(server_store_url) as buf:
@@ -172,14 +178,27 @@ def test_a_0004_upgrade_stopped_after_its_rename_is_finished_by_running_it_again
         buf.save(b"gone", subject="a")
         assert buf.pop() is not None and buf.stats().deleted == 1
     assert pbuffer.downgrade(server_store_url, "0003") == "0003"
-    engine = sa.create_engine(server_store_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
-        for name in ("messages", "dead_letters", "counters", "counted"):
-            conn.exec_driver_sql(f"ALTER TABLE pbuffer_{name}_0003 RENAME TO pbuffer_{name}_0004")
-    engine.dispose()
+    _rename_by_hand(server_store_url, ("messages", "dead_letters", "counters", "counted"), "_0003", "_0004")
     assert pbuffer.current(server_store_url) == "0003"
-    assert pbuffer.upgrade(server_store_url) == "0004"
+    assert pbuffer.upgrade(server_store_url) == versioning.head_revision()
     with pbuffer.open(server_store_url) as buf:
         (left,) = buf.get_all()  # pop() took the oldest
         assert left.payload == b"gone" and buf.stats().deleted == 0  # the downgrade dropped the old totals
         assert buf.delete(left.id) and buf.stats().deleted == 1
+
+
+def test_a_0005_upgrade_stopped_after_its_rename_is_finished_by_running_it_again(server_store_url: str) -> None:
+    """As above for revision 0005 (MariaDB: its RENAME TABLE, then the head's column): stopped between the two,
+    the tables carry the new names at revision 0004 without ``head_to_seq``; running it again adds the column, and
+    the messages and counts come through whole."""
+    with pbuffer.open(server_store_url, auto_upgrade=True) as buf:
+        buf.save_many([b"1", b"2", b"3"], subject="a")
+        assert buf.pop() is not None
+    assert pbuffer.downgrade(server_store_url, "0004") == "0004"
+    _rename_by_hand(server_store_url, ("messages", "dead_letters", "counters", "counted"), "_0004", "_0005")
+    assert pbuffer.current(server_store_url) == "0004"
+    assert pbuffer.upgrade(server_store_url) == "0005"
+    with pbuffer.open(server_store_url) as buf:
+        assert [m.payload for m in buf.get_all()] == [b"2", b"3"]
+        stats = buf.stats()
+        assert (stats.pending, stats.deleted) == (2, 1)

@@ -27,7 +27,7 @@ def test_flipped_payload_byte_is_corruption_never_data(sql_store_url: str) -> No
         intact = buf.save(b"fine", subject="a.b")
         engine = raw_engine(sql_store_url)
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE pbuffer_messages_0004 SET payload = :p "
+            conn.execute(sa.text("UPDATE pbuffer_messages_0005 SET payload = :p "
                                  "WHERE subject = 'a.b' AND payload = :old"),
                          {"p": b"\x00importan\x74\xfe", "old": b"\x00important\xff"})
         engine.dispose()
@@ -45,7 +45,7 @@ def test_changed_subject_or_headers_is_corruption(sql_store_url: str) -> None:
         buf.save(b"x", subject="a.b", headers={"Amount": "10"})
         engine = raw_engine(sql_store_url)
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE pbuffer_messages_0004 SET headers = :h"), {"h": '{"Amount":"1000"}'})
+            conn.execute(sa.text("UPDATE pbuffer_messages_0005 SET headers = :h"), {"h": '{"Amount":"1000"}'})
         engine.dispose()
         with pytest.raises(CorruptDatabaseError):
             buf.get()
@@ -57,7 +57,7 @@ def test_migrations_match_the_model(sql_store_url: str) -> None:
     with engine.connect() as conn:
         assert versioning.model_differences(conn) == []
         # The comparison can fail: a column the model does not know is reported.
-        conn.exec_driver_sql("ALTER TABLE pbuffer_messages_0004 ADD COLUMN surprise INTEGER")
+        conn.exec_driver_sql("ALTER TABLE pbuffer_messages_0005 ADD COLUMN surprise INTEGER")
         assert versioning.model_differences(conn) != []
         conn.rollback()
     engine.dispose()
@@ -404,7 +404,7 @@ def test_a_call_that_finds_its_connection_dropped_leaves_no_dropped_one_behind(s
         assert buf.stats().pending == 7
 
 
-@pytest.mark.parametrize("key", ["id", "pbuffer_messages_0004.id"])
+@pytest.mark.parametrize("key", ["id", "pbuffer_messages_0005.id"])
 def test_mariadbs_duplicate_id_is_recognised_whatever_bytes_the_id_holds(key: str) -> None:
     """MariaDB quotes the duplicate id's bytes in its message; str() of PyMySQL's error is the repr of its args,
     whose quoting changed when those bytes held a '"' (seen in CI: a conformance run failed on a random id). The

@@ -57,8 +57,8 @@ def test_new_file_settings(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         objects = {tuple(row) for row in conn.execute("SELECT type, name FROM sqlite_master")}
-        assert ("table", "pbuffer_messages_0004") in objects and ("table", "pbuffer_alembic_version") in objects
-        assert conn.execute("SELECT version_num FROM pbuffer_alembic_version").fetchall() == [("0004",)]
+        assert ("table", "pbuffer_messages_0005") in objects and ("table", "pbuffer_alembic_version") in objects
+        assert conn.execute("SELECT version_num FROM pbuffer_alembic_version").fetchall() == [("0005",)]
     finally:
         conn.close()
 
@@ -111,10 +111,10 @@ def test_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path, content: b
 
 
 @pytest.mark.parametrize("ddl", [
-    "CREATE TRIGGER steal AFTER INSERT ON pbuffer_messages_0004 BEGIN DELETE FROM pbuffer_messages_0004; END",
-    "CREATE VIEW peek AS SELECT payload FROM pbuffer_messages_0004",
+    "CREATE TRIGGER steal AFTER INSERT ON pbuffer_messages_0005 BEGIN DELETE FROM pbuffer_messages_0005; END",
+    "CREATE VIEW peek AS SELECT payload FROM pbuffer_messages_0005",
     "CREATE TABLE extra (x)",
-    "CREATE INDEX ix_extra ON pbuffer_messages_0004 (subject)",
+    "CREATE INDEX ix_extra ON pbuffer_messages_0005 (subject)",
 ])
 def test_planted_schema_objects_are_refused(tmp_path: Path, ddl: str) -> None:
     path = tmp_path / "b.db"

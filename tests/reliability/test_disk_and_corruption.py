@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pbuffer.backends.tables import MESSAGES
 
 import pbuffer
 from pbuffer import CorruptDatabaseError, Message, NotABufferDatabaseError, StorageFullError
@@ -263,7 +264,7 @@ def test_undecodable_text_on_disk_is_corruption(tmp_path: Path) -> None:
     with pbuffer.open(url(path)) as buf:
         buf.save(b"secret payload", subject="a")
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE pbuffer_messages_0004 SET subject = CAST(X'ff736563726574' AS TEXT)")  # b"\xffsecret"
+    conn.execute(f"UPDATE {MESSAGES} SET subject = CAST(X'ff736563726574' AS TEXT)")  # b"\xffsecret"
     conn.commit()
     conn.close()
     with pbuffer.open(url(path)) as buf:
