@@ -210,8 +210,8 @@ class Statements:
         self.touch = (f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES (:subject, 0"
                       f"{', 0' * len(COUNTER_COLUMNS)}) ON CONFLICT (subject, shard) DO NOTHING")
         self.newest_seq = f"SELECT MAX(seq) FROM {MESSAGES}"
-        # A pop on sqlite (Counting.popped): the subject's row exists once a fold or a delete made it, so a plain
-        # UPDATE, positional. A counted row (its seq at or below the mark) also leaves pending.
+        # A pop on sqlite outside the head (Counting.popped): the subject's row exists once a fold or a delete made
+        # it, so a plain UPDATE. A counted row (its seq at or below the mark) also leaves pending.
         self.pop_counted = (f"UPDATE {COUNTERS} SET pending = pending - 1, pending_bytes = pending_bytes - :size, "
                             "deleted = deleted + 1 WHERE subject = :subject AND shard = 0")
         self.pop_uncounted = f"UPDATE {COUNTERS} SET deleted = deleted + 1 WHERE subject = :subject AND shard = 0"
