@@ -275,8 +275,9 @@ def test_a_scoped_popper_passing_other_subjects_keeps_the_head_small(tmp_path: P
 
 
 def test_an_outbox_save_that_drops_while_a_head_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The outbox runs the limits' statements through the caller's connection (text(), named parameters): with a
-    head present a drop_oldest save worked only without one (found by trying to break it)."""
+    """The outbox runs the limits' statements through the caller's connection (text(), which takes named
+    parameters only): a drop_oldest save there drops a head row and counts it out of deleted into dropped (the
+    first version of the head failed here, found by trying to break it)."""
     import sqlalchemy as sa
 
     monkeypatch.setattr(sql_counting, "_HEAD_EVERY", 1_000)
