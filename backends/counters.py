@@ -109,7 +109,8 @@ def removed_sums(rows: Iterable[tuple[str, int, bool, bool]]) -> list[Removed]:
         if head:
             entry[4] += 1
             entry[5] += size
-    return [(subject, *entry) for subject, entry in sums.items()]  # type: ignore[misc]
+    return [(subject, rows, size, counted, counted_size, head, head_size)
+            for subject, (rows, size, counted, counted_size, head, head_size) in sums.items()]
 
 
 def tally_removed(removed: Iterable[Removed], kind: str, into: Changes, *, dead: bool = False) -> None:

@@ -96,13 +96,12 @@ class Counting:
             if oldest > head_to and ahead is not None and ahead >= seq:
                 self._move_head(cursor, head_to, int(ahead))
                 return
-            cursor.execute(self._sql.pop_counted, {"size": size, "subject": subject})
-            if cursor.rowcount != 1:  # sqlite never deletes a counters row: this subject has none yet
-                self.bump(cursor, {subject: Counts(-1, -size, deleted=1)})
-            return
-        cursor.execute(self._sql.pop_uncounted, {"subject": subject})
-        if cursor.rowcount != 1:
-            self.bump(cursor, {subject: Counts(deleted=1)})
+            update, counts = self._sql.pop_counted, Counts(-1, -size, deleted=1)
+        else:
+            update, counts = self._sql.pop_uncounted, Counts(deleted=1)
+        cursor.execute(update, {"size": size, "subject": subject})
+        if cursor.rowcount != 1:  # sqlite never deletes a counters row: this subject has none yet
+            self.bump(cursor, {subject: counts})
 
     # ---------------------------------------------------------------- sqlite's head, counted in advance
     #
@@ -167,7 +166,7 @@ class Counting:
         try:
             cursor = conn.cursor()
             if self._mark is None:  # this buffer's first save: the mark read (no transaction), not a fold
-                self._mark = self.read_mark(cursor)
+                self._mark = self.read_marks(cursor)[0]
                 if not self.fold_due(last_seq):
                     return True
             cursor.execute("BEGIN IMMEDIATE")
@@ -181,13 +180,6 @@ class Counting:
             _log.debug("the fold after a save failed (the save is committed; a later save folds): %r", exc)
             return False
         return True
-
-    def read_mark(self, cursor: Any) -> int:
-        """The mark, read in the caller's write transaction; on server databases every row is counted."""
-        if not self.lazy:
-            return NO_LIMIT
-        cursor.execute(self._sql.mark)
-        return int(cursor.fetchone()[0])
 
     def removed_pending(self, cursor: Any) -> None:
         """After pending rows were removed in this transaction: lower the marks if the newest rows went."""

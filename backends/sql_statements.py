@@ -206,7 +206,6 @@ class Statements:
         self.subject_totals = compile_("SELECT subject, " + ", ".join(f"SUM({c})" for c in COUNTER_COLUMNS) +
                                        f" FROM ({rows}) counted GROUP BY subject")
         # sqlite's lazy count (see Counting.maybe_fold): fold the tail in, move the mark to the newest row.
-        self.mark = f"SELECT up_to_seq FROM {COUNTED}"
         self.touch = (f"INSERT INTO {COUNTERS} (subject, shard, {', '.join(COUNTER_COLUMNS)}) VALUES (:subject, 0"
                       f"{', 0' * len(COUNTER_COLUMNS)}) ON CONFLICT (subject, shard) DO NOTHING")
         self.newest_seq = f"SELECT MAX(seq) FROM {MESSAGES}"
